@@ -1,0 +1,1 @@
+"""One module per CLI command group; each defines ``app`` (a typer.Typer) and imports heavy libraries lazily."""

@@ -1,0 +1,101 @@
+"""Oxford Flowers102 in its official layout: ``jpg/image_NNNNN.jpg``, ``imagelabels.mat``, ``setid.mat``.
+
+Loaded with scipy, without torchvision's md5 check (the mini set in ``../shared`` rewrites ``setid.mat``). When the
+full official ``setid.mat`` is present (8,189 ids), each protocol asserts its published split sizes.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from fgvlm.data.base import Dataset, DatasetError, Record
+from fgvlm.registry import resource_json
+
+BASE_URL = "https://www.robots.ox.ac.uk/~vgg/data/flowers/102/"
+# The three official files and their official md5 sums (the same as torchvision's table).
+FILES = {
+    "102flowers.tgz": "52808999861908f626f3c1f4e79d11fa",
+    "imagelabels.mat": "e0620be6f572b9609742df49c70aed4d",
+    "setid.mat": "a5357ecc9cb78c4bef273ce3793fc85c",
+}
+OFFICIAL_TOTAL = 8189
+
+# protocol -> split -> official setid keys whose ids form it, and the sizes on the full official data.
+PROTOCOLS: dict[str, dict[str, tuple[str, ...]]] = {
+    "official": {"train": ("trnid",), "val": ("valid",), "test": ("tstid",)},
+    "trainval": {"train": ("trnid", "valid"), "test": ("tstid",)},
+    "swapped": {"train": ("tstid",), "val": ("valid",), "test": ("trnid",)},
+}
+FULL_SIZES = {
+    "official": {"train": 1020, "val": 1020, "test": 6149},
+    "trainval": {"train": 2040, "test": 6149},
+    "swapped": {"train": 6149, "val": 1020, "test": 1020},
+}
+
+
+def default_root() -> Path:
+    return Path("~/.cache/fgvlm/data/flowers102").expanduser()
+
+
+class Flowers102(Dataset):
+    name = "flowers102"
+    protocols = tuple(PROTOCOLS)
+    protocol_docs = {
+        "official": "Oxford's split: train = trnid (10/class), val = valid (10/class), test = tstid (6,149).",
+        "trainval": "train = trnid + valid (20/class), test = tstid; no validation split.",
+        "swapped": "train = tstid (6,149), val = valid, test = trnid (1,020): the reference study's "
+        "'6,149 training, 1,020 test' protocol.",
+    }
+
+    def __init__(self, root=None, protocol: str = "official", on_bad_image: str = "error"):
+        super().__init__(root if root is not None else default_root(), protocol, on_bad_image)
+        self.class_names = list(resource_json("flowers102_classes.json"))
+        naming = resource_json("flowers102_aliases.json")
+        self._display = naming["display"]
+        self._aliases = naming["aliases"]
+
+    @property
+    def prompt_names(self) -> list[str]:
+        return [self._display.get(name, name) for name in self.class_names]
+
+    @property
+    def aliases(self) -> dict[int, list[str]]:
+        out = {}
+        for label, name in enumerate(self.class_names):
+            extra = list(self._aliases.get(name, []))
+            if name in self._display:
+                extra.append(name)  # the official name stays acceptable when a display name replaces it
+            out[label] = extra
+        return out
+
+    def _load_mat(self, filename: str) -> dict:
+        import scipy.io
+
+        path = self.root / filename
+        if not path.is_file():
+            raise DatasetError(
+                f"flowers102: {path} not found. Expected the official layout under {self.root} "
+                f"(jpg/, imagelabels.mat, setid.mat); run `fgvlm data download flowers102 --root {self.root}`."
+            )
+        try:
+            return scipy.io.loadmat(path)
+        except Exception as err:  # scipy raises several types for a damaged file
+            raise DatasetError(f"flowers102: cannot read {path}: {err}") from None
+
+    def list_records(self) -> dict[str, list[Record]]:
+        labels = self._load_mat("imagelabels.mat")["labels"].ravel()
+        setid = self._load_mat("setid.mat")
+        ids = {key: [int(i) for i in setid[key].ravel()] for key in ("trnid", "valid", "tstid")}
+        splits = {}
+        for split, keys in PROTOCOLS[self.protocol].items():
+            splits[split] = [
+                Record(f"{i:05d}", int(labels[i - 1]) - 1, self.root / "jpg" / f"image_{i:05d}.jpg")
+                for key in keys
+                for i in ids[key]
+            ]
+        if sum(len(v) for v in ids.values()) == OFFICIAL_TOTAL:
+            sizes = {split: len(records) for split, records in splits.items()}
+            if sizes != FULL_SIZES[self.protocol]:
+                raise DatasetError(f"flowers102 ({self.protocol}): split sizes {sizes} differ from the official "
+                                   f"{FULL_SIZES[self.protocol]} although setid.mat lists all {OFFICIAL_TOTAL} ids")
+        return splits
