@@ -1,0 +1,1 @@
+"""Evaluation: answer matching, metrics, zero-shot evaluation."""
