@@ -43,8 +43,13 @@ def main(argv: list[str]) -> int:
         print(f"   ({time.perf_counter() - start:.0f} s)", flush=True)
     import torch
 
-    machine = {"platform": platform.platform(), "cpus": os.cpu_count(), "torch": torch.__version__,
-               "threads": torch.get_num_threads(), "python": platform.python_version()}
+    machine = {
+        "platform": platform.platform(),
+        "cpus": os.cpu_count(),
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "python": platform.python_version(),
+    }
     (HERE.parent / "BENCHMARKS-latest.json").write_text(json.dumps({"machine": machine, "results": results}, indent=2))
     for row in results:
         print(f"BENCH {row['name']} {row['value']:.3g} target {row['op']} {row['target']:g} {row['verdict']}")

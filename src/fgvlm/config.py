@@ -98,7 +98,8 @@ def from_dict(cls: type[T], data: dict[str, Any], where: str = "config") -> T:
     names = [f.name for f in dataclasses.fields(cls)]
     unknown = sorted(set(data) - set(names))
     if unknown:
-        raise ConfigError(f"{where}: unknown key(s) {', '.join(repr(k) for k in unknown)}; known keys: {', '.join(names)}")
+        listed = ", ".join(repr(k) for k in unknown)
+        raise ConfigError(f"{where}: unknown key(s) {listed}; known keys: {', '.join(names)}")
     kwargs = {k: _coerce(v, hints[k], f"{where}.{k}") for k, v in data.items()}
     try:
         return cls(**kwargs)

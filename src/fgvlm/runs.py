@@ -21,8 +21,20 @@ from typing import Any
 
 from fgvlm.config import save_yaml, to_dict
 
-TRACKED_PACKAGES = ("fgvlm", "torch", "torchvision", "transformers", "tokenizers", "accelerate", "peft", "timm",
-                    "datasets", "numpy", "pillow", "safetensors")
+TRACKED_PACKAGES = (
+    "fgvlm",
+    "torch",
+    "torchvision",
+    "transformers",
+    "tokenizers",
+    "accelerate",
+    "peft",
+    "timm",
+    "datasets",
+    "numpy",
+    "pillow",
+    "safetensors",
+)
 
 
 def package_versions() -> dict[str, str | None]:
@@ -42,8 +54,13 @@ def git_revision(path: Path | None = None) -> str | None:
         rev = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=5)
         if rev.returncode != 0:
             return None
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here,
-                               capture_output=True, text=True, timeout=5)
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=here,
+            capture_output=True,
+            text=True,
+            timeout=5,
+        )
         return rev.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
     except (OSError, subprocess.SubprocessError):
         return None
@@ -96,8 +113,9 @@ class RunDir:
     def write_config(self, cfg: Any) -> None:
         save_yaml(to_dict(cfg) if not isinstance(cfg, dict) else cfg, self.path / "config.yaml")
 
-    def write_meta(self, *, command: str, seed: int | None, dataset: dict | None = None,
-                   model: dict | None = None, **extra: Any) -> dict[str, Any]:
+    def write_meta(
+        self, *, command: str, seed: int | None, dataset: dict | None = None, model: dict | None = None, **extra: Any
+    ) -> dict[str, Any]:
         meta = {
             "command": command,
             "argv": sys.argv,

@@ -141,8 +141,9 @@ class Dataset:
     def split(self, name: str) -> Split:
         records = self._all_records()
         if name not in records:
-            raise DatasetError(f"{self.name} ({self.protocol}): no split {name!r}; this protocol has "
-                               f"{', '.join(records)}")
+            raise DatasetError(
+                f"{self.name} ({self.protocol}): no split {name!r}; this protocol has {', '.join(records)}"
+            )
         if name not in self._splits:
             kept = records[name]
             if self.on_bad_image == "skip":
@@ -162,8 +163,10 @@ class Dataset:
 
     def split_sizes(self) -> dict[str, int]:
         """Images per split (after skipping bad images, for splits already opened)."""
-        return {name: len(self._splits[name]) if name in self._splits else len(records)
-                for name, records in self._all_records().items()}
+        return {
+            name: len(self._splits[name]) if name in self._splits else len(records)
+            for name, records in self._all_records().items()
+        }
 
     def per_class_counts(self, split: str) -> dict[str, int]:
         counts = {"min": 0, "median": 0, "max": 0}

@@ -96,6 +96,8 @@ class Flowers102(Dataset):
         if sum(len(v) for v in ids.values()) == OFFICIAL_TOTAL:
             sizes = {split: len(records) for split, records in splits.items()}
             if sizes != FULL_SIZES[self.protocol]:
-                raise DatasetError(f"flowers102 ({self.protocol}): split sizes {sizes} differ from the official "
-                                   f"{FULL_SIZES[self.protocol]} although setid.mat lists all {OFFICIAL_TOTAL} ids")
+                raise DatasetError(
+                    f"flowers102 ({self.protocol}): split sizes {sizes} differ from the official "
+                    f"{FULL_SIZES[self.protocol]} although setid.mat lists all {OFFICIAL_TOTAL} ids"
+                )
         return splits
