@@ -64,3 +64,76 @@ def info(
     console = Console()
     console.print(table)
     console.print(f"root: {ds.root}\n{ds.protocol_docs.get(ds.protocol, '')}")
+
+
+@app.command()
+def download(
+    dataset: str = typer.Argument(..., help="Dataset to fetch (flowers102)."),
+    root: str = typer.Option(None, help=ROOT_HELP),
+    base_url: str = typer.Option(
+        None, "--base-url", help="Mirror to fetch from (default: $FGVLM_FLOWERS102_URL, else the official Oxford site)."
+    ),
+) -> None:
+    """Fetch a dataset's official files, check their md5 and extract them safely.
+
+    Files already in place with the right md5 are not fetched again, and the images are not re-extracted once a
+    complete extraction is recorded, so a second run downloads nothing.
+
+    Examples:
+
+      fgvlm data download flowers102 --root ~/data/flowers102
+
+      fgvlm data download flowers102 --root ~/data/flowers102 --base-url http://mirror.local/flowers102/
+    """
+    from fgvlm.data.download import DOWNLOADERS
+    from fgvlm.registry import unknown_name
+
+    if dataset not in DOWNLOADERS:
+        raise unknown_name("downloadable dataset", dataset, list(DOWNLOADERS))
+    summary = DOWNLOADERS[dataset](root, base_url)
+    fetched = ", ".join(summary["downloaded"]) or "nothing"
+    typer.echo(f"{dataset}: downloaded {fetched}; already complete: {', '.join(summary['skipped']) or 'nothing'}; "
+               f"images {'extracted' if summary['extracted'] else 'already extracted'} in {summary['root']}")
+
+
+@app.command()
+def audit(
+    dataset: str = typer.Option(None, "--dataset", "-d", help=DATASET_HELP),
+    root: str = typer.Option(None, help=ROOT_HELP),
+    protocol: str = typer.Option(None, help="Split protocol (flowers102: official, trainval, swapped)."),
+    option: list[str] = typer.Option([], "--option", "-o", help=SET_HELP),
+    out: str = typer.Option(None, "--out", help="Run directory: audit.json, duplicates.png, config.yaml, meta.json."),
+    threshold: int = typer.Option(None, help="Near duplicate if the 64-bit hashes differ in at most this many bits "
+                                  "(default 5)."),
+    hash_name: str = typer.Option(None, "--hash", help="Perceptual hash: dhash (default), phash or ahash."),
+    config: str = typer.Option(None, "--config", "-c", help="YAML file with audit settings (AuditConfig)."),
+    overrides: list[str] = typer.Option([], "--set", help="Override as KEY=VALUE (e.g. max_sheet_pairs=100)."),
+) -> None:
+    """Near-duplicate and byte-identical images within and across splits, label conflicts, unreadable files.
+
+    Every image is opened (whatever on_bad_image says); bad files are reported, not fatal. Writes audit.json and a
+    contact sheet duplicates.png of the flagged pairs.
+
+    Examples:
+
+      fgvlm data audit --dataset flowers102 --root ../shared/data/flowers102-mini --out runs/audit-mini
+
+      fgvlm data audit -d flowers102 --root ~/data/flowers102 --out runs/audit --threshold 6 --hash phash
+    """
+    from rich.console import Console
+    from rich.table import Table
+
+    from fgvlm.config import resolve_config
+    from fgvlm.data.audit import AUDIT_FILE, AuditConfig, run_audit
+
+    flags = {"data.dataset": dataset, "data.root": root, "data.protocol": protocol, "out": out,
+             "threshold": threshold, "hash": hash_name, "data.options": parse_options(option) or None}
+    cfg = resolve_config(AuditConfig, config, flags, overrides)
+    summary = run_audit(cfg)["summary"]
+    table = Table(title=f"audit of {cfg.data.dataset} ({cfg.data.protocol}), {cfg.hash} <= {cfg.threshold} bits")
+    table.add_column("check")
+    table.add_column("count", justify="right")
+    for key, value in summary.items():
+        table.add_row(key.replace("_", " "), str(value))
+    Console().print(table)
+    typer.echo(f"details: {cfg.out}/{AUDIT_FILE}, contact sheet: {cfg.out}/duplicates.png")
