@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import inspect
 from typing import TYPE_CHECKING, Any
 
 from fgvlm.data.base import BadImageError, Dataset, DatasetError, Record, Sample, Split
 
 if TYPE_CHECKING:
     from fgvlm.config import DataConfig
+
+_COMMON_ARGS = ("self", "root", "protocol", "on_bad_image")
 
 __all__ = ["BadImageError", "Dataset", "DatasetError", "Record", "Sample", "Split", "create_dataset"]
 
@@ -19,4 +22,8 @@ def create_dataset(cfg: DataConfig | None = None, **kwargs: Any) -> Dataset:
 
     cfg = cfg or DataConfig(**kwargs)
     cls = dataset_class(cfg.dataset)
+    known = [p for p in inspect.signature(cls.__init__).parameters if p not in _COMMON_ARGS]
+    unknown = sorted(set(cfg.options) - set(known))
+    if unknown:
+        raise DatasetError(f"{cfg.dataset}: unknown option(s) {', '.join(unknown)}; known options: {', '.join(known)}")
     return cls(root=cfg.root, protocol=cfg.protocol, on_bad_image=cfg.on_bad_image, **cfg.options)

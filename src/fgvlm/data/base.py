@@ -158,7 +158,10 @@ class Dataset:
                 self.open_image(record)
                 kept.append(record)
             except BadImageError as err:
-                self.skipped.append({"split": split, "id": record.id, "path": str(record.path), "error": str(err)})
+                entry = {"split": split, "id": record.id, "error": str(err)}
+                if record.path is not None:
+                    entry["path"] = str(record.path)
+                self.skipped.append(entry)
         return kept
 
     def split_sizes(self) -> dict[str, int]:
