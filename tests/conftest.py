@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 
 import pytest
+from models_fixtures import tiny_cache, tiny_model_dir, use_tiny_cache  # noqa: F401  (shared tiny-model fixtures)
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")

@@ -26,6 +26,8 @@ app = typer.Typer(
 COMMANDS = [
     ("fgvlm.commands.data", "data"),
     ("fgvlm.commands.listing", "list"),
+    ("fgvlm.commands.models", "models"),
+    ("fgvlm.commands.eval", "eval"),
 ]
 
 for module_name, cli_name in COMMANDS:

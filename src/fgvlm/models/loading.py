@@ -1,0 +1,288 @@
+"""Load a VLM from a registry name, a hub id or a local folder, the same way for a 4 B checkpoint and a tiny one.
+
+``load_model`` resolves ``ModelConfig.name`` (preset -> hub id or cached tiny model; an existing folder; an
+``org/name`` hub id), reads its config to find the family, then goes through ``AutoProcessor`` +
+``AutoModelForImageTextToText`` with safetensors only and ``trust_remote_code`` off unless asked. Failures say what
+to do: unknown names list close matches, offline hub ids say to pass a folder, custom code says how to allow it.
+
+Example::
+
+    from fgvlm.models.base import ModelConfig
+from fgvlm.models.tiny import FAMILIES
+    from fgvlm.models.loading import load_model
+    model, processor, info = load_model(ModelConfig(name="tiny-qwen3-vl"))
+    info["family"], info["num_parameters"]  # ('qwen3-vl', 329504)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from fgvlm.config import ConfigError
+from fgvlm.models.base import ModelConfig
+from fgvlm.models.tiny import FAMILIES
+
+if TYPE_CHECKING:
+    from fgvlm.models.base import VLMBackend
+
+# config.model_type -> family; InstructBLIP is split by its language model below.
+MODEL_TYPE_FAMILIES = {
+    "qwen3_vl": "qwen3-vl",
+    "qwen2_5_vl": "qwen2.5-vl",
+    "idefics2": "idefics2",
+    "idefics3": "smolvlm",  # HuggingFaceTB/SmolVLM-Instruct is an Idefics3 checkpoint
+    "smolvlm": "smolvlm",
+    "instructblip": "instructblip",
+}
+QWEN_FAMILIES = ("qwen3-vl", "qwen2.5-vl")
+DTYPES = ("float32", "bfloat16", "float16")
+HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+ENABLE_REMOTE_CODE = "--set model.trust_remote_code=true (or trust_remote_code: true under model: in the YAML)"
+
+
+class ModelLoadError(ConfigError):
+    """A model that cannot be found or loaded as configured; the message says what to change."""
+
+
+@dataclass
+class ModelSource:
+    """Where ``ModelConfig.name`` points: a hub id or a local folder, plus the preset's defaults."""
+
+    name: str
+    hub_id: str | None = None
+    local_path: Path | None = None
+    family: str | None = None
+    dtype: str | None = None
+
+    @property
+    def location(self) -> str:
+        return str(self.local_path) if self.local_path is not None else str(self.hub_id)
+
+
+def hub_offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "").strip().upper() in {"1", "ON", "YES", "TRUE"}
+
+
+def resolve_source(name: str) -> ModelSource:
+    """Registry name -> preset (tiny ones are built into the cache on first use); else a folder; else a hub id."""
+    from fgvlm.registry import model_presets, unknown_name
+
+    presets = {key: value for key, value in model_presets().items() if not key.startswith("_")}
+    if name in presets:
+        preset = presets[name]
+        if preset.get("tiny"):
+            from fgvlm.models.tiny import cached_tiny_model
+
+            path = cached_tiny_model(name, preset["family"], preset.get("size", "tiny"), preset.get("seed", 0))
+            return ModelSource(name, local_path=path, family=preset["family"], dtype=preset.get("dtype"))
+        return ModelSource(name, hub_id=preset["hub_id"], family=preset.get("family"), dtype=preset.get("dtype"))
+    path = Path(name).expanduser()
+    if path.exists():
+        if not path.is_dir() or not (path / "config.json").is_file():
+            raise ModelLoadError(
+                f"{name} is not a model directory: expected a folder with config.json, as written "
+                "by save_pretrained (or `fgvlm models tiny`)"
+            )
+        return ModelSource(name, local_path=path.resolve())
+    if HUB_ID.match(name) and not name.startswith((".", "~")):
+        return ModelSource(name, hub_id=name)
+    if "/" in name or name.startswith((".", "~")):
+        raise ModelLoadError(f"model directory {name} does not exist")
+    raise unknown_name("model", name, list(presets))
+
+
+def check_hub_available(hub_id: str, revision: str | None) -> None:
+    """Offline, a hub id works only if it is already in the local hub cache: say so before transformers does."""
+    from huggingface_hub import try_to_load_from_cache
+
+    if hub_offline() and not isinstance(try_to_load_from_cache(hub_id, "config.json", revision=revision), str):
+        raise ModelLoadError(
+            f"cannot download {hub_id} offline (HF_HUB_OFFLINE=1) and it is not in the local hub "
+            "cache; pass a local directory as the model name (e.g. --set model.name=/path/to/model)"
+        )
+
+
+def read_config(source: ModelSource, cfg: ModelConfig) -> Any:
+    """The checkpoint's transformers config; refuses custom code unless ``trust_remote_code`` is set."""
+    from transformers import AutoConfig
+
+    if source.local_path is not None and not cfg.trust_remote_code:
+        raw = json.loads((source.local_path / "config.json").read_text())
+        if raw.get("auto_map"):
+            require_known_model_type(source, raw.get("model_type"))
+    try:
+        return AutoConfig.from_pretrained(
+            source.location, revision=revision_for(source, cfg), trust_remote_code=cfg.trust_remote_code
+        )
+    except ValueError as err:
+        if "trust_remote_code" in str(err):
+            raise ModelLoadError(needs_remote_code(source)) from None
+        raise ModelLoadError(f"cannot read the model config of {source.location}: {err}") from err
+    except OSError as err:
+        raise ModelLoadError(f"cannot load {source.location}: {err}. Offline, pass a local directory instead") from err
+
+
+def require_known_model_type(source: ModelSource, model_type: str | None) -> None:
+    from transformers import CONFIG_MAPPING
+
+    if model_type not in CONFIG_MAPPING:
+        raise ModelLoadError(needs_remote_code(source))
+
+
+def needs_remote_code(source: ModelSource) -> str:
+    return (
+        f"{source.location} needs its own Python code (trust_remote_code), which is off by default because it "
+        f"runs whatever the checkpoint ships; if you trust it, enable it with {ENABLE_REMOTE_CODE}"
+    )
+
+
+def revision_for(source: ModelSource, cfg: ModelConfig) -> str | None:
+    return cfg.revision if source.hub_id is not None else None
+
+
+def detect_family(config: Any) -> str:
+    """The fgvlm family of a transformers config (or its dict) from ``model_type``; InstructBLIP by its LM."""
+    raw = config if isinstance(config, dict) else config.to_dict()
+    model_type = raw.get("model_type")
+    family = MODEL_TYPE_FAMILIES.get(model_type)
+    if family is None:
+        raise ModelLoadError(
+            f"cannot tell the model family of model_type {model_type!r}; set model.family to one "
+            f"of {', '.join(FAMILIES)} (e.g. --set model.family=qwen3-vl) if it works like one"
+        )
+    if family == "instructblip":
+        text = raw.get("text_config") or {}
+        if text.get("is_encoder_decoder") or text.get("model_type") in ("t5", "mt5", "umt5"):
+            return "instructblip-t5"
+    return family
+
+
+def choose_family(cfg: ModelConfig, source: ModelSource, config: Any) -> str:
+    """``model.family`` if set, else the preset's, else read from the config."""
+    family = cfg.family or source.family
+    if family is None:
+        return detect_family(config)
+    if family not in FAMILIES:
+        from fgvlm.registry import unknown_name
+
+        raise unknown_name("model family", family, list(FAMILIES))
+    return family
+
+
+def choose_device_dtype(cfg: ModelConfig, source: ModelSource) -> tuple[str, str]:
+    """Device: asked, else cuda when there is one. Dtype: asked, else the preset's on GPU, float32 on CPU."""
+    import torch
+
+    device = cfg.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    on_gpu = cfg.device_map is not None or not device.startswith("cpu")
+    dtype = cfg.dtype or (source.dtype if on_gpu and source.dtype else "float32")
+    if dtype not in DTYPES:
+        raise ModelLoadError(f"model.dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+    return device, dtype
+
+
+def apply_pixel_bounds(cfg: ModelConfig, family: str, processor: Any) -> None:
+    """Qwen's ``min_pixels`` / ``max_pixels`` -> the image processor's ``size`` (shortest/longest edge, in pixels)."""
+    if cfg.min_pixels is None and cfg.max_pixels is None:
+        return
+    if family not in QWEN_FAMILIES:
+        raise ModelLoadError(
+            f"model.min_pixels / model.max_pixels apply to {', '.join(QWEN_FAMILIES)} only, not {family}; unset them"
+        )
+    image_processor = processor.image_processor
+    size = {"shortest_edge": image_processor.size.shortest_edge, "longest_edge": image_processor.size.longest_edge}
+    if cfg.min_pixels is not None:
+        size["shortest_edge"] = cfg.min_pixels
+    if cfg.max_pixels is not None:
+        size["longest_edge"] = cfg.max_pixels
+    if size["shortest_edge"] > size["longest_edge"]:
+        raise ModelLoadError(
+            f"model.min_pixels ({size['shortest_edge']}) exceeds model.max_pixels ({size['longest_edge']})"
+        )
+    image_processor.size = size
+
+
+def load_model(cfg: ModelConfig) -> tuple[Any, Any, dict[str, Any]]:
+    """Load ``(model, processor, info)`` in eval mode; ``info`` is what ``meta.json`` records about the model."""
+    source = resolve_source(cfg.name)  # before the heavy imports: a mistyped name fails at once
+    import torch
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    if source.hub_id is not None:
+        check_hub_available(source.hub_id, cfg.revision)
+    config = read_config(source, cfg)
+    family = choose_family(cfg, source, config)
+    device, dtype = choose_device_dtype(cfg, source)
+    common = {"revision": revision_for(source, cfg), "trust_remote_code": cfg.trust_remote_code}
+    model_kwargs = {
+        "config": config,
+        "dtype": getattr(torch, dtype),
+        "use_safetensors": True,
+        **common,
+        **({"device_map": cfg.device_map} if cfg.device_map else {}),
+        **({"attn_implementation": cfg.attn_implementation} if cfg.attn_implementation else {}),
+        **cfg.extra,
+    }
+    try:
+        processor = AutoProcessor.from_pretrained(source.location, **common)
+        apply_pixel_bounds(cfg, family, processor)
+        model = AutoModelForImageTextToText.from_pretrained(source.location, **model_kwargs)
+    except OSError as err:
+        raise ModelLoadError(f"cannot load {source.location}: {err}") from err
+    if cfg.device_map is None:
+        model = model.to(device)
+    model.eval()
+    ensure_chat_template(processor, family)
+    return model, processor, describe(source, cfg, family, dtype, model)
+
+
+def ensure_chat_template(processor: Any, family: str) -> None:
+    """Give the processor a chat template when it has none.
+
+    The InstructBLIP processor drops its template on reload (the tokenizer keeps it), and the Salesforce
+    checkpoints ship none at all: they take the instruction as plain text, which fgvlm's instructblip template
+    renders, so real and tiny InstructBLIP models are prompted the same way.
+    """
+    if getattr(processor, "chat_template", None):
+        return
+    tokenizer = getattr(processor, "tokenizer", None)
+    template = getattr(tokenizer, "chat_template", None)
+    if template is None and family.startswith("instructblip"):
+        from fgvlm.models.tiny.recipes import chat_template
+
+        template = chat_template("instructblip")
+    processor.chat_template = template
+    if tokenizer is not None and template is not None:
+        tokenizer.chat_template = template
+
+
+def describe(source: ModelSource, cfg: ModelConfig, family: str, dtype: str, model: Any) -> dict[str, Any]:
+    """name, hub id + revision (the resolved commit when known) or local path + content fingerprint, and the rest."""
+    from fgvlm.runs import fingerprint_path
+
+    local = source.local_path
+    commit = getattr(model.config, "_commit_hash", None) if source.hub_id is not None else None
+    return {
+        "name": cfg.name,
+        "hub_id": source.hub_id,
+        "revision": (cfg.revision or commit) if source.hub_id is not None else None,
+        "local_path": str(local) if local is not None else None,
+        "fingerprint": fingerprint_path(local) if local is not None else None,
+        "family": family,
+        "dtype": dtype,
+        "device": str(model.device),
+        "num_parameters": sum(p.numel() for p in model.parameters()),
+    }
+
+
+def load_backend(cfg: ModelConfig) -> VLMBackend:
+    """``load_model`` wrapped in the family's backend (generate / rank / embed)."""
+    from fgvlm.models.families import backend_class
+
+    model, processor, info = load_model(cfg)
+    return backend_class(info["family"])(model, processor, info)

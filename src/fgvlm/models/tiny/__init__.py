@@ -1,0 +1,156 @@
+"""Tiny offline models of every VLM family: random weights, a locally trained tokenizer, the real processor classes.
+
+They are first-class models, not test doubles: ``build_tiny_model`` saves a checkpoint folder that loads through
+the same ``AutoProcessor`` + ``AutoModelForImageTextToText`` path as a hub checkpoint, so every fgvlm command
+(zero-shot, SFT, heads) runs on them offline in seconds. Registry names ``tiny-<family>`` (and
+``small-qwen3-vl``) are built on demand into the cache by ``cached_tiny_model``.
+
+Example::
+
+    from fgvlm.models.tiny import build_tiny_model
+    path = build_tiny_model("qwen3-vl", "/tmp/tiny-qwen3-vl", seed=0)
+    # AutoModelForImageTextToText.from_pretrained(path), AutoProcessor.from_pretrained(path)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from fgvlm.config import ConfigError
+from fgvlm.models.tiny import recipes
+
+BUILDER_VERSION = "1"
+"""Bump when a recipe changes what is built: cached models then get a new folder instead of going stale."""
+
+RECIPES: dict[str, Callable[[recipes.Dims], tuple[Any, Any]]] = {
+    "qwen3-vl": recipes.qwen3_vl,
+    "qwen2.5-vl": recipes.qwen2_5_vl,
+    "smolvlm": recipes.smolvlm,
+    "idefics2": recipes.idefics2,
+    "instructblip-t5": recipes.instructblip_t5,
+    "instructblip": recipes.instructblip,
+}
+FAMILIES = tuple(RECIPES)
+STOP_TOKENS = {
+    "qwen3-vl": ["<|im_end|>", "<|endoftext|>"],
+    "qwen2.5-vl": ["<|im_end|>", "<|endoftext|>"],
+    "idefics2": ["</s>", "<end_of_utterance>"],
+}
+"""Tokens that end generation besides the tokenizer's eos, as in the real checkpoints' generation configs."""
+SIZES = {"tiny": recipes.TINY, "small": recipes.SMALL}
+SMALL_FAMILIES = ("qwen3-vl",)
+MARKER = "fgvlm_tiny.json"
+"""Written last into every built folder: what was built (family, size, seed, builder version)."""
+
+
+class TinyModelError(ConfigError):
+    """An unknown family or size for a tiny model; the message lists what exists."""
+
+
+def check_family_size(family: str, size: str) -> None:
+    if family not in RECIPES:
+        raise TinyModelError(f"no tiny model for family {family!r}; families: {', '.join(FAMILIES)}")
+    if size not in SIZES:
+        raise TinyModelError(f"unknown tiny model size {size!r}; sizes: {', '.join(SIZES)}")
+    if size != "tiny" and family not in SMALL_FAMILIES:
+        raise TinyModelError(f"size {size!r} exists only for {', '.join(SMALL_FAMILIES)}, not {family!r}")
+
+
+def build_tiny_model(family: str, out_dir: str | Path, seed: int = 0, size: str = "tiny") -> Path:
+    """Build a randomly initialised model of ``family`` and save it (safetensors + processor) into ``out_dir``.
+
+    The same ``seed`` gives byte-identical weights. ``size="tiny"`` is ~0.3-0.5 M params (tests);
+    ``size="small"`` (Qwen3-VL only) is ~27 M params with 224-px images (benchmarks).
+    """
+    import torch
+    from transformers import AutoModelForImageTextToText, GenerationConfig
+
+    check_family_size(family, size)
+    config, processor = RECIPES[family](SIZES[size])
+    tokenizer = processor.tokenizer
+    with torch.random.fork_rng(devices=[]):  # seed the init without disturbing the caller's random stream
+        torch.manual_seed(seed)
+        model = AutoModelForImageTextToText.from_config(config, dtype=torch.float32)
+    stops = [tokenizer.convert_tokens_to_ids(t) for t in STOP_TOKENS.get(family, [tokenizer.eos_token])]
+    model.generation_config = GenerationConfig(
+        eos_token_id=stops if len(stops) > 1 else stops[0],
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.bos_token_id,
+        do_sample=False,
+    )
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out)
+    processor.save_pretrained(out)
+    marker = {
+        "family": family,
+        "size": size,
+        "seed": seed,
+        "builder_version": BUILDER_VERSION,
+        "num_parameters": sum(p.numel() for p in model.parameters()),
+    }
+    (out / MARKER).write_text(json.dumps(marker, indent=2) + "\n")
+    return out
+
+
+def read_marker(path: str | Path) -> dict[str, Any] | None:
+    """What a tiny model folder was built from, or None for any other folder."""
+    marker = Path(path) / MARKER
+    return json.loads(marker.read_text()) if marker.is_file() else None
+
+
+def cache_root() -> Path:
+    """``$FGVLM_CACHE`` or ``~/.cache/fgvlm``."""
+    return Path(os.environ.get("FGVLM_CACHE") or Path.home() / ".cache" / "fgvlm").expanduser()
+
+
+def cached_model_dir(name: str, family: str, size: str = "tiny", seed: int = 0) -> Path:
+    """Where the registry model ``name`` lives in the cache: the hash changes with the builder version and seed."""
+    key = json.dumps([BUILDER_VERSION, family, size, seed])
+    return cache_root() / "models" / f"{name}-{hashlib.sha256(key.encode()).hexdigest()[:10]}"
+
+
+def cached_tiny_model(name: str, family: str, size: str = "tiny", seed: int = 0) -> Path:
+    """The cached folder of a tiny registry model, building it on first use.
+
+    Built into a temporary sibling folder and renamed into place, so a half-built model is never visible. Two
+    processes (e.g. under torchrun) may both build it: the first rename wins, the loser deletes its copy.
+    """
+    check_family_size(family, size)
+    final = cached_model_dir(name, family, size, seed)
+    if (final / MARKER).is_file():
+        return final
+    final.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".building", dir=final.parent))
+    try:
+        build_tiny_model(family, staging, seed=seed, size=size)
+        staging.chmod(0o755)  # mkdtemp makes it private; the cache is shared like any model folder
+        try:
+            os.rename(staging, final)  # atomic; fails if another process already put a complete folder there
+        except OSError as err:
+            if not (final / MARKER).is_file():
+                raise TinyModelError(f"{final} exists but is not a complete tiny model; delete it") from err
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging, ignore_errors=True)
+    return final
+
+
+__all__ = [
+    "BUILDER_VERSION",
+    "FAMILIES",
+    "SIZES",
+    "TinyModelError",
+    "build_tiny_model",
+    "cache_root",
+    "cached_model_dir",
+    "cached_tiny_model",
+    "read_marker",
+]
