@@ -28,6 +28,9 @@ COMMANDS = [
     ("fgvlm.commands.listing", "list"),
     ("fgvlm.commands.models", "models"),
     ("fgvlm.commands.eval", "eval"),
+    ("fgvlm.commands.head", "head"),
+    ("fgvlm.commands.predict", "predict"),
+    ("fgvlm.commands.cnn", "cnn"),
 ]
 
 for module_name, cli_name in COMMANDS:
