@@ -7,10 +7,7 @@ best checkpoint; ``evaluate_run(run_dir)`` re-evaluates a finished run on any sp
 
 from __future__ import annotations
 
-import contextlib
 import json
-import random
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,6 +22,7 @@ from fgvlm.train.cnn_config import CNNTrainConfig
 from fgvlm.train.distributed import DistInfo, barrier, cleanup, init_distributed, replica_checksums
 from fgvlm.train.images import ImageClassificationData, cache_split, train_loader
 from fgvlm.train.loop import PRECISIONS, LoopSettings, TrainLoop
+from fgvlm.train.runtime import seed_everything, torch_threads
 
 __all__ = ["CNNTrainConfig", "evaluate_run", "train_cnn"]
 
@@ -158,24 +156,6 @@ def make_loss_fn(cfg: CNNTrainConfig, num_classes: int, device: torch.device) ->
         return criterion(model(images), labels), images.shape[0]
 
     return loss_fn
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-
-
-@contextlib.contextmanager
-def torch_threads(count: int | None) -> Iterator[None]:
-    """Run with ``count`` torch CPU threads, then restore the previous setting."""
-    previous = torch.get_num_threads()
-    if count:
-        torch.set_num_threads(count)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous)
 
 
 def open_run_dir(out: str | Path, resume: bool, dist: DistInfo) -> RunDir:

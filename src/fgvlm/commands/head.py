@@ -1,0 +1,98 @@
+"""``fgvlm head train|eval``: classification heads / linear probes on a frozen VLM, trained on cached features."""
+
+from __future__ import annotations
+
+import json
+
+import typer
+
+app = typer.Typer(
+    help="Classification heads on frozen VLM features (feature cache, sweep, eval).", no_args_is_help=True
+)
+
+
+@app.command()
+def train(
+    out: str = typer.Option(..., "--out", "-o", help="Run directory to write (head, metrics, predictions, logs)."),
+    model: str = typer.Option(
+        None, "--model", "-m", help="Registry name, hub id or local model dir (SFT run's model/)."
+    ),
+    dataset: str = typer.Option(None, "--dataset", "-d", help="Dataset registry name (see `fgvlm list datasets`)."),
+    root: str = typer.Option(None, help="Folder holding the data."),
+    protocol: str = typer.Option(None, help="Split protocol (flowers102: official, trainval, swapped)."),
+    pooling: str = typer.Option(None, help="Feature pooling: mean (default), image-mean or last."),
+    layer: int = typer.Option(None, help="Hidden-state layer (-1 = last)."),
+    steps: int = typer.Option(None, help="Head training steps (default 2000)."),
+    online: bool = typer.Option(None, "--online/--cached", help="Run the VLM on every batch (reference way; slow)."),
+    sweep: bool = typer.Option(None, "--sweep/--no-sweep", help="Sweep pooling x layer x lr first, keep the best."),
+    config: str = typer.Option(None, "--config", "-c", help="YAML config (see configs/heads/)."),
+    overrides: list[str] = typer.Option([], "--set", help="Override a config key: KEY=VALUE (e.g. lr=1e-3)."),
+    as_json: bool = typer.Option(False, "--json", help="Print the metrics as one JSON object."),
+) -> None:
+    """Extract (or reuse cached) features, train a head, evaluate it on the test split.
+
+    Examples:
+
+      fgvlm head train --model tiny-qwen3-vl --dataset synthflowers --out runs/head-synth
+
+      fgvlm head train --model qwen3-vl-4b --dataset flowers102 --root data/flowers102 --sweep --out runs/probe
+
+      fgvlm head train --model runs/sft/model --dataset flowers102 --protocol swapped --out runs/sft-head
+
+      torchrun --standalone --nproc_per_node 2 -m fgvlm.commands.head train -c configs/heads/synthflowers-tiny.yaml -o r
+    """
+    from fgvlm.config import resolve_config
+    from fgvlm.heads.config import HeadTrainConfig
+    from fgvlm.heads.pipeline import train_run
+
+    flags = {
+        "model.name": model,
+        "data.dataset": dataset,
+        "data.root": root,
+        "data.protocol": protocol,
+        "pooling": pooling,
+        "layer": layer,
+        "steps": steps,
+        "online": online,
+        "sweep": sweep,
+    }
+    cfg = resolve_config(HeadTrainConfig, config, flags, overrides)
+    metrics = train_run(cfg, out)
+    if metrics is not None:
+        report(metrics, out, as_json)
+
+
+@app.command("eval")
+def evaluate(
+    run: str = typer.Option(..., "--run", "-r", help="A `fgvlm head train` run directory."),
+    split: str = typer.Option("test", help="Split to evaluate (train, val, test)."),
+    as_json: bool = typer.Option(False, "--json", help="Print the metrics as one JSON object."),
+) -> None:
+    """Evaluate a trained head on a split; writes RUN/eval-SPLIT/{metrics.json,predictions.jsonl,confusion.json}.
+
+    Examples:
+
+      fgvlm head eval --run runs/head-synth --split val
+    """
+    from fgvlm.heads.pipeline import eval_run
+
+    metrics = eval_run(run, split)
+    if metrics:
+        report(metrics, f"{run}/eval-{split}", as_json)
+
+
+def report(metrics: dict, where: str, as_json: bool) -> None:
+    """One line (or one JSON object) with the headline numbers."""
+    keys = ("accuracy", "top5_accuracy", "macro_f1", "n", "ci95", "split", "pooling", "layer", "training")
+    summary = {k: metrics.get(k) for k in keys}
+    if as_json:
+        typer.echo(json.dumps({**summary, "out": str(where)}))
+        return
+    typer.echo(
+        f"{summary['split']}: accuracy {100 * summary['accuracy']:.2f} % (top-5 {100 * summary['top5_accuracy']:.2f} %,"
+        f" macro-F1 {summary['macro_f1']:.3f}, n={summary['n']}) -> {where}"
+    )
+
+
+if __name__ == "__main__":  # `torchrun ... -m fgvlm.commands.head train ...` (or `python -m`)
+    app()

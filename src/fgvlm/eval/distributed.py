@@ -1,0 +1,70 @@
+"""Data-parallel evaluation under ``torchrun``: who am I, and passing small Python objects between processes.
+
+Under ``torchrun --nproc_per_node N`` (``WORLD_SIZE`` > 1) a gloo process group carries the object exchanges —
+gloo works on CPU-only machines and for GPU runs too, since only small lists of prediction records travel. A
+plain ``python`` run is a world of one and touches no ``torch.distributed`` at all.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any
+
+
+def is_main_process() -> bool:
+    """Rank 0 of a torchrun launch, or a plain single process (from the environment; no group needed)."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+@dataclass
+class ProcessGroup:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    owns_group: bool = False
+    """True when this object initialised the process group (and so tears it down)."""
+
+    @classmethod
+    def from_env(cls) -> ProcessGroup:
+        """Read torchrun's ``RANK``/``WORLD_SIZE``/``LOCAL_RANK``; join a gloo group when there are several."""
+        world_size = int(os.environ.get("WORLD_SIZE", "1"))
+        if world_size == 1:
+            return cls()
+        import torch.distributed as dist
+
+        owns = not dist.is_initialized()
+        if owns:
+            dist.init_process_group(backend="gloo")
+        return cls(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")), owns)
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def broadcast(self, obj: Any) -> Any:
+        """Rank 0's ``obj`` on every rank."""
+        if self.world_size == 1:
+            return obj
+        import torch.distributed as dist
+
+        box = [obj]
+        dist.broadcast_object_list(box, src=0)
+        return box[0]
+
+    def gather(self, obj: Any) -> list[Any]:
+        """Every rank's ``obj``, in rank order, on every rank."""
+        if self.world_size == 1:
+            return [obj]
+        import torch.distributed as dist
+
+        out: list[Any] = [None] * self.world_size
+        dist.all_gather_object(out, obj)
+        return out
+
+    def close(self) -> None:
+        if self.owns_group:
+            import torch.distributed as dist
+
+            dist.destroy_process_group()
+            self.owns_group = False

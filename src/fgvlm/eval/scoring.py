@@ -1,0 +1,145 @@
+"""One batch of images -> prediction records, for any prompt task, by generation + parsing or by ranking.
+
+A record is one line of ``predictions.jsonl``: ``id``, ``label``, ``pred`` (a label id or null) and, by mode,
+``answer`` + ``pred_lenient`` (generate) or ``topk`` ``[[label, score], ...]`` + ``pred_by_score`` (rank).
+Prompts that differ per image (shuffled or subset options, verification candidates) are recorded per line too.
+
+Verification (``closed-negative-qa``) is scored as a two-class problem: ``label`` is 1 when the candidate is the
+true class (the right answer is "yes") and 0 otherwise, ``pred`` is the parsed yes (1) / no (0); the image's own
+class is kept as ``class_label`` and the candidate as ``candidate``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+from fgvlm.eval.matching import get_matcher, match_yes_no
+from fgvlm.prompts import Prompt, build_prompt, get_task, item_seed
+
+if TYPE_CHECKING:
+    from fgvlm.data.base import Dataset, Record, Sample
+    from fgvlm.models.base import VLMBackend
+
+TOPK = 5
+SCORES = ("sum", "mean", "prior")
+VERIFY_CLASSES = ("no", "yes")
+"""Class names of the verification task's metrics: label 0 = the answer should be no, 1 = yes."""
+
+
+class TaskScorer:
+    """Builds each image's prompt and turns the backend's replies or scores into records."""
+
+    def __init__(
+        self, task: str, dataset: Dataset, family: str | None, options: dict[str, Any], seed: int, score: str = "mean"
+    ):
+        if score not in SCORES:
+            raise ValueError(f"score must be one of {', '.join(SCORES)}, got {score!r}")
+        self.task = task
+        self.spec = get_task(task, family)
+        self.kind = self.spec["kind"]
+        self.family = family
+        self.names = dataset.prompt_names
+        self.options = options
+        self.settings = {**self.spec.get("defaults", {}), **options}
+        """The task's options with its defaults filled in."""
+        self.seed = seed
+        self.score = score
+        self.strict = get_matcher(self.names, lenient=False)
+        self.lenient = get_matcher(self.names, dataset.aliases, lenient=True)
+
+    @property
+    def metric_class_names(self) -> Sequence[str] | None:
+        """Class names the metrics are computed over: yes/no for verification, else None (the dataset's)."""
+        return VERIFY_CLASSES if self.kind == "verify" else None
+
+    @property
+    def prompt_varies(self) -> bool:
+        """Whether images get different prompt texts (then each record keeps its own)."""
+        if self.kind == "open":
+            return False
+        if self.kind == "verify":
+            return True
+        count = self.settings["num_options"] or len(self.names)
+        return bool(self.settings["shuffle"]) or count < len(self.names)
+
+    def prompt(self, record: Record) -> Prompt:
+        return build_prompt(
+            self.task,
+            self.names,
+            label=record.label,
+            family=self.family,
+            seed=item_seed(self.seed, record.id),
+            **self.options,
+        )
+
+    def _base(self, sample: Sample, prompt: Prompt) -> dict[str, Any]:
+        if self.kind == "verify":
+            base = {
+                "id": sample.id,
+                "label": int(prompt.is_positive),
+                "class_label": sample.label,
+                "candidate": prompt.candidate,
+            }
+        else:
+            base = {"id": sample.id, "label": sample.label}
+            if self.kind == "closed":
+                base["options"] = list(prompt.options)
+        if self.prompt_varies:
+            base["prompt"] = prompt.text
+        return base
+
+    # -- generate + parse -----------------------------------------------------------------------------------------
+    def parse(self, answer: str, prompt: Prompt) -> tuple[int | None, int | None]:
+        """(strict, lenient) prediction for one reply."""
+        if self.kind == "verify":
+            said_yes = match_yes_no(answer)
+            pred = None if said_yes is None else int(said_yes)
+            return pred, pred
+        options = prompt.key_to_label if self.kind == "closed" else None
+        return self.strict.match(answer, options), self.lenient.match(answer, options)
+
+    def generate(self, backend: VLMBackend, samples: list[Sample], max_new_tokens: int) -> list[dict[str, Any]]:
+        prompts = [self.prompt(s) for s in samples]
+        answers = backend.generate([s.image for s in samples], [p.text for p in prompts], max_new_tokens)
+        records = []
+        for sample, prompt, answer in zip(samples, prompts, answers, strict=True):
+            strict, lenient = self.parse(answer, prompt)
+            records.append({**self._base(sample, prompt), "pred": strict, "pred_lenient": lenient, "answer": answer})
+        return records
+
+    # -- rank -----------------------------------------------------------------------------------------------------
+    def candidates(self, prompt: Prompt) -> tuple[list[str], list[int]]:
+        """Candidate answer strings and the label each one stands for."""
+        if self.kind == "verify":
+            answers = self.spec["answers"]
+            return [answers["positive"], answers["negative"]], [1, 0]
+        if self.kind == "closed":
+            by_key = self.settings["answer_by"] == "key"
+            texts = list(prompt.keys) if by_key else [self.names[c] for c in prompt.options]
+            return texts, list(prompt.options)
+        return list(self.names), list(range(len(self.names)))
+
+    def rank(self, backend: VLMBackend, samples: list[Sample]) -> list[dict[str, Any]]:
+        """Images that share a prompt and candidate set go to the backend together; records keep sample order."""
+        prompts = [self.prompt(s) for s in samples]
+        groups: dict[tuple[str, tuple[str, ...]], list[int]] = {}
+        for index, prompt in enumerate(prompts):
+            texts, _ = self.candidates(prompt)
+            groups.setdefault((prompt.text, tuple(texts)), []).append(index)
+        records: list[dict[str, Any]] = [{} for _ in samples]
+        for (text, texts), indices in groups.items():
+            scores = backend.rank([samples[i].image for i in indices], text, list(texts))
+            for row, index in enumerate(indices):
+                records[index] = self._ranked(samples[index], prompts[index], scores, row)
+        return records
+
+    def _ranked(self, sample: Sample, prompt: Prompt, scores: Any, row: int) -> dict[str, Any]:
+        import torch
+
+        _, labels = self.candidates(prompt)
+        chosen = scores.get(self.score)[row]
+        order = torch.sort(chosen, descending=True, stable=True).indices.tolist()
+        by_score = {kind: labels[int(torch.argmax(scores.get(kind)[row]))] for kind in SCORES}
+        topk = [[labels[i], round(float(chosen[i]), 6)] for i in order[:TOPK]]
+        return {**self._base(sample, prompt), "pred": labels[order[0]], "topk": topk, "pred_by_score": by_score}

@@ -1,0 +1,221 @@
+"""Head training: AdamW + cosine schedule over seeded batches, best step chosen on the validation split.
+
+Features come from a ``FeatureSource``: cached tensors (``TensorFeatures``) or the frozen VLM run on every batch
+(``OnlineFeatures``, the reference study's way). Everything random -- head init, batch order, dropout masks -- is
+drawn from the seed alone, never from the global RNG the backbone might touch, so with the same seed both sources
+give the same head up to float tolerance in the features.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import nn
+
+from fgvlm.heads.model import ClassificationHead, build_head
+from fgvlm.train.runtime import torch_threads
+
+if TYPE_CHECKING:
+    from fgvlm.data import Split
+    from fgvlm.heads.features import FeatureSpec
+    from fgvlm.models.base import VLMBackend
+
+
+class TensorFeatures:
+    """Cached features: a batch is an index into one ``[N, D]`` tensor."""
+
+    def __init__(self, features: torch.Tensor):
+        self.features = features
+
+    def __len__(self) -> int:
+        return self.features.shape[0]
+
+    @property
+    def dim(self) -> int:
+        return self.features.shape[1]
+
+    def get(self, indices: Sequence[int]) -> torch.Tensor:
+        return self.features[torch.as_tensor(list(indices), dtype=torch.long)]
+
+
+class OnlineFeatures:
+    """The frozen VLM in the loop: every batch decodes its images and runs ``backend.embed`` on them."""
+
+    def __init__(self, backend: VLMBackend, split: Split, spec: FeatureSpec, batch_size: int = 16):
+        self.backend, self.split, self.spec, self.batch_size = backend, split, spec, batch_size
+        self._dim: int | None = None
+
+    def __len__(self) -> int:
+        return len(self.split)
+
+    @property
+    def dim(self) -> int:
+        if self._dim is None:
+            self._dim = self.get([0]).shape[1]
+        return self._dim
+
+    def get(self, indices: Sequence[int]) -> torch.Tensor:
+        out = []
+        indices = list(indices)
+        for begin in range(0, len(indices), self.batch_size):
+            images = [self.split[i].image for i in indices[begin : begin + self.batch_size]]
+            spec = self.spec
+            out.append(self.backend.embed(images, spec.prompt, pooling=spec.pooling, layer=spec.layer).float().cpu())
+        return torch.cat(out)
+
+
+@dataclass
+class HeadRecipe:
+    """The optimisation recipe (a subset of ``HeadTrainConfig``, so sweeps can vary it)."""
+
+    kind: str = "linear"
+    hidden_dim: int = 512
+    dropout: float = 0.1
+    standardize: bool = False
+    steps: int = 2000
+    batch_size: int = 32
+    lr: float = 1e-4
+    weight_decay: float = 0.01
+    warmup_steps: int = 0
+    eval_every: int = 200
+    log_every: int = 50
+    seed: int = 0
+
+    @classmethod
+    def from_config(cls, cfg: Any, **changes: Any) -> HeadRecipe:
+        names = cls.__dataclass_fields__
+        values = {name: getattr(cfg, name) for name in names if name != "kind" and hasattr(cfg, name)}
+        return cls(kind=cfg.head, **{**values, **changes})
+
+
+@dataclass
+class TrainResult:
+    head: ClassificationHead
+    best_step: int
+    best_val: dict[str, float] | None
+    log: list[dict[str, Any]] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+def batch_order(n: int, batch_size: int, seed: int) -> Iterator[list[int]]:
+    """Endless batches walking through successive seeded permutations of ``range(n)`` (no sample dropped)."""
+    generator = torch.Generator().manual_seed(seed)
+    pending: list[int] = []
+    while True:
+        while len(pending) < batch_size:
+            pending.extend(torch.randperm(n, generator=generator).tolist())
+        yield pending[:batch_size]
+        pending = pending[batch_size:]
+
+
+def cosine_lambda(steps: int, warmup_steps: int) -> Callable[[int], float]:
+    """LR multiplier: linear warmup to 1, then cosine decay to 0 at ``steps``."""
+
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        progress = (step - warmup_steps) / max(1, steps - warmup_steps)
+        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+    return factor
+
+
+@torch.no_grad()
+def head_logits(head: ClassificationHead, source: Any, batch_size: int = 1024) -> torch.Tensor:
+    """Logits for every item of a feature source, in order (eval mode, no dropout)."""
+    was_training = head.training
+    head.eval()
+    chunks = [head(source.get(range(b, min(len(source), b + batch_size)))) for b in range(0, len(source), batch_size)]
+    head.train(was_training)
+    return torch.cat(chunks)
+
+
+def score(logits: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
+    return {
+        "accuracy": float((logits.argmax(dim=1) == labels).float().mean()),
+        "loss": float(nn.functional.cross_entropy(logits, labels)),
+    }
+
+
+def _better(new: dict[str, float], best: dict[str, float] | None) -> bool:
+    """Higher accuracy wins; on a tie, a clearly lower loss (rounded so float noise cannot flip the choice)."""
+    if best is None or new["accuracy"] > best["accuracy"]:
+        return True
+    return new["accuracy"] == best["accuracy"] and round(new["loss"], 5) < round(best["loss"], 5)
+
+
+def train_head(
+    train: TensorFeatures | OnlineFeatures,
+    train_labels: torch.Tensor,
+    num_classes: int,
+    recipe: HeadRecipe,
+    val: tuple[Any, torch.Tensor] | None = None,
+    on_log: Callable[[dict[str, Any]], None] | None = None,
+    progress: bool = False,
+) -> TrainResult:
+    """Train a head for ``recipe.steps`` steps; with ``val`` keep the best evaluated step's weights.
+
+    On cached features one intra-op thread is used: a small head's steps take ~1 ms that way, while several
+    threads on a busy CPU spin-wait into tens of ms per step.
+    """
+    with torch_threads(1 if isinstance(train, TensorFeatures) else None):
+        return _train_loop(train, train_labels, num_classes, recipe, val, on_log, progress)
+
+
+def _train_loop(train, train_labels, num_classes, recipe, val, on_log, progress) -> TrainResult:
+    start = time.perf_counter()
+    head = build_head(train.dim, num_classes, recipe.kind, recipe.hidden_dim, recipe.dropout, recipe.seed)
+    if recipe.standardize:
+        if not isinstance(train, TensorFeatures):
+            raise ValueError("standardisation needs cached train features (the online mode has none up front)")
+        head.set_standardization(train.features)
+    optimizer = torch.optim.AdamW(head.parameters(), lr=recipe.lr, weight_decay=recipe.weight_decay)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, cosine_lambda(recipe.steps, recipe.warmup_steps))
+    batches = batch_order(len(train), recipe.batch_size, recipe.seed)
+    log: list[dict[str, Any]] = []
+    best_val, best_step, best_state = None, recipe.steps, None
+    head.train()
+    bar, task = _step_progress(recipe.steps, progress)
+    with bar:
+        for step in range(1, recipe.steps + 1):
+            indices = next(batches)
+            features, labels = train.get(indices), train_labels[indices]
+            with torch.random.fork_rng(devices=[]):  # dropout masks from (seed, step) only
+                torch.default_generator.manual_seed(recipe.seed * 1_000_003 + step)
+                loss = nn.functional.cross_entropy(head(features), labels)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+            schedule.step()
+            bar.update(task, advance=1, loss=f"{loss.item():.4f}")
+            if step % recipe.log_every == 0 or step == recipe.steps:
+                record = {"step": step, "loss": round(loss.item(), 6), "lr": optimizer.param_groups[0]["lr"]}
+                log.append(record)
+                if on_log:
+                    on_log(record)
+            if val is not None and (step % recipe.eval_every == 0 or step == recipe.steps):
+                result = score(head_logits(head, val[0]), val[1])
+                record = {"step": step, "val_accuracy": result["accuracy"], "val_loss": round(result["loss"], 6)}
+                log.append(record)
+                if on_log:
+                    on_log(record)
+                if _better(result, best_val):
+                    best_val, best_step = result, step
+                    best_state = {k: v.clone() for k, v in head.state_dict().items()}
+    if best_state is not None:
+        head.load_state_dict(best_state)
+    return TrainResult(head.eval(), best_step, best_val, log, time.perf_counter() - start)
+
+
+def _step_progress(total: int, enabled: bool):
+    """A rich bar over head steps showing the running loss (silent when disabled)."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    columns = (TextColumn("head"), BarColumn(), MofNCompleteColumn(), TextColumn("loss {task.fields[loss]}"))
+    bar = Progress(*columns, TimeElapsedColumn(), disable=not enabled)
+    return bar, bar.add_task("head", total=total, loss="-")

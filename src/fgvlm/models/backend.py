@@ -1,0 +1,352 @@
+"""The shared Hugging Face backend: ``generate``, prefix-cached ``rank`` and ``embed`` for any chat-templated VLM.
+
+Everything that is the same across families lives here: prompt rendering through the processor's chat template,
+left-padded batching, greedy generation, candidate log-likelihoods and pooled hidden states. A family file
+(``fgvlm/models/families/``) overrides only the few hooks that differ (``_prefill``/``_continue`` for M-RoPE
+positions or an encoder-decoder language model, where hidden states live, which token marks an image).
+
+Ranking reuses the image+prompt prefix: one forward with the KV cache on per image, the cache repeated for the
+candidates, and one forward of the padded candidate continuations per chunk. ``rank(..., reuse_prefix=False)`` is
+the brute-force reference (one full forward per candidate) that the tests and the benchmark compare against.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from fgvlm.models.base import POOLINGS, RankScores, VLMBackend
+
+if TYPE_CHECKING:
+    import torch
+    from PIL import Image
+
+
+@dataclass
+class Prefix:
+    """State after running a prompt (with or without its image) once: what the continuations start from."""
+
+    last_logits: torch.Tensor
+    """``[V]`` logits after the prompt's last token: they score each candidate's first token."""
+    cache: Any
+    """The KV cache (``DynamicCache``; ``EncoderDecoderCache`` for encoder-decoder models), batch 1."""
+    length: int
+    """Tokens already in the cache (the prompt, or the decoder start token for encoder-decoder models)."""
+    extra: dict[str, Any]
+    """Family state the continuation needs (M-RoPE deltas, encoder outputs and mask)."""
+
+
+class HFBackend(VLMBackend):
+    """A transformers ``AutoModelForImageTextToText`` + ``AutoProcessor`` pair answering the three requests."""
+
+    family = "generic"
+    nested_images = False
+    """Pass images to the processor as one list per sample (Idefics2/SmolVLM) rather than one flat list."""
+
+    def __init__(self, model: Any, processor: Any, info: dict[str, Any]):
+        self.model = model.eval()
+        self.processor = processor
+        self.info = dict(info)
+        self.tokenizer = getattr(processor, "tokenizer", processor)
+        # Left padding keeps every prompt's last token at position -1: generation and `last` pooling rely on it.
+        self.tokenizer.padding_side = "left"
+        self._prior_cache: dict[tuple[str, tuple[str, ...]], torch.Tensor] = {}
+        self._rendered: dict[tuple[str, tuple[str, ...], bool], tuple[str, list[str], list[list[int]]]] = {}
+
+    # -- prompt rendering ------------------------------------------------------------------------------------------
+    def build_messages(self, prompt: str, answer: str | None = None, with_image: bool = True) -> list[dict]:
+        """The chat conversation for ``prompt`` (one image first, then the question), optionally answered."""
+        content = ([{"type": "image"}] if with_image else []) + [{"type": "text", "text": prompt}]
+        messages = [{"role": "user", "content": content}]
+        if answer is not None:
+            messages.append({"role": "assistant", "content": [{"type": "text", "text": answer}]})
+        return messages
+
+    def _apply_template(self, messages: list[dict], add_generation_prompt: bool) -> str:
+        template_owner = self.processor if getattr(self.processor, "chat_template", None) else self.tokenizer
+        if not getattr(template_owner, "chat_template", None):
+            raise ValueError(
+                f"{self.family}: the processor of {self.info.get('name', 'this model')} has no chat template; "
+                "set one on the processor (processor.chat_template) or its tokenizer"
+            )
+        return template_owner.apply_chat_template(messages, add_generation_prompt=add_generation_prompt, tokenize=False)
+
+    def render_prompt(self, prompt: str, with_image: bool = True) -> str:
+        """The exact text the model sees for ``prompt`` (chat template, generation prompt added)."""
+        return self._apply_template(self.build_messages(prompt, with_image=with_image), add_generation_prompt=True)
+
+    def render_answer(self, prompt: str, answer: str, with_image: bool = True) -> str:
+        """The assistant turn as the template renders it (e.g. ``'rose<|im_end|>'``, ``' rose<end_of_utterance>'``).
+
+        Taken as the suffix of the whole rendered conversation after the rendered prompt, so it is right for any
+        template without knowing its conventions.
+        """
+        prompt_text = self.render_prompt(prompt, with_image)
+        full = self._apply_template(self.build_messages(prompt, answer, with_image), add_generation_prompt=False)
+        if not full.startswith(prompt_text):
+            raise ValueError(
+                f"{self.family}: the rendered conversation does not start with the rendered prompt, so the answer "
+                f"cannot be isolated.\nprompt: {prompt_text!r}\nconversation: {full!r}"
+            )
+        return full[len(prompt_text) :].rstrip("\n")
+
+    def continuation_ids(self, prompt: str, candidates: list[str], with_image: bool = True) -> list[list[int]]:
+        """Token ids of each candidate's rendered answer, as they follow the prompt's tokens in the full text."""
+        return self._render_candidates(prompt, tuple(candidates), with_image)[2]
+
+    def _render_candidates(
+        self, prompt: str, candidates: tuple[str, ...], with_image: bool
+    ) -> tuple[str, list[str], list[list[int]]]:
+        """Rendered prompt, rendered answers and their token ids; kept per (prompt, candidates): ranking a
+        dataset renders the same 102 answers for every image."""
+        key = (prompt, candidates, with_image)
+        if key in self._rendered:
+            return self._rendered[key]
+        prompt_text = self.render_prompt(prompt, with_image)
+        prompt_ids = self.tokenizer(prompt_text, add_special_tokens=False)["input_ids"]
+        suffixes, ids = [], []
+        for name in candidates:
+            suffix = self.render_answer(prompt, name, with_image)
+            full_ids = self.tokenizer(prompt_text + suffix, add_special_tokens=False)["input_ids"]
+            if full_ids[: len(prompt_ids)] != prompt_ids or len(full_ids) == len(prompt_ids):
+                raise ValueError(
+                    f"{self.family}: answer {suffix!r} merges with the prompt's last tokens when tokenized; "
+                    "the template's assistant turn must start on a token boundary"
+                )
+            suffixes.append(suffix)
+            ids.append(full_ids[len(prompt_ids) :])
+        self._rendered[key] = (prompt_text, suffixes, ids)
+        return self._rendered[key]
+
+    # -- inputs ----------------------------------------------------------------------------------------------------
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.model.parameters()).dtype
+
+    def _to_model(self, batch: Any) -> dict[str, Any]:
+        """Move a processor batch to the model's device; floating tensors (pixels) also to its dtype."""
+        moved = {}
+        for key, value in dict(batch).items():
+            if hasattr(value, "to"):
+                value = value.to(self.device, self.dtype) if value.is_floating_point() else value.to(self.device)
+            moved[key] = value
+        return moved
+
+    def encode(self, images: list[Image.Image] | None, texts: list[str]) -> dict[str, Any]:
+        """Processor inputs for rendered ``texts`` (one image each, or text only), left-padded, on the model."""
+        if images is None:
+            return self._to_model(self.tokenizer(texts, return_tensors="pt", padding=True))
+        if len(images) != len(texts):
+            raise ValueError(f"{self.family}: {len(images)} images but {len(texts)} prompts")
+        images_arg = [[image] for image in images] if self.nested_images else list(images)
+        batch = self.processor(images=images_arg, text=texts, return_tensors="pt", padding=True)
+        return self._to_model(batch)
+
+    # -- generate --------------------------------------------------------------------------------------------------
+    def generate(self, images: list[Image.Image], prompts: list[str], max_new_tokens: int = 32) -> list[str]:
+        """Greedy answers, one per (image, prompt), batched with left padding; the new text only.
+
+        Batched output equals one-at-a-time output for families whose processor pads the whole prompt
+        (Qwen, Idefics2, SmolVLM). InstructBLIP's processor prepends its query tokens outside the padding, so only
+        batches of identical prompts are guaranteed to match one-at-a-time answers there.
+        """
+        import torch
+
+        inputs = self.encode(images, [self.render_prompt(p) for p in prompts])
+        with torch.inference_mode():
+            output = self.model.generate(
+                **inputs, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=self.tokenizer.pad_token_id
+            )
+        new_tokens = self._new_tokens(output, inputs)
+        return [text.strip() for text in self.tokenizer.batch_decode(new_tokens, skip_special_tokens=True)]
+
+    def _new_tokens(self, output: torch.Tensor, inputs: dict[str, Any]) -> torch.Tensor:
+        """Generated ids without the prompt (decoder-only models echo the prompt; encoder-decoder ones do not)."""
+        return output[:, inputs["input_ids"].shape[1] :]
+
+    # -- rank ------------------------------------------------------------------------------------------------------
+    def rank(
+        self,
+        images: list[Image.Image],
+        prompt: str,
+        candidates: list[str],
+        reuse_prefix: bool = True,
+        candidate_batch: int = 128,
+    ) -> RankScores:
+        """Log-likelihood of every candidate as the assistant's answer to ``prompt`` about each image.
+
+        With ``reuse_prefix`` (the default) the image+prompt runs once per image and its KV cache is shared by
+        all candidates, ``candidate_batch`` continuations per forward; without it every candidate runs a full
+        forward (the slow reference). ``prior_subtracted`` subtracts the text-only log-likelihood, computed once
+        per (prompt, candidates) and kept on the backend.
+        """
+        import torch
+
+        if not candidates:
+            raise ValueError(f"{self.family}: rank needs at least one candidate")
+        prompt_text, suffixes, cont_ids = self._render_candidates(prompt, tuple(candidates), with_image=True)
+        rows = []
+        for image in images:
+            if reuse_prefix:
+                prefix = self._prefill(self.encode([image], [prompt_text]))
+                rows.append(self._score_from_prefix(prefix, cont_ids, candidate_batch))
+            else:
+                rows.append(self._score_brute_force([image], prompt_text, suffixes, cont_ids))
+        summed = torch.stack(rows) if rows else torch.zeros(0, len(candidates))
+        num_tokens = [len(ids) for ids in cont_ids]
+        prior = self._prior(prompt, candidates, reuse_prefix, candidate_batch)
+        mean = summed / torch.tensor(num_tokens, dtype=summed.dtype)
+        return RankScores(sum=summed, mean=mean, prior_subtracted=summed - prior, num_tokens=num_tokens)
+
+    def _prior(self, prompt: str, candidates: list[str], reuse_prefix: bool, candidate_batch: int) -> torch.Tensor:
+        """``[C]`` log-likelihood of each candidate given the prompt without the image (cached per prompt+set)."""
+        key = (prompt, tuple(candidates))
+        prompt_text, suffixes, cont_ids = self._render_candidates(prompt, key[1], with_image=False)
+        if not reuse_prefix:
+            return self._score_brute_force(None, prompt_text, suffixes, cont_ids)
+        if key not in self._prior_cache:
+            prefix = self._prefill(self.encode(None, [prompt_text]))
+            self._prior_cache[key] = self._score_from_prefix(prefix, cont_ids, candidate_batch)
+        return self._prior_cache[key]
+
+    def _score_from_prefix(self, prefix: Prefix, cont_ids: list[list[int]], candidate_batch: int) -> torch.Tensor:
+        """``[C]`` summed log-probs of the continuations after one cached prefix.
+
+        Candidates run in groups of equal token length (at most ``candidate_batch`` per forward), so no forward
+        carries padding: 102 Flowers102 names fall into a handful of lengths, and padding to the longest name
+        would more than double the tokens.
+        """
+        import torch
+
+        first = torch.log_softmax(prefix.last_logits.float().cpu(), dim=-1)
+        scores = torch.tensor([first[ids[0]].item() for ids in cont_ids])
+        by_length: dict[int, list[int]] = {}
+        for index, ids in enumerate(cont_ids):
+            if len(ids) > 1:  # one-token candidates are fully scored by the prefix's last logits
+                by_length.setdefault(len(ids), []).append(index)
+        with torch.inference_mode():
+            for indices in by_length.values():
+                for start in range(0, len(indices), candidate_batch):
+                    chunk = indices[start : start + candidate_batch]
+                    tokens = torch.tensor([cont_ids[i] for i in chunk])
+                    cache = copy.deepcopy(prefix.cache)  # each chunk extends its own copy of the prefix
+                    cache.batch_repeat_interleave(len(chunk))
+                    # Tokens 1..k-1 go in; their logits score tokens 2..k.
+                    tokens = tokens.to(self.device)
+                    logprobs = torch.log_softmax(self._continue(prefix, cache, tokens[:, :-1]).float(), dim=-1)
+                    picked = logprobs.gather(-1, tokens[:, 1:].unsqueeze(-1)).squeeze(-1)
+                    scores[chunk] += picked.sum(dim=1).cpu()
+        return scores
+
+    def _forward(self, inputs: dict[str, Any], **kwargs: Any) -> Any:
+        """One forward of processor ``inputs`` (with or without pixels); the output carries the language model's
+        ``logits``, ``cache`` and ``hidden_states``."""
+        return self.model(**inputs, **kwargs)
+
+    def _prefill(self, inputs: dict[str, Any]) -> Prefix:
+        """Run the prompt (batch 1) once with the cache on."""
+        import torch
+
+        with torch.inference_mode():
+            out = self._forward(inputs, use_cache=True)
+        return Prefix(out.logits[0, -1], out.cache, inputs["input_ids"].shape[1], {})
+
+    def _continue(self, prefix: Prefix, cache: Any, ids: torch.Tensor) -> torch.Tensor:
+        """Logits ``[n, L, V]`` of ``n`` equal-length continuations ``ids`` after the repeated prefix ``cache``."""
+        import torch
+
+        n, length = ids.shape
+        mask = torch.ones(n, prefix.length + length, dtype=torch.long, device=ids.device)
+        positions = self._continuation_positions(prefix, n, length)
+        out = self._text_module(prefix)(
+            input_ids=ids, attention_mask=mask, position_ids=positions, cache=cache, use_cache=True
+        )
+        return out.logits
+
+    def _continuation_positions(self, prefix: Prefix, n: int, length: int) -> torch.Tensor:
+        import torch
+
+        return (torch.arange(length, device=self.device) + prefix.length).unsqueeze(0).expand(n, length)
+
+    def _text_module(self, prefix: Prefix) -> Any:
+        """The module that continues from the cache with token ids only (the whole model unless a family says)."""
+        return self.model
+
+    def _score_brute_force(
+        self, images: list[Image.Image] | None, prompt_text: str, suffixes: list[str], cont_ids: list[list[int]]
+    ) -> torch.Tensor:
+        """``[C]`` summed log-probs with one full, cache-free forward of prompt + answer per candidate."""
+        import torch
+
+        scores = []
+        with torch.inference_mode():
+            for suffix, ids in zip(suffixes, cont_ids, strict=True):
+                inputs = self._encode_answered(images, prompt_text, suffix)
+                text = prompt_text + suffix
+                tail = inputs["input_ids"][0, -len(ids) :].tolist()
+                if tail != ids:
+                    raise ValueError(f"{self.family}: {text!r} does not end with the continuation tokens {ids}")
+                logits = self._forward(inputs, use_cache=False).logits[0, -len(ids) - 1 : -1].float()
+                logprobs = torch.log_softmax(logits, dim=-1)
+                scores.append(logprobs.gather(-1, torch.tensor(ids, device=logprobs.device)[:, None]).sum().cpu())
+        return torch.stack(scores)
+
+    def _encode_answered(self, images: list[Image.Image] | None, prompt_text: str, suffix: str) -> dict[str, Any]:
+        """Inputs of the prompt followed by one rendered answer, for the brute-force reference."""
+        return self.encode(images, [prompt_text + suffix])
+
+    # -- embed -----------------------------------------------------------------------------------------------------
+    def embed(self, images: list[Image.Image], prompt: str, pooling: str = "mean", layer: int = -1) -> torch.Tensor:
+        """Pooled language-model hidden states ``[B, D]`` (float32, CPU) of ``layer`` for each image.
+
+        ``last``: the prompt's last token (position -1 under left padding); ``mean``: every real (unpadded)
+        token; ``image-mean``: the image tokens only. ``layer`` indexes ``hidden_states`` (0 = embeddings,
+        -1 = final, already normed).
+        """
+        import torch
+
+        if pooling not in POOLINGS:
+            raise ValueError(f"unknown pooling {pooling!r}; choose one of {', '.join(POOLINGS)}")
+        inputs = self.encode(images, [self.render_prompt(prompt)] * len(images))
+        with torch.inference_mode():
+            out = self._forward(inputs, output_hidden_states=True, use_cache=False)
+        states = self._hidden_states(out)
+        if not -len(states) <= layer < len(states):
+            raise ValueError(f"layer {layer} out of range: the language model has {len(states)} hidden states")
+        hidden = states[layer].float()
+        if pooling == "last":
+            return hidden[:, -1].cpu()
+        if pooling == "mean":
+            weights = inputs["attention_mask"].to(hidden.dtype)
+        else:
+            weights = (inputs["input_ids"] == self.image_token_id).to(hidden.dtype)
+        pooled = (hidden * weights.unsqueeze(-1)).sum(dim=1) / weights.sum(dim=1, keepdim=True).clamp(min=1)
+        return pooled.cpu()
+
+    def _hidden_states(self, out: Any) -> tuple[torch.Tensor, ...]:
+        """The language model's hidden states (embeddings output first) from a ``_forward`` output."""
+        return out.hidden_states
+
+    @property
+    def image_token_id(self) -> int:
+        config = self.model.config
+        token = getattr(config, "image_token_id", None)
+        return token if token is not None else config.image_token_index
+
+    # -- describe --------------------------------------------------------------------------------------------------
+    def describe(self) -> dict[str, Any]:
+        """The loader's info plus family, dtype, device, parameter count and a rendered example prompt."""
+        return {
+            **self.info,
+            "family": self.family,
+            "backend": f"{type(self).__module__}:{type(self).__name__}",
+            "dtype": str(self.dtype).removeprefix("torch."),
+            "device": str(self.device),
+            "parameters": sum(p.numel() for p in self.model.parameters()),
+            "prompt_example": self.render_prompt("{question}"),
+        }

@@ -1,0 +1,178 @@
+"""The VLM backends on real tiny models of every family and real Flowers102 images.
+
+What is pinned: prefix-cached ranking equals brute-force ranking (one full forward per candidate), candidates are
+scored as the template renders the assistant turn, batched generation equals one-at-a-time generation, pooled
+embeddings match a hand computation from ``output_hidden_states`` and do not depend on the batch.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from fgvlm.models.base import POOLINGS, ModelConfig, RankScores  # noqa: E402
+from fgvlm.models.families import FAMILIES, backend_class  # noqa: E402
+from fgvlm.registry import UnknownNameError  # noqa: E402
+
+QUESTION = "What is the name of the flower in this image?"
+# Flowers102 names of 1 to many tokens: the continuations have different lengths and need padding.
+NAMES = ["rose", "lotus", "pink primrose", "bird of paradise", "canterbury bells", "hard-leaved pocket orchid"]
+# How each family's template renders the assistant turn "pink primrose" (the string ranking must score).
+RENDERED_ANSWER = {
+    "qwen3-vl": "pink primrose<|im_end|>",
+    "qwen2.5-vl": "pink primrose<|im_end|>",
+    "idefics2": " pink primrose<end_of_utterance>",
+    "smolvlm": " pink primrose<end_of_utterance>",
+    "instructblip": " pink primrose</s>",
+    "instructblip-t5": " pink primrose</s>",
+}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny models' ops are too small to split across threads; one thread is faster and immune to a busy CPU."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="session")
+def images(flowers_mini: Path) -> list:
+    from PIL import Image
+
+    files = sorted((flowers_mini / "jpg").glob("*.jpg"))[:3]
+    return [Image.open(path).convert("RGB") for path in files]
+
+
+@pytest.fixture(scope="module", params=list(FAMILIES))
+def backend(request, tmp_path_factory):
+    from fgvlm.models.loading import load_backend
+    from fgvlm.models.tiny import build_tiny_model
+
+    family = request.param
+    folder = build_tiny_model(family, tmp_path_factory.mktemp(family), seed=0)
+    return load_backend(ModelConfig(name=str(folder)))
+
+
+def test_backend_class_table_names_every_family_and_rejects_unknown():
+    for family in FAMILIES:
+        assert backend_class(family).family == family
+    with pytest.raises(UnknownNameError, match="qwen3-vl"):
+        backend_class("qwen3vl")
+
+
+def test_rendered_answer_is_the_assistant_turn(backend):
+    assert backend.render_answer(QUESTION, "pink primrose") == RENDERED_ANSWER[backend.family]
+    assert QUESTION in backend.render_prompt(QUESTION)
+    assert backend.describe()["family"] == backend.family
+
+
+def test_prefix_cached_rank_equals_brute_force(backend, images):
+    cached = backend.rank(images[:2], QUESTION, NAMES)
+    brute = backend.rank(images[:2], QUESTION, NAMES, reuse_prefix=False)
+    # One candidate per forward: every chunk must start again from an intact copy of the prefix cache.
+    one_by_one = backend.rank(images[:2], QUESTION, NAMES, candidate_batch=1)
+    torch.testing.assert_close(one_by_one.sum, cached.sum, atol=1e-4, rtol=0)
+    assert isinstance(cached, RankScores) and cached.sum.shape == (2, len(NAMES))
+    assert len(set(cached.num_tokens)) >= 3, cached.num_tokens  # really different lengths
+    assert cached.num_tokens == brute.num_tokens
+    for kind in ("sum", "mean", "prior"):
+        torch.testing.assert_close(cached.get(kind), brute.get(kind), atol=1e-4, rtol=0)
+    assert torch.all(cached.sum < 0)
+    # The prior (text only) differs from the image-conditioned score: it is a real second computation.
+    assert not torch.allclose(cached.prior_subtracted, cached.sum)
+
+
+def test_batched_generation_equals_one_at_a_time(backend, images):
+    # InstructBLIP's processor puts the query tokens outside the padding: only identical prompts are guaranteed.
+    same_prompt_only = backend.family.startswith("instructblip")
+    prompts = [QUESTION] * 3 if same_prompt_only else [QUESTION, "Which flower is this?", "Name it."]
+    batched = backend.generate(images, prompts, max_new_tokens=6)
+    single = [
+        backend.generate([image], [prompt], max_new_tokens=6)[0] for image, prompt in zip(images, prompts, strict=True)
+    ]
+    assert batched == single
+    assert all(isinstance(text, str) for text in batched)
+
+
+def test_embed_shapes_and_batch_independence(backend, images):
+    hidden = backend.model.config.get_text_config().hidden_size
+    for pooling, layer in [(pooling, -1) for pooling in POOLINGS] + [("mean", 1)]:
+        batched = backend.embed(images, QUESTION, pooling=pooling, layer=layer)
+        single = torch.cat([backend.embed([image], QUESTION, pooling=pooling, layer=layer) for image in images])
+        assert batched.shape == (len(images), hidden)
+        torch.testing.assert_close(batched, single, atol=1e-4, rtol=0)
+        assert torch.isfinite(batched).all()
+
+
+@pytest.fixture(scope="module")
+def qwen(tmp_path_factory):
+    from fgvlm.models.loading import load_backend
+    from fgvlm.models.tiny import build_tiny_model
+
+    folder = build_tiny_model("qwen3-vl", tmp_path_factory.mktemp("qwen-by-hand"), seed=1)
+    return load_backend(ModelConfig(name=str(folder)))
+
+
+def test_rank_scores_by_hand(qwen, images):
+    """sum = Σ log p(token) from one plain forward of prompt + answer; mean = sum / tokens; prior = text only."""
+    scores = qwen.rank(images[:1], QUESTION, ["pink primrose"])
+    answer = "pink primrose<|im_end|>"
+    answer_ids = qwen.tokenizer(answer, add_special_tokens=False)["input_ids"]
+    assert scores.num_tokens == [len(answer_ids)] and len(answer_ids) > 1
+
+    def answer_logprob(inputs):
+        with torch.no_grad():
+            logits = qwen.model(**inputs).logits[0]
+        assert inputs["input_ids"][0, -len(answer_ids) :].tolist() == answer_ids
+        steps = torch.log_softmax(logits[-len(answer_ids) - 1 : -1], dim=-1)
+        return sum(steps[i, token].item() for i, token in enumerate(answer_ids))
+
+    with_image = answer_logprob(
+        qwen.processor(images=images[:1], text=[qwen.render_prompt(QUESTION) + answer], return_tensors="pt")
+    )
+    text_only = answer_logprob(
+        qwen.tokenizer([qwen.render_prompt(QUESTION, with_image=False) + answer], return_tensors="pt")
+    )
+    assert scores.sum.item() == pytest.approx(with_image, abs=1e-4)
+    assert scores.mean.item() == pytest.approx(with_image / len(answer_ids), abs=1e-5)
+    assert scores.prior_subtracted.item() == pytest.approx(with_image - text_only, abs=1e-4)
+    # The prior is computed once per (prompt, candidates) and kept.
+    assert (QUESTION, ("pink primrose",)) in qwen._prior_cache
+
+
+def test_embed_pooling_by_hand(qwen, images):
+    """Left-padded batch of two differently sized images: pool the hidden states by hand."""
+    texts = [qwen.render_prompt(QUESTION)] * 2
+    inputs = qwen.processor(
+        images=[images[0], images[2].resize((64, 200))], text=texts, return_tensors="pt", padding=True
+    )
+    mask = inputs["attention_mask"]
+    assert mask[:, 0].tolist().count(0) == 1, "the batch must contain left padding for this test to mean anything"
+    with torch.no_grad():
+        states = qwen.model(**inputs, output_hidden_states=True).hidden_states
+    for layer in (-1, 1):
+        hidden = states[layer]
+        image_mask = (inputs["input_ids"] == qwen.model.config.image_token_id).float()
+        expected = {
+            "last": hidden[:, -1],
+            "mean": (hidden * mask[..., None]).sum(1) / mask.sum(1, keepdim=True),
+            "image-mean": (hidden * image_mask[..., None]).sum(1) / image_mask.sum(1, keepdim=True),
+        }
+        batch = [images[0], images[2].resize((64, 200))]
+        for pooling, want in expected.items():
+            got = qwen.embed(batch, QUESTION, pooling=pooling, layer=layer)
+            torch.testing.assert_close(got, want, atol=1e-5, rtol=0)
+
+
+def test_bad_pooling_and_layer_are_named(qwen, images):
+    with pytest.raises(ValueError, match="unknown pooling 'first'"):
+        qwen.embed(images[:1], QUESTION, pooling="first")
+    with pytest.raises(ValueError, match="layer 99 out of range"):
+        qwen.embed(images[:1], QUESTION, layer=99)
+    with pytest.raises(ValueError, match="at least one candidate"):
+        qwen.rank(images[:1], QUESTION, [])
