@@ -36,31 +36,61 @@ def steps() -> list[tuple[str, list[str], str]]:
     synth = ["--dataset", "synthflowers"]
     plan = [
         ("dataset", ["data", "info", *synth], ""),
-        ("zero-shot rank (tiny Qwen3-VL)",
-         ["eval", "--model", "tiny-qwen3-vl", *synth, "--mode", "rank", "--out", str(OUT / "zs-rank-synth")],
-         "zs-rank-synth"),
-        ("zero-shot generate (tiny Qwen3-VL)",
-         ["eval", "--model", "tiny-qwen3-vl", *synth, "--mode", "generate", "--out", str(OUT / "zs-gen-synth")],
-         "zs-gen-synth"),
-        ("linear head, cached mean-pooled features (tiny Qwen3-VL)",
-         ["head", "train", "--config", "configs/heads/synthflowers-tiny.yaml", "--out", str(OUT / "head-synth")],
-         "head-synth"),
-        ("CNN test_resnet",
-         ["cnn", "train", "--config", "configs/cnn/test-resnet-synthflowers.yaml", "--out", str(OUT / "cnn-synth")],
-         "cnn-synth"),
-        ("CNN test_resnet + MixUp/CutMix",
-         ["cnn", "train", "--config", "configs/cnn/test-resnet-synthflowers.yaml", "--mixup", "--cutmix",
-          "--out", str(OUT / "cnn-mix-synth")],
-         "cnn-mix-synth"),
+        (
+            "zero-shot rank, tiny Qwen3-VL",
+            ["eval", "--model", "tiny-qwen3-vl", *synth, "--mode", "rank", "--out", str(OUT / "zs-rank-synth")],
+            "zs-rank-synth",
+        ),
+        (
+            "zero-shot generate, tiny Qwen3-VL",
+            ["eval", "--model", "tiny-qwen3-vl", *synth, "--mode", "generate", "--out", str(OUT / "zs-gen-synth")],
+            "zs-gen-synth",
+        ),
+        (
+            "linear head on tiny Qwen3-VL",
+            ["head", "train", "--config", "configs/heads/synthflowers-tiny.yaml", "--out", str(OUT / "head-synth")],
+            "head-synth",
+        ),
+        (
+            "CNN test_resnet",
+            ["cnn", "train", "--config", "configs/cnn/test-resnet-synthflowers.yaml", "--out", str(OUT / "cnn-synth")],
+            "cnn-synth",
+        ),
+        (
+            "CNN test_resnet + MixUp/CutMix",
+            [
+                "cnn",
+                "train",
+                "--config",
+                "configs/cnn/test-resnet-synthflowers.yaml",
+                "--mixup",
+                "--cutmix",
+                "--out",
+                str(OUT / "cnn-mix-synth"),
+            ],
+            "cnn-mix-synth",
+        ),
     ]
     if (FLOWERS_MINI / "setid.mat").is_file():
         mini = ["--dataset", "flowers102", "--root", str(FLOWERS_MINI)]
         plan += [
-            ("Flowers102 mini: data info", ["data", "info", *mini], ""),
-            ("Flowers102 mini: zero-shot rank of 102 names (tiny Qwen3-VL, 60 images)",
-             ["eval", "--model", "tiny-qwen3-vl", *mini, "--mode", "rank", "--limit", "60",
-              "--out", str(OUT / "zs-rank-flowers")],
-             "zs-rank-flowers"),
+            ("Flowers102 mini set", ["data", "info", *mini], ""),
+            (
+                "zero-shot rank of 102 names",
+                [
+                    "eval",
+                    "--model",
+                    "tiny-qwen3-vl",
+                    *mini,
+                    "--mode",
+                    "rank",
+                    "--limit",
+                    "60",
+                    "--out",
+                    str(OUT / "zs-rank-flowers"),
+                ],
+                "zs-rank-flowers",
+            ),
         ]
     return plan
 
@@ -77,12 +107,20 @@ def summary(rows: list[tuple[str, str, float]]) -> None:
         meta = json.loads((OUT / run / "meta.json").read_text())
         lo, hi = metrics["ci95"]
         top5 = metrics.get("top5_accuracy")
-        classes = len(metrics["per_class_accuracy"]) or 1
-        dataset = (meta.get("dataset") or {}).get("dataset", "?")
-        table.add_row(what, dataset, str(metrics["n"]), f"{100 * metrics['accuracy']:.1f} %",
-                      f"{100 * lo:.1f}–{100 * hi:.1f}", "—" if top5 is None else f"{100 * top5:.1f} %",
-                      f"{100 / classes:.1f} %", f"{seconds:.0f}")
-    Console().print(table)
+        dataset_meta = meta.get("dataset") or {}
+        classes = dataset_meta.get("num_classes") or 1
+        dataset = dataset_meta.get("dataset", "?")
+        table.add_row(
+            what,
+            dataset,
+            str(metrics["n"]),
+            f"{100 * metrics['accuracy']:.1f} %",
+            f"{100 * lo:.1f}–{100 * hi:.1f}",
+            "—" if top5 is None else f"{100 * top5:.1f} %",
+            f"{100 / classes:.1f} %",
+            f"{seconds:.0f}",
+        )
+    Console(width=140).print(table)
     print(f"Run directories (config.yaml, meta.json, predictions.jsonl, metrics.json, …): {OUT}")
 
 

@@ -48,8 +48,14 @@ def info(
     sizes = ds.split_sizes()
     per_class = {split: ds.per_class_counts(split) for split in sizes}
     if as_json:
-        summary = {"dataset": ds.name, "protocol": ds.protocol, "num_classes": ds.num_classes, "splits": sizes,
-                   "root": str(ds.root) if ds.root else None, "per_class": per_class}
+        summary = {
+            "dataset": ds.name,
+            "protocol": ds.protocol,
+            "num_classes": ds.num_classes,
+            "splits": sizes,
+            "root": str(ds.root) if ds.root else None,
+            "per_class": per_class,
+        }
         typer.echo(json.dumps(summary))
         return
     from rich.console import Console
@@ -92,8 +98,10 @@ def download(
         raise unknown_name("downloadable dataset", dataset, list(DOWNLOADERS))
     summary = DOWNLOADERS[dataset](root, base_url)
     fetched = ", ".join(summary["downloaded"]) or "nothing"
-    typer.echo(f"{dataset}: downloaded {fetched}; already complete: {', '.join(summary['skipped']) or 'nothing'}; "
-               f"images {'extracted' if summary['extracted'] else 'already extracted'} in {summary['root']}")
+    typer.echo(
+        f"{dataset}: downloaded {fetched}; already complete: {', '.join(summary['skipped']) or 'nothing'}; "
+        f"images {'extracted' if summary['extracted'] else 'already extracted'} in {summary['root']}"
+    )
 
 
 @app.command()
@@ -103,8 +111,9 @@ def audit(
     protocol: str = typer.Option(None, help="Split protocol (flowers102: official, trainval, swapped)."),
     option: list[str] = typer.Option([], "--option", "-o", help=SET_HELP),
     out: str = typer.Option(None, "--out", help="Run directory: audit.json, duplicates.png, config.yaml, meta.json."),
-    threshold: int = typer.Option(None, help="Near duplicate if the 64-bit hashes differ in at most this many bits "
-                                  "(default 5)."),
+    threshold: int = typer.Option(
+        None, help="Near duplicate if the 64-bit hashes differ in at most this many bits (default 5)."
+    ),
     hash_name: str = typer.Option(None, "--hash", help="Perceptual hash: dhash (default), phash or ahash."),
     config: str = typer.Option(None, "--config", "-c", help="YAML file with audit settings (AuditConfig)."),
     overrides: list[str] = typer.Option([], "--set", help="Override as KEY=VALUE (e.g. max_sheet_pairs=100)."),
@@ -126,8 +135,15 @@ def audit(
     from fgvlm.config import resolve_config
     from fgvlm.data.audit import AUDIT_FILE, AuditConfig, run_audit
 
-    flags = {"data.dataset": dataset, "data.root": root, "data.protocol": protocol, "out": out,
-             "threshold": threshold, "hash": hash_name, "data.options": parse_options(option) or None}
+    flags = {
+        "data.dataset": dataset,
+        "data.root": root,
+        "data.protocol": protocol,
+        "out": out,
+        "threshold": threshold,
+        "hash": hash_name,
+        "data.options": parse_options(option) or None,
+    }
     cfg = resolve_config(AuditConfig, config, flags, overrides)
     summary = run_audit(cfg)["summary"]
     table = Table(title=f"audit of {cfg.data.dataset} ({cfg.data.protocol}), {cfg.hash} <= {cfg.threshold} bits")
