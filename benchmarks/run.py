@@ -2,7 +2,8 @@
 and write BENCHMARKS-latest.json (BENCHMARKS.md is written by hand from it, with the machine and versions).
 
 A benchmark module is ``benchmarks/bench_*.py`` with ``run() -> list[dict]``; each dict has
-``name``, ``value``, ``op`` (">=" or "<="), ``target`` and optionally ``detail`` (free text).
+``name``, ``value``, ``op`` (">=" or "<="), ``target`` and optionally ``detail`` (free text). A row without a
+target is a plain measurement, printed as ``INFO <name> <value>``.
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ def main(argv: list[str]) -> int:
         start = time.perf_counter()
         print(f"== {path.stem}", flush=True)
         for row in module.run():
-            row["verdict"] = verdict(row["value"], row["op"], row["target"])
+            row["verdict"] = verdict(row["value"], row["op"], row["target"]) if "target" in row else None
             row["module"] = path.stem
             results.append(row)
             print(f"   {row['name']}: {row['value']:.3g} ({row.get('detail', '')})", flush=True)
@@ -52,7 +53,10 @@ def main(argv: list[str]) -> int:
     }
     (HERE.parent / "BENCHMARKS-latest.json").write_text(json.dumps({"machine": machine, "results": results}, indent=2))
     for row in results:
-        print(f"BENCH {row['name']} {row['value']:.3g} target {row['op']} {row['target']:g} {row['verdict']}")
+        if row["verdict"] is None:
+            print(f"INFO {row['name']} {row['value']:.3g}")
+        else:
+            print(f"BENCH {row['name']} {row['value']:.3g} target {row['op']} {row['target']:g} {row['verdict']}")
     return 0
 
 
