@@ -53,7 +53,7 @@ def command(
       torchrun --standalone --nproc_per_node 2 -m fgvlm eval --model tiny-qwen3-vl --dataset flowers102 --out runs/dp
     """
     from fgvlm.config import resolve_config
-    from fgvlm.eval.distributed import is_main_process
+    from fgvlm.distributed import is_main_process
     from fgvlm.eval.zeroshot import EvalConfig, evaluate
 
     flags = {

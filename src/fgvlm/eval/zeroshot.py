@@ -24,7 +24,7 @@ from typing import Any
 import yaml
 
 from fgvlm.config import ConfigError, DataConfig, to_dict
-from fgvlm.eval.distributed import ProcessGroup
+from fgvlm.distributed import ProcessGroup
 from fgvlm.models.base import ModelConfig
 from fgvlm.runs import RunDir
 

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from fgvlm.eval.distributed import ProcessGroup
+from fgvlm.distributed import ProcessGroup
 from fgvlm.heads.cache import CachedFeatures, FeatureCache, feature_key, ids_digest
 
 if TYPE_CHECKING:

@@ -16,7 +16,7 @@ from typing import Any
 
 from fgvlm.config import ConfigError, from_dict, load_yaml, to_dict
 from fgvlm.data import Dataset, create_dataset
-from fgvlm.eval.distributed import ProcessGroup
+from fgvlm.distributed import ProcessGroup
 from fgvlm.heads.cache import FeatureCache
 from fgvlm.heads.config import HeadTrainConfig
 from fgvlm.heads.features import FeatureSpec, backbone_signature, split_features

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from fgvlm.config import ConfigError
-from fgvlm.train.distributed import DistInfo, gather_objects
+from fgvlm.distributed import ProcessGroup
 from fgvlm.train.images import eval_loader
 
 
@@ -120,10 +120,10 @@ def predict_probs(
     num_workers: int = 0,
     channels_last: bool = False,
     autocast: Any = None,
-    dist: DistInfo | None = None,
+    dist: ProcessGroup | None = None,
 ) -> np.ndarray:
     """Softmax probabilities ``[N, C]`` (float32, dataset order) on every rank; each rank predicts 1/world of it."""
-    dist = dist or DistInfo()
+    dist = dist or ProcessGroup()
     indices = list(range(dist.rank, len(data), dist.world_size))
     loader = eval_loader(
         torch.utils.data.Subset(data, indices), batch_size, num_workers, pin_memory=device.type == "cuda"
@@ -137,7 +137,7 @@ def predict_probs(
                 images = images.contiguous(memory_format=torch.channels_last)
             chunks.append(module(images).float().softmax(dim=-1).cpu())
     probs = torch.cat(chunks).numpy() if chunks else np.zeros((0, 0), dtype=np.float32)
-    parts = gather_objects(dist, (indices, probs))
+    parts = dist.gather((indices, probs))
     out = None
     for part_indices, part_probs in parts:
         if out is None:

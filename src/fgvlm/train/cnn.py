@@ -16,10 +16,11 @@ import numpy as np
 import torch
 
 from fgvlm.config import ConfigError, resolve_config
+from fgvlm.distributed import ProcessGroup
 from fgvlm.runs import RunDir, write_json
 from fgvlm.train.classifier import create_classifier, data_config, eval_resize, predict_probs, topk_metrics
 from fgvlm.train.cnn_config import CNNTrainConfig
-from fgvlm.train.distributed import DistInfo, barrier, cleanup, init_distributed, replica_checksums
+from fgvlm.train.distributed import replica_checksums
 from fgvlm.train.images import ImageClassificationData, cache_split, train_loader
 from fgvlm.train.loop import PRECISIONS, LoopSettings, TrainLoop
 from fgvlm.train.runtime import seed_everything, torch_threads
@@ -41,7 +42,7 @@ class CNNSetup:
     shorter_side: int
     device: torch.device
     precision: str
-    dist: DistInfo
+    dist: ProcessGroup
 
     def split_data(self, name: str, train: bool = False) -> ImageClassificationData:
         """A split as (transformed image, label) pairs, decoded once into the pre-resized cache when enabled."""
@@ -71,7 +72,7 @@ class CNNSetup:
         )
 
 
-def select_device(cfg: CNNTrainConfig, dist: DistInfo) -> torch.device:
+def select_device(cfg: CNNTrainConfig, dist: ProcessGroup) -> torch.device:
     if cfg.device:
         return torch.device(cfg.device)
     return torch.device(f"cuda:{dist.local_rank}" if torch.cuda.is_available() else "cpu")
@@ -88,7 +89,7 @@ def select_precision(cfg: CNNTrainConfig, device: torch.device) -> str:
     return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
 
 
-def build_setup(cfg: CNNTrainConfig, dist: DistInfo, pretrained: bool | str | None = None) -> CNNSetup:
+def build_setup(cfg: CNNTrainConfig, dist: ProcessGroup, pretrained: bool | str | None = None) -> CNNSetup:
     """Dataset, timm model (weights per ``pretrained``, default the config's) and its own preprocessing."""
     from timm.data import create_transform
 
@@ -158,14 +159,14 @@ def make_loss_fn(cfg: CNNTrainConfig, num_classes: int, device: torch.device) ->
     return loss_fn
 
 
-def open_run_dir(out: str | Path, resume: bool, dist: DistInfo) -> RunDir:
+def open_run_dir(out: str | Path, resume: bool, dist: ProcessGroup) -> RunDir:
     """The run directory; a finished or started run is only continued with ``resume`` (never overwritten)."""
     last = Path(out) / "checkpoints" / "last.json"
     if last.is_file() and not resume:
         raise ConfigError(f"{out} already holds a trained run; pass --resume to continue it or choose a new --out")
     if resume and not last.is_file():
         raise ConfigError(f"cannot resume: {last} not found")
-    barrier(dist)  # every rank has checked before rank 0 creates anything
+    dist.barrier()  # every rank has checked before rank 0 creates anything
     return RunDir(out)
 
 
@@ -179,12 +180,12 @@ def train_cnn(
     continues it.
     """
     use_cuda = torch.cuda.is_available() and not (cfg.device or "").startswith("cpu")
-    dist = init_distributed("cuda" if use_cuda else "cpu")
+    dist = ProcessGroup.from_env(backend="nccl" if use_cuda else "gloo")
     try:
         with torch_threads(cfg.num_threads):
             return _train(cfg, out, resume, dist, stop_after_epoch)
     finally:
-        cleanup(dist)
+        dist.close()
 
 
 def _build_loop(
@@ -250,7 +251,7 @@ def _build_loop(
 
 
 def _train(
-    cfg: CNNTrainConfig, out: str | Path, resume: bool, dist: DistInfo, stop_after_epoch: int | None
+    cfg: CNNTrainConfig, out: str | Path, resume: bool, dist: ProcessGroup, stop_after_epoch: int | None
 ) -> dict[str, Any]:
     from fgvlm.train.checkpoint import load_weights
 
@@ -362,7 +363,7 @@ def evaluate_run(
     tag = checkpoint if checkpoints.exists(checkpoint) or checkpoint == "last" else "last"
     info = checkpoints.read_info(tag)
     with torch_threads(cfg.num_threads):
-        setup = build_setup(cfg, DistInfo(), pretrained=False)
+        setup = build_setup(cfg, ProcessGroup(), pretrained=False)
         load_weights(checkpoints.weights_path(tag), setup.model)
         probs = setup.predict(setup.model, setup.split_data(split))
     target = RunDir(out if out is not None else run / f"eval-{split}-{checkpoint}")

@@ -25,9 +25,10 @@ from typing import Any
 
 import torch
 
+from fgvlm.distributed import ProcessGroup
 from fgvlm.runs import RunDir
 from fgvlm.train.checkpoint import Checkpointer, capture_rng, restore_rng, state_tensors
-from fgvlm.train.distributed import DistInfo, average_buffers, barrier, gather_objects
+from fgvlm.train.distributed import average_buffers
 
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 LOG_FILE = "train_log.jsonl"
@@ -92,12 +93,12 @@ class TrainLoop:
         scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
         evaluate: Callable[[torch.nn.Module], dict[str, float]] | None = None,
         ema: Any | None = None,
-        dist: DistInfo | None = None,
+        dist: ProcessGroup | None = None,
     ):
         self.model, self.optimizer, self.loss_fn, self.train_batches = model, optimizer, loss_fn, train_batches
         self.run_dir, self.settings, self.device = run_dir, settings, device
         self.scheduler, self.evaluate, self.ema = scheduler, evaluate, ema
-        self.dist = dist or DistInfo()
+        self.dist = dist or ProcessGroup()
         self.checkpoints = Checkpointer(run_dir.path)
         self.train_model = self._wrap_ddp(model)
         self.scaler = torch.amp.GradScaler(device.type, enabled=settings.precision == "fp16")
@@ -173,7 +174,7 @@ class TrainLoop:
                     writer.add_scalar("train/loss", loss, self.step)
                     writer.add_scalar("train/lr", self.optimizer.param_groups[0]["lr"], self.step)
         seconds = time.perf_counter() - start
-        totals = gather_objects(self.dist, (loss_sum, items))
+        totals = self.dist.gather((loss_sum, items))
         all_items = sum(n for _, n in totals)
         return {
             "epoch": epoch + 1,
@@ -219,7 +220,7 @@ class TrainLoop:
     # -- files ----------------------------------------------------------------------------------------------
     def _save_epoch(self, record: dict[str, Any], improved: bool, writer: Any) -> None:
         """Log first, then checkpoints: a log line beyond the last checkpoint is dropped on resume."""
-        rng_states = gather_objects(self.dist, capture_rng())
+        rng_states = self.dist.gather(capture_rng())
         if self.dist.is_main:
             self.run_dir.append_jsonl(LOG_FILE, [record])
             for key, value in record.items():
@@ -243,7 +244,7 @@ class TrainLoop:
                 state["model"] = state_tensors(self.model)
             self.checkpoints.save_state(state)
             self.checkpoints.save("last", self.eval_module, info)
-        barrier(self.dist)
+        self.dist.barrier()
 
     def _resume(self) -> int:
         """Restore everything from ``last``; returns the epoch to start at."""
@@ -280,7 +281,7 @@ class TrainLoop:
             kept = [r for r in self.run_dir.read_jsonl(LOG_FILE) if r["epoch"] <= info["epoch"]]
             (self.run_dir / LOG_FILE).unlink(missing_ok=True)
             self.run_dir.append_jsonl(LOG_FILE, kept)
-        barrier(self.dist)
+        self.dist.barrier()
         return int(info["epoch"])
 
     def _tensorboard(self, purge_step: int | None) -> Any:
