@@ -176,3 +176,38 @@ def test_bad_pooling_and_layer_are_named(qwen, images):
         qwen.embed(images[:1], QUESTION, layer=99)
     with pytest.raises(ValueError, match="at least one candidate"):
         qwen.rank(images[:1], QUESTION, [])
+
+
+def test_qwen3_vision_speed_ups_compute_the_same_features(qwen, images):
+    """The matmul patch embedding and the one-call batched vision attention equal transformers' own forwards; the
+    batched attention runs only when every image has the same number of patches (else the original per-image one)."""
+    from fgvlm.models.families.qwen_vl import speed_up_qwen3_vision
+
+    changed = [m for m in qwen.model.modules() if "_fgvlm_original_forward" in m.__dict__]
+    assert len(changed) == 1 + qwen.model.config.vision_config.depth  # patch embedding + every block's attention
+    assert speed_up_qwen3_vision(qwen.model) == 0  # a second call changes nothing (no self-wrapping)
+    originals = {m: m._fgvlm_original_forward for m in changed if hasattr(m, "qkv")}
+    fallbacks = []
+    for module, original in originals.items():
+        module._fgvlm_original_forward = lambda *a, _f=original, **k: fallbacks.append(1) or _f(*a, **k)
+    visual = qwen.model.model.visual
+    try:
+        mixed = [images[0], images[2].resize((64, 200))]  # different patch counts (see test_embed_pooling_by_hand)
+        for batch, expect_fallback in [([im.resize((96, 64)) for im in images], False), (mixed, True)]:
+            inputs = qwen.encode(batch, [qwen.render_prompt(QUESTION)] * len(batch))
+            fallbacks.clear()
+            with torch.inference_mode():
+                fast = visual(inputs["pixel_values"], grid_thw=inputs["image_grid_thw"])
+                assert bool(fallbacks) == expect_fallback
+                fast_forwards = {m: m.__dict__.pop("forward") for m in changed}  # back to the class's forward
+                try:
+                    slow = visual(inputs["pixel_values"], grid_thw=inputs["image_grid_thw"])
+                finally:
+                    for module, forward in fast_forwards.items():
+                        module.forward = forward
+            torch.testing.assert_close(fast.pooler_output, slow.pooler_output, atol=1e-5, rtol=0)
+            for got, want in zip(fast.deepstack_features, slow.deepstack_features, strict=True):
+                torch.testing.assert_close(got, want, atol=1e-5, rtol=0)
+    finally:
+        for module, original in originals.items():
+            module._fgvlm_original_forward = original

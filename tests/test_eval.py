@@ -335,7 +335,10 @@ def test_two_processes_write_one_result_equal_to_single(
         mode="rank",
         task_options={"num_options": 5},
     )
-    single = evaluate(cfg, tmp_path / "single")
+    from fgvlm.train.runtime import torch_threads
+
+    with torch_threads(1):  # as each torchrun worker (OMP_NUM_THREADS=1): float sums depend on the thread count
+        single = evaluate(cfg, tmp_path / "single")
     dp_lines = (tmp_path / "dp" / "predictions.jsonl").read_bytes()
     assert dp_lines == (tmp_path / "single" / "predictions.jsonl").read_bytes()
     assert without_speed(json.loads((tmp_path / "dp" / "metrics.json").read_text())) == without_speed(single)

@@ -1,8 +1,10 @@
-"""Data-parallel evaluation under ``torchrun``: who am I, and passing small Python objects between processes.
+"""Several processes under ``torchrun``: who am I, collective calls, and passing small Python objects around.
 
-Under ``torchrun --nproc_per_node N`` (``WORLD_SIZE`` > 1) a gloo process group carries the object exchanges —
-gloo works on CPU-only machines and for GPU runs too, since only small lists of prediction records travel. A
-plain ``python`` run is a world of one and touches no ``torch.distributed`` at all.
+Under ``torchrun --nproc_per_node N`` (``WORLD_SIZE`` > 1) a process group is joined: gloo by default (it works on
+CPU-only machines, and for GPU runs too when only small lists of records travel), nccl for GPU training. A plain
+``python`` run is a world of one and touches no ``torch.distributed`` at all. (``accelerate launch --cpu`` starts a
+single process; plain ``torchrun`` works.) Rank 0 alone writes files; every rank takes part in collective calls, so
+none may return early. Evaluation, feature extraction and training all use this one class.
 """
 
 from __future__ import annotations
@@ -26,21 +28,31 @@ class ProcessGroup:
     """True when this object initialised the process group (and so tears it down)."""
 
     @classmethod
-    def from_env(cls) -> ProcessGroup:
-        """Read torchrun's ``RANK``/``WORLD_SIZE``/``LOCAL_RANK``; join a gloo group when there are several."""
+    def from_env(cls, backend: str = "gloo") -> ProcessGroup:
+        """Read torchrun's ``RANK``/``WORLD_SIZE``/``LOCAL_RANK``; join a process group when there are several."""
         world_size = int(os.environ.get("WORLD_SIZE", "1"))
-        if world_size == 1:
+        if world_size <= 1:
             return cls()
         import torch.distributed as dist
 
         owns = not dist.is_initialized()
         if owns:
-            dist.init_process_group(backend="gloo")
+            dist.init_process_group(backend=backend)
         return cls(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")), owns)
 
     @property
     def is_main(self) -> bool:
         return self.rank == 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+    def barrier(self) -> None:
+        if self.enabled:
+            import torch.distributed as dist
+
+            dist.barrier()
 
     def broadcast(self, obj: Any) -> Any:
         """Rank 0's ``obj`` on every rank."""

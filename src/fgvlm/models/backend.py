@@ -5,8 +5,9 @@ left-padded batching, greedy generation, candidate log-likelihoods and pooled hi
 (``fgvlm/models/families/``) overrides only the few hooks that differ (``_prefill``/``_continue`` for M-RoPE
 positions or an encoder-decoder language model, where hidden states live, which token marks an image).
 
-Ranking reuses the image+prompt prefix: one forward with the KV cache on per image, the cache repeated for the
-candidates, and one forward of the padded candidate continuations per chunk. ``rank(..., reuse_prefix=False)`` is
+Ranking reuses the image+prompt prefix: one forward with the KV cache on per image, then the candidates'
+continuations either packed in one row that shares the prefix cache (families with ``packed_rank``), or with the
+cache repeated per candidate and one forward per group of equal-length candidates. ``rank(..., reuse_prefix=False)`` is
 the brute-force reference (one full forward per candidate) that the tests and the benchmark compare against.
 """
 
@@ -43,6 +44,10 @@ class HFBackend(VLMBackend):
     family = "generic"
     nested_images = False
     """Pass images to the processor as one list per sample (Idefics2/SmolVLM) rather than one flat list."""
+    packed_rank = False
+    """Rank with all candidates packed in one row after the shared prefix cache (``_score_packed``): needs a
+    text module that takes a 4-D additive attention mask and explicit position ids; otherwise the cache is
+    repeated per candidate (``_score_grouped``)."""
 
     def __init__(self, model: Any, processor: Any, info: dict[str, Any]):
         self.model = model.eval()
@@ -217,30 +222,75 @@ class HFBackend(VLMBackend):
     def _score_from_prefix(self, prefix: Prefix, cont_ids: list[list[int]], candidate_batch: int) -> torch.Tensor:
         """``[C]`` summed log-probs of the continuations after one cached prefix.
 
-        Candidates run in groups of equal token length (at most ``candidate_batch`` per forward), so no forward
-        carries padding: 102 Flowers102 names fall into a handful of lengths, and padding to the longest name
-        would more than double the tokens.
+        The first token of every candidate is scored by the prefix's last logits; the rest run in packs of at most
+        ``candidate_batch`` candidates (``_score_packed``) or, for families without packing, in groups of equal
+        length (``_score_grouped``).
         """
         import torch
 
         first = torch.log_softmax(prefix.last_logits.float().cpu(), dim=-1)
         scores = torch.tensor([first[ids[0]].item() for ids in cont_ids])
+        rest = [index for index, ids in enumerate(cont_ids) if len(ids) > 1]  # one-token candidates are done
+        score = self._score_packed if self.packed_rank else self._score_grouped
+        with torch.inference_mode():
+            for start in range(0, len(rest), candidate_batch):
+                chunk = rest[start : start + candidate_batch]
+                scores[chunk] += score(prefix, [cont_ids[i] for i in chunk]).cpu()
+        return scores
+
+    def _score_packed(self, prefix: Prefix, cont_ids: list[list[int]]) -> torch.Tensor:
+        """``[n]`` log-probs of tokens 2..k of ``n`` candidates packed in ONE row after the prefix.
+
+        The prefix's KV cache is shared instead of repeated per candidate: a 4-D additive mask lets each packed
+        token see the whole prefix and, causally, its own candidate's earlier tokens only, and positions restart at
+        the prefix's end for every candidate. So each candidate computes exactly what it would alone, without
+        padding, in one forward whatever the lengths.
+        """
+        import torch
+
+        inputs = [ids[:-1] for ids in cont_ids]  # tokens 1..k-1 go in; their logits score tokens 2..k
+        tokens = torch.tensor([t for ids in inputs for t in ids], device=self.device)
+        targets = torch.tensor([t for ids in cont_ids for t in ids[1:]], device=self.device)
+        segment = torch.cat([torch.full((len(ids),), j, device=self.device) for j, ids in enumerate(inputs)])
+        offsets = torch.cat([torch.arange(len(ids), device=self.device) for ids in inputs])
+        same = segment[:, None] == segment[None, :]
+        allowed = torch.cat(
+            [same.new_ones(len(tokens), prefix.length), same & (offsets[None, :] <= offsets[:, None])], dim=1
+        )
+        mask = torch.zeros(allowed.shape, dtype=self.dtype, device=self.device)
+        mask.masked_fill_(~allowed, torch.finfo(self.dtype).min)
+        cache = copy.deepcopy(prefix.cache)  # the packed tokens extend a copy; the prefix stays intact
+        positions = self._continuation_positions(prefix, offsets.unsqueeze(0))
+        out = self._text_module(prefix)(
+            input_ids=tokens.unsqueeze(0),
+            attention_mask=mask[None, None],
+            position_ids=positions,
+            cache=cache,
+            use_cache=True,
+        )
+        logprobs = torch.log_softmax(out.logits[0].float(), dim=-1)
+        picked = logprobs.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+        return torch.zeros(len(cont_ids), device=picked.device).index_add_(0, segment, picked)
+
+    def _score_grouped(self, prefix: Prefix, cont_ids: list[list[int]]) -> torch.Tensor:
+        """``[n]`` log-probs of tokens 2..k with the prefix cache repeated per candidate, one forward per length.
+
+        Groups of equal token length carry no padding: 102 Flowers102 names fall into a handful of lengths, and
+        padding to the longest name would more than double the tokens.
+        """
+        import torch
+
         by_length: dict[int, list[int]] = {}
         for index, ids in enumerate(cont_ids):
-            if len(ids) > 1:  # one-token candidates are fully scored by the prefix's last logits
-                by_length.setdefault(len(ids), []).append(index)
-        with torch.inference_mode():
-            for indices in by_length.values():
-                for start in range(0, len(indices), candidate_batch):
-                    chunk = indices[start : start + candidate_batch]
-                    tokens = torch.tensor([cont_ids[i] for i in chunk])
-                    cache = copy.deepcopy(prefix.cache)  # each chunk extends its own copy of the prefix
-                    cache.batch_repeat_interleave(len(chunk))
-                    # Tokens 1..k-1 go in; their logits score tokens 2..k.
-                    tokens = tokens.to(self.device)
-                    logprobs = torch.log_softmax(self._continue(prefix, cache, tokens[:, :-1]).float(), dim=-1)
-                    picked = logprobs.gather(-1, tokens[:, 1:].unsqueeze(-1)).squeeze(-1)
-                    scores[chunk] += picked.sum(dim=1).cpu()
+            by_length.setdefault(len(ids), []).append(index)
+        scores = torch.zeros(len(cont_ids))
+        for chunk in by_length.values():
+            tokens = torch.tensor([cont_ids[i] for i in chunk], device=self.device)
+            cache = copy.deepcopy(prefix.cache)  # each group extends its own copy of the prefix
+            cache.batch_repeat_interleave(len(chunk))
+            logprobs = torch.log_softmax(self._continue(prefix, cache, tokens[:, :-1]).float(), dim=-1)
+            picked = logprobs.gather(-1, tokens[:, 1:].unsqueeze(-1)).squeeze(-1)
+            scores[chunk] = picked.sum(dim=1).cpu()
         return scores
 
     def _forward(self, inputs: dict[str, Any], **kwargs: Any) -> Any:
@@ -262,16 +312,16 @@ class HFBackend(VLMBackend):
 
         n, length = ids.shape
         mask = torch.ones(n, prefix.length + length, dtype=torch.long, device=ids.device)
-        positions = self._continuation_positions(prefix, n, length)
+        offsets = torch.arange(length, device=ids.device).unsqueeze(0).expand(n, length)
+        positions = self._continuation_positions(prefix, offsets)
         out = self._text_module(prefix)(
             input_ids=ids, attention_mask=mask, position_ids=positions, cache=cache, use_cache=True
         )
         return out.logits
 
-    def _continuation_positions(self, prefix: Prefix, n: int, length: int) -> torch.Tensor:
-        import torch
-
-        return (torch.arange(length, device=self.device) + prefix.length).unsqueeze(0).expand(n, length)
+    def _continuation_positions(self, prefix: Prefix, offsets: torch.Tensor) -> torch.Tensor:
+        """Position ids of continuation tokens at ``offsets`` ``[n, L]`` (0 = first token after the prefix)."""
+        return offsets + prefix.length
 
     def _text_module(self, prefix: Prefix) -> Any:
         """The module that continues from the cache with token ids only (the whole model unless a family says)."""

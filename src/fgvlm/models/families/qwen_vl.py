@@ -1,7 +1,14 @@
-"""Qwen3-VL and Qwen2.5-VL: multimodal RoPE (M-RoPE) positions for continuations after a cached prefix."""
+"""Qwen3-VL and Qwen2.5-VL: multimodal RoPE (M-RoPE) positions for continuations after a cached prefix.
+
+Qwen3-VL's vision tower also gets two CPU speed-ups that compute the same function as transformers' code (pinned by
+``tests/test_backends.py``): the patch embedding, a ``Conv3d`` whose kernel equals its stride over pre-cut patches,
+runs as the equivalent matmul; and vision self-attention runs ONE batched SDPA call when every image has the same
+number of patches, instead of one call per image.
+"""
 
 from __future__ import annotations
 
+import types
 from typing import TYPE_CHECKING, Any
 
 from fgvlm.models.backend import HFBackend, Prefix
@@ -10,10 +17,83 @@ if TYPE_CHECKING:
     import torch
 
 
+def _patch_embed_as_matmul(self: Any, hidden_states: torch.Tensor) -> torch.Tensor:
+    """``Qwen3VLVisionPatchEmbed.forward`` as ``x @ W.T + b``: each row of ``hidden_states`` is one flattened
+    ``(channels, time, height, width)`` patch, exactly what the convolution's kernel covers."""
+    import torch
+
+    weight = self.proj.weight.reshape(self.embed_dim, -1)
+    return torch.nn.functional.linear(hidden_states.to(weight.dtype), weight, self.proj.bias)
+
+
+def _vision_attention_batched(
+    self: Any,
+    hidden_states: torch.Tensor,
+    cu_seqlens: torch.Tensor,
+    position_embeddings: tuple[torch.Tensor, torch.Tensor] | None = None,
+    max_seqlen: int | None = None,
+    **kwargs: Any,
+) -> torch.Tensor:
+    """``Qwen3VLVisionAttention.forward`` with the images' equal-length segments stacked as one SDPA batch.
+
+    Falls back to the original forward (kept as ``self._fgvlm_original_forward``) for anything else: images of
+    different sizes, another attention implementation, training, or when attention weights are requested.
+    """
+    import torch
+    from transformers.models.qwen3_vl.modeling_qwen3_vl import apply_rotary_pos_emb_vision
+
+    lengths = cu_seqlens[1:] - cu_seqlens[:-1]
+    if (
+        self.training
+        or self.config._attn_implementation != "sdpa"
+        or kwargs.get("output_attentions")
+        or not bool((lengths == lengths[0]).all())
+    ):
+        return self._fgvlm_original_forward(hidden_states, cu_seqlens, position_embeddings, max_seqlen, **kwargs)
+    seq_length, images = hidden_states.shape[0], lengths.numel()
+    query, key, value = self.qkv(hidden_states).reshape(seq_length, 3, self.num_heads, -1).permute(1, 0, 2, 3).unbind(0)
+    cos, sin = position_embeddings
+    query, key = apply_rotary_pos_emb_vision(query, key, cos, sin)
+    # [seq, heads, dim] -> [images, heads, patches, dim]: each image attends to its own patches only.
+    query, key, value = (
+        t.reshape(images, seq_length // images, self.num_heads, -1).transpose(1, 2) for t in (query, key, value)
+    )
+    output = torch.nn.functional.scaled_dot_product_attention(query, key, value, scale=self.scaling)
+    return self.proj(output.transpose(1, 2).reshape(seq_length, -1))
+
+
+def speed_up_qwen3_vision(model: Any) -> int:
+    """Give ``model``'s Qwen3-VL vision modules the faster forwards above; the number of modules changed.
+
+    Models of other families (Qwen2.5-VL's windowed vision tower included) have none of these modules.
+    """
+    from transformers.models.qwen3_vl import modeling_qwen3_vl as qwen3
+
+    faster = {
+        qwen3.Qwen3VLVisionPatchEmbed: _patch_embed_as_matmul,
+        qwen3.Qwen3VLVisionAttention: _vision_attention_batched,
+    }
+    changed = 0
+    for module in model.modules():
+        forward = faster.get(type(module))
+        if forward is None or hasattr(module, "_fgvlm_original_forward"):
+            continue  # not a Qwen3-VL vision module, or already changed (never wrap the new forward in itself)
+        module._fgvlm_original_forward = module.forward
+        module.forward = types.MethodType(forward, module)
+        changed += 1
+    return changed
+
+
 class Qwen3VLBackend(HFBackend):
     """Image tokens shift the text positions: after the prefix, position = cache position + ``rope_deltas``."""
 
     family = "qwen3-vl"
+    packed_rank = True
+
+    def __init__(self, model: Any, processor: Any, info: dict[str, Any]):
+        super().__init__(model, processor, info)
+        if self.device.type == "cpu":  # measured on CPU; on GPUs transformers' own kernels stay in charge
+            speed_up_qwen3_vision(self.model)
 
     def _prefill(self, inputs: dict[str, Any]) -> Prefix:
         import torch
@@ -25,12 +105,12 @@ class Qwen3VLBackend(HFBackend):
         prefix.extra["rope_deltas"] = torch.zeros(1, 1, dtype=torch.long) if deltas is None else deltas.cpu()
         return prefix
 
-    def _continuation_positions(self, prefix: Prefix, n: int, length: int) -> torch.Tensor:
+    def _continuation_positions(self, prefix: Prefix, offsets: torch.Tensor) -> torch.Tensor:
         import torch
 
         # Passing the full-length attention mask makes the model derive M-RoPE ids for the whole mask (wrong shape),
         # so give them explicitly: row 0 = text positions (causal mask), rows 1-3 = the M-RoPE axes.
-        text = super()._continuation_positions(prefix, n, length)
+        text = super()._continuation_positions(prefix, offsets)
         mrope = text + prefix.extra["rope_deltas"].to(text.device).reshape(-1)[0]
         return torch.stack([text, mrope, mrope, mrope])
 
