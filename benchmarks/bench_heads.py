@@ -24,10 +24,10 @@ def run() -> list[dict]:
     import torch
 
     from fgvlm.config import resolve_config
-    from fgvlm.heads.config import HeadTrainConfig
+    from fgvlm.heads.config import HeadRecipe, HeadTrainConfig
     from fgvlm.heads.features import FeatureSpec
     from fgvlm.heads.pipeline import train_run
-    from fgvlm.heads.training import HeadRecipe, OnlineFeatures, TensorFeatures, head_logits, train_head
+    from fgvlm.heads.training import OnlineFeatures, TensorFeatures, head_logits, train_head
     from fgvlm.models.base import ModelConfig
     from fgvlm.models.loading import load_backend
     from fgvlm.models.tiny import cached_tiny_model

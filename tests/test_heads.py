@@ -20,9 +20,9 @@ from typer.testing import CliRunner
 from fgvlm.commands.head import app
 from fgvlm.config import ConfigError, from_dict, load_yaml, resolve_config
 from fgvlm.heads.cache import FeatureCache, feature_key
-from fgvlm.heads.config import HeadTrainConfig, SweepConfig
+from fgvlm.heads.config import HeadRecipe, HeadTrainConfig, SweepConfig
 from fgvlm.heads.sweep import holdout_indices, run_sweep
-from fgvlm.heads.training import HeadRecipe, TensorFeatures, batch_order, cosine_lambda, train_head
+from fgvlm.heads.training import TensorFeatures, batch_order, cosine_lambda, train_head
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -135,7 +135,7 @@ def test_standardisation_is_saved_in_the_head(tmp_path):
 
     x, y = clusters(120, 8, 4, seed=0)
     x = x * 50 + 1000  # badly scaled features
-    result = train_head(TensorFeatures(x), y, 4, HeadRecipe(steps=200, lr=1e-2, standardize=True, kind="mlp"))
+    result = train_head(TensorFeatures(x), y, 4, HeadRecipe(steps=200, lr=1e-2, standardize=True, head="mlp"))
     assert torch.allclose(result.head.mean, x.mean(0)) and torch.allclose(result.head.std, x.std(0))
     save_head(result.head, tmp_path, {"prompt": "p"})
     loaded, info = load_head(tmp_path)

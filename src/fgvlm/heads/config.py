@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 
 from fgvlm.config import ConfigError, DataConfig
 from fgvlm.models.base import POOLINGS, ModelConfig
@@ -39,26 +40,9 @@ class SweepConfig:
 
 
 @dataclasses.dataclass
-class HeadTrainConfig:
-    """A classification head (linear probe or small MLP) on frozen VLM features, trained on a feature cache.
+class HeadRecipe:
+    """How the head is built and optimised: the part of ``HeadTrainConfig`` that a sweep point may vary."""
 
-    Features are extracted once per (model fingerprint, dataset split and ids, prompt, pooling, layer,
-    preprocessing) and cached as safetensors, so the head's 2,000 steps never run the VLM again. ``online: true``
-    runs the frozen VLM on every batch instead (the reference study's way) for comparison.
-    """
-
-    data: DataConfig = dataclasses.field(default_factory=DataConfig)
-    """Dataset, root and protocol; the head trains on ``train_split`` and selects its best step on ``val_split``."""
-    model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
-    """The frozen backbone: a registry name, hub id, or a local model directory (e.g. an SFT run's ``model/``)."""
-    prompt: str = DEFAULT_PROMPT
-    """Question shown with the image when extracting features; part of the cache key."""
-    pooling: str = "mean"
-    """'mean' (default: all real tokens; published probes on mean-pooled LMM features reach ~96 % on Flowers102),
-    'image-mean' (image tokens only) or 'last' (last token). Never the first token of a causal decoder: it has
-    seen no image (~1 %)."""
-    layer: int = -1
-    """Hidden-state layer to pool (negative counts from the end; -1 = the last, already final-normed)."""
     head: str = "linear"
     """'linear' (Dropout + Linear, the reference head) or 'mlp' (Dropout + Linear + GELU + Dropout + Linear)."""
     hidden_dim: int = 512
@@ -83,6 +67,55 @@ class HeadTrainConfig:
     """Write a ``train_log.jsonl`` line every N steps."""
     seed: int = 0
     """Seeds the head's initialisation, the batch order and dropout (same seed -> same head)."""
+
+    def __post_init__(self) -> None:
+        if self.head not in HEAD_TYPES:
+            raise ConfigError(f"head: unknown head type {self.head!r}; choose one of {', '.join(HEAD_TYPES)}")
+        positive = {
+            "steps": self.steps,
+            "batch_size": self.batch_size,
+            "eval_every": self.eval_every,
+            "log_every": self.log_every,
+            "hidden_dim": self.hidden_dim,
+        }
+        for key, value in positive.items():
+            if value < 1:
+                raise ConfigError(f"{key} must be >= 1, got {value}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ConfigError(f"dropout must be in [0, 1), got {self.dropout}")
+        if self.lr <= 0:
+            raise ConfigError(f"lr must be > 0, got {self.lr}")
+        if self.warmup_steps < 0 or self.warmup_steps >= self.steps:
+            raise ConfigError(f"warmup_steps must be in [0, steps), got {self.warmup_steps} (steps={self.steps})")
+
+    @classmethod
+    def from_config(cls, cfg: HeadRecipe, **changes: Any) -> HeadRecipe:
+        """The recipe part of a ``HeadTrainConfig`` (or another recipe), with ``changes`` applied."""
+        values = {field.name: getattr(cfg, field.name) for field in dataclasses.fields(cls)}
+        return cls(**{**values, **changes})
+
+
+@dataclasses.dataclass
+class HeadTrainConfig(HeadRecipe):
+    """A classification head (linear probe or small MLP) on frozen VLM features, trained on a feature cache.
+
+    Features are extracted once per (model fingerprint, dataset split and ids, prompt, pooling, layer,
+    preprocessing) and cached as safetensors, so the head's 2,000 steps never run the VLM again. ``online: true``
+    runs the frozen VLM on every batch instead (the reference study's way) for comparison.
+    """
+
+    data: DataConfig = dataclasses.field(default_factory=DataConfig)
+    """Dataset, root and protocol; the head trains on ``train_split`` and selects its best step on ``val_split``."""
+    model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
+    """The frozen backbone: a registry name, hub id, or a local model directory (e.g. an SFT run's ``model/``)."""
+    prompt: str = DEFAULT_PROMPT
+    """Question shown with the image when extracting features; part of the cache key."""
+    pooling: str = "mean"
+    """'mean' (default: all real tokens; published probes on mean-pooled LMM features reach ~96 % on Flowers102),
+    'image-mean' (image tokens only) or 'last' (last token). Never the first token of a causal decoder: it has
+    seen no image (~1 %)."""
+    layer: int = -1
+    """Hidden-state layer to pool (negative counts from the end; -1 = the last, already final-normed)."""
     train_split: str = "train"
     """Split the head is trained on."""
     val_split: str | None = "val"
@@ -101,26 +134,10 @@ class HeadTrainConfig:
     """The pooling x layer x learning-rate grid of ``sweep``."""
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         check_pooling(self.pooling, "pooling")
-        if self.head not in HEAD_TYPES:
-            raise ConfigError(f"head: unknown head type {self.head!r}; choose one of {', '.join(HEAD_TYPES)}")
-        positive = {
-            "steps": self.steps,
-            "batch_size": self.batch_size,
-            "eval_every": self.eval_every,
-            "log_every": self.log_every,
-            "embed_batch_size": self.embed_batch_size,
-            "hidden_dim": self.hidden_dim,
-        }
-        for key, value in positive.items():
-            if value < 1:
-                raise ConfigError(f"{key} must be >= 1, got {value}")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ConfigError(f"dropout must be in [0, 1), got {self.dropout}")
-        if self.lr <= 0:
-            raise ConfigError(f"lr must be > 0, got {self.lr}")
-        if self.warmup_steps < 0 or self.warmup_steps >= self.steps:
-            raise ConfigError(f"warmup_steps must be in [0, steps), got {self.warmup_steps} (steps={self.steps})")
+        if self.embed_batch_size < 1:
+            raise ConfigError(f"embed_batch_size must be >= 1, got {self.embed_batch_size}")
         if self.online and self.standardize:
             raise ConfigError(
                 "online: true cannot standardise features (the train mean/std would need a full extraction pass "

@@ -92,8 +92,8 @@ def open_context(cfg: HeadTrainConfig, progress: bool = True, backend: VLMBacken
 
 def sweep_best(ctx: HeadContext, run: RunDir | None) -> dict[str, Any]:
     """Run the sweep grid (all ranks extract, rank 0 trains) and return the best row on every rank."""
+    from fgvlm.heads.config import HeadRecipe
     from fgvlm.heads.sweep import holdout_indices, print_sweep, run_sweep, write_sweep
-    from fgvlm.heads.training import HeadRecipe
 
     cfg, grid, val = ctx.cfg, ctx.cfg.sweep_grid, ctx.val_split()
     table: dict[tuple[str, int], tuple] = {}
@@ -165,9 +165,10 @@ def train_run(
 
 
 def _train_and_write(ctx: HeadContext, run: RunDir, spec: FeatureSpec, sources: dict) -> dict[str, Any]:
+    from fgvlm.heads.config import HeadRecipe
     from fgvlm.heads.model import save_head
     from fgvlm.heads.outputs import write_evaluation
-    from fgvlm.heads.training import HeadRecipe, train_head
+    from fgvlm.heads.training import train_head
 
     cfg, dataset = ctx.cfg, ctx.dataset
     run.write_config(cfg)

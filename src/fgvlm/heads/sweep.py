@@ -13,7 +13,8 @@ from typing import Any
 
 import torch
 
-from fgvlm.heads.training import HeadRecipe, TensorFeatures, train_head
+from fgvlm.heads.config import HeadRecipe
+from fgvlm.heads.training import TensorFeatures, train_head
 
 SWEEP_FILE = "sweep.json"
 

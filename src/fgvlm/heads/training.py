@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
+from fgvlm.heads.config import HeadRecipe
 from fgvlm.heads.model import ClassificationHead, build_head
 from fgvlm.train.runtime import torch_threads
 
@@ -67,30 +68,6 @@ class OnlineFeatures:
             spec = self.spec
             out.append(self.backend.embed(images, spec.prompt, pooling=spec.pooling, layer=spec.layer).float().cpu())
         return torch.cat(out)
-
-
-@dataclass
-class HeadRecipe:
-    """The optimisation recipe (a subset of ``HeadTrainConfig``, so sweeps can vary it)."""
-
-    kind: str = "linear"
-    hidden_dim: int = 512
-    dropout: float = 0.1
-    standardize: bool = False
-    steps: int = 2000
-    batch_size: int = 32
-    lr: float = 1e-4
-    weight_decay: float = 0.01
-    warmup_steps: int = 0
-    eval_every: int = 200
-    log_every: int = 50
-    seed: int = 0
-
-    @classmethod
-    def from_config(cls, cfg: Any, **changes: Any) -> HeadRecipe:
-        names = cls.__dataclass_fields__
-        values = {name: getattr(cfg, name) for name in names if name != "kind" and hasattr(cfg, name)}
-        return cls(kind=cfg.head, **{**values, **changes})
 
 
 @dataclass
@@ -169,7 +146,7 @@ def train_head(
 
 def _train_loop(train, train_labels, num_classes, recipe, val, on_log, progress) -> TrainResult:
     start = time.perf_counter()
-    head = build_head(train.dim, num_classes, recipe.kind, recipe.hidden_dim, recipe.dropout, recipe.seed)
+    head = build_head(train.dim, num_classes, recipe.head, recipe.hidden_dim, recipe.dropout, recipe.seed)
     if recipe.standardize:
         if not isinstance(train, TensorFeatures):
             raise ValueError("standardisation needs cached train features (the online mode has none up front)")
