@@ -211,3 +211,87 @@ def test_qwen3_vision_speed_ups_compute_the_same_features(qwen, images):
     finally:
         for module, original in originals.items():
             module._fgvlm_original_forward = original
+
+
+def test_prefill_and_embed_keep_only_the_last_logits(backend, images):
+    """Prefill and embed ask for the last position's logits only where the forward they run takes logits_to_keep."""
+    from fgvlm.models.backend import forward_takes_logits_to_keep
+
+    with_image = backend.encode(images[:1], [backend.render_prompt(QUESTION)])
+    text_only = backend.encode(None, [backend.render_prompt(QUESTION, with_image=False)])
+    keep = {"logits_to_keep": 1}
+    expected = {  # (with image, text only): InstructBLIP's wrapper and T5 take no logits_to_keep
+        "instructblip": ({}, keep),
+        "instructblip-t5": ({}, {}),
+    }.get(backend.family, (keep, keep))
+    assert (backend._last_logits_only(with_image), backend._last_logits_only(text_only)) == expected
+    if backend.family.startswith("instructblip"):  # the decision follows the module's signature, not the family
+        assert forward_takes_logits_to_keep(type(backend.model.language_model)) == bool(expected[1])
+    if expected[0]:
+        with torch.inference_mode():
+            out = backend._forward(with_image, use_cache=False, **expected[0])
+        assert out.logits.shape[1] == 1  # not [L, V] for the whole prompt
+
+
+def test_grouped_rank_in_small_chunks_equals_brute_force(backend, images):
+    """Equal-length groups split into chunks of group_size candidates (bounded cache copies) score the same."""
+    if backend.uses_packed_rank:
+        pytest.skip("packed ranking has no groups")
+    brute = backend.rank(images[:1], QUESTION, NAMES, reuse_prefix=False)
+    backend.group_size = 1
+    try:
+        chunked = backend.rank(images[:1], QUESTION, NAMES)
+    finally:
+        del backend.group_size  # back to the class default
+    torch.testing.assert_close(chunked.sum, brute.sum, atol=1e-4, rtol=0)
+
+
+def _tiny_qwen_backend(tmp_path_factory, attn_implementation: str):
+    from fgvlm.models.loading import load_backend
+    from fgvlm.models.tiny import build_tiny_model
+
+    folder = build_tiny_model("qwen3-vl", tmp_path_factory.mktemp(f"qwen-{attn_implementation}"), seed=0)
+    return load_backend(ModelConfig(name=str(folder), attn_implementation=attn_implementation))
+
+
+def test_packed_rank_under_eager_attention_equals_brute_force(tmp_path_factory, images):
+    eager = _tiny_qwen_backend(tmp_path_factory, "eager")
+    assert eager.model.config._attn_implementation == "eager" and eager.uses_packed_rank
+    packed = eager.rank(images[:1], QUESTION, NAMES)
+    brute = eager.rank(images[:1], QUESTION, NAMES, reuse_prefix=False)
+    torch.testing.assert_close(packed.sum, brute.sum, atol=1e-4, rtol=0)
+
+
+def test_other_attention_implementations_rank_by_groups(tmp_path_factory, images, monkeypatch):
+    """An attention that is neither sdpa nor eager may ignore the 4-D packed mask: the grouped path is used."""
+    from transformers import AttentionInterface, AttentionMaskInterface
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+    from transformers.masking_utils import sdpa_mask
+
+    from fgvlm.models.backend import HFBackend
+
+    # a real, registered implementation under another name (as flash or flex attention would be on a GPU)
+    AttentionInterface.register("fgvlm_other", sdpa_attention_forward)
+    AttentionMaskInterface.register("fgvlm_other", sdpa_mask)
+    other = _tiny_qwen_backend(tmp_path_factory, "fgvlm_other")
+    assert other.packed_rank and not other.uses_packed_rank
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("packed ranking used under a non-sdpa/eager attention")
+
+    monkeypatch.setattr(HFBackend, "_score_packed", refuse)
+    grouped = other.rank(images[:1], QUESTION, NAMES)
+    brute = other.rank(images[:1], QUESTION, NAMES, reuse_prefix=False)
+    torch.testing.assert_close(grouped.sum, brute.sum, atol=1e-4, rtol=0)
+
+
+def test_render_and_prior_caches_are_bounded(qwen):
+    from fgvlm.models.backend import BoundedCache
+
+    cache = BoundedCache(maxsize=2)
+    cache["a"], cache["b"] = 1, 2
+    assert cache.recall("a") == 1  # "a" is now the most recently used
+    cache["c"] = 3
+    assert list(cache) == ["a", "c"] and cache.recall("b") is None
+    assert isinstance(qwen._rendered, BoundedCache) and isinstance(qwen._prior_cache, BoundedCache)
+    assert "parameters" not in qwen.describe() and qwen.describe()["num_parameters"] > 0

@@ -71,6 +71,17 @@ def test_bad_config_values_are_named(override, message):
         tiny_config(override, "mixup=true")
 
 
+def test_config_accepts_exactly_the_optimizers_that_can_be_built():
+    """One list of optimizers: what the config validates is what create_optimizer builds."""
+    from fgvlm.train import cnn_config, optim
+
+    assert cnn_config.OPTIMIZERS is optim.OPTIMIZERS
+    model = torch.nn.Linear(2, 2)
+    for name in optim.OPTIMIZERS:
+        assert tiny_config(f"optimizer={name}").optimizer == name
+        assert optim.create_optimizer(model, name, lr=0.1, weight_decay=0.0) is not None
+
+
 def test_pretrained_spellings():
     assert tiny_config("pretrained=hub").pretrained is True
     assert tiny_config("pretrained=none").pretrained is False
@@ -267,6 +278,47 @@ def test_resume_equals_an_uninterrupted_run(tmp_path):
     assert log("straight") == log("cut") and len(log("cut")) == 2
     drop = TIMING_KEYS | {"train_images_per_s"}
     assert {k: v for k, v in straight.items() if k not in drop} == {k: v for k, v in resumed.items() if k not in drop}
+
+
+def test_resume_with_a_changed_config_is_refused(tmp_path):
+    """The CLI starts from the run's config.yaml; a --set that changes it is refused, naming the key."""
+    from typer.testing import CliRunner
+
+    from fgvlm.commands.cnn import app
+
+    cfg = tiny_config("epochs=2")
+    train_cnn(cfg, tmp_path / "cut", stop_after_epoch=1)
+    with pytest.raises(ConfigError, match=r"Differing keys: lr: 0\.05 -> 0\.1\. "):
+        train_cnn(tiny_config("epochs=2", "lr=0.1"), tmp_path / "cut", resume=True)
+    result = CliRunner().invoke(app, ["train", "--out", str(tmp_path / "cut"), "--resume", "--set", "epochs=3"])
+    assert result.exit_code != 0 and isinstance(result.exception, ConfigError)
+    assert "Differing keys: epochs: 2 -> 3." in str(result.exception)
+    assert len((tmp_path / "cut" / "train_log.jsonl").read_text().splitlines()) == 1  # nothing was trained
+
+
+def test_resume_rewrites_the_log_atomically(tmp_path, monkeypatch):
+    """A failure while resume rewrites train_log.jsonl (dropping epochs after the checkpoint) keeps the old file."""
+    out = tmp_path / "cut"
+    train_cnn(tiny_config("epochs=2"), out, stop_after_epoch=1)
+    log = out / "train_log.jsonl"
+    original = log.read_text() + json.dumps({"epoch": 2, "train_loss": 9.9}) + "\n"  # logged, not checkpointed
+    log.write_text(original)
+    real_dumps = json.dumps
+
+    def failing_dumps(obj, *args, **kwargs):
+        if isinstance(obj, dict) and "train_loss" in obj:
+            raise OSError("disk full")
+        return real_dumps(obj, *args, **kwargs)
+
+    monkeypatch.setattr(json, "dumps", failing_dumps)
+    with pytest.raises(OSError, match="disk full"):
+        train_cnn(tiny_config("epochs=2"), out, resume=True)
+    assert log.read_text() == original
+    assert sorted(p.name for p in out.iterdir() if p.name.endswith(".tmp")) == []
+    monkeypatch.setattr(json, "dumps", real_dumps)
+    train_cnn(tiny_config("epochs=2"), out, resume=True)
+    assert [json.loads(line)["epoch"] for line in log.read_text().splitlines()] == [1, 2]
+    assert json.loads(log.read_text().splitlines()[1])["train_loss"] != 9.9
 
 
 # -- two processes ------------------------------------------------------------------------------------------

@@ -157,6 +157,23 @@ def test_closed_qa_option_keys(flowers_mini: Path, tmp_path: Path) -> None:
     assert metrics["accuracy"] == 0.5 and metrics["n_unmatched"] == 1
 
 
+@pytest.mark.parametrize(("num_options", "reported"), [(4, False), (5, False), (6, True)])
+def test_closed_qa_rank_reports_top5_only_beyond_five_candidates(
+    flowers_mini: Path, tmp_path: Path, num_options: int, reported: bool
+) -> None:
+    # With <= 5 ranked options the true one is always in the top 5: a top-5 accuracy of 1.0 would mean nothing.
+    options = {"num_options": num_options}
+    cfg = make_cfg(flowers_mini, limit=6, task="closed-qa", task_options=options, mode="rank")
+    metrics = evaluate(cfg, tmp_path)
+    lines = [json.loads(line) for line in (tmp_path / "predictions.jsonl").read_text().splitlines()]
+    assert all(len(r["topk"]) == min(5, num_options) for r in lines)
+    if reported:
+        top5 = sum(r["label"] in [c for c, _ in r["topk"]] for r in lines) / 6
+        assert metrics["top5_accuracy"] == pytest.approx(top5)
+    else:
+        assert metrics["top5_accuracy"] is None and metrics["accuracy"] is not None
+
+
 def test_verification_is_scored_as_yes_no(flowers_mini: Path, tmp_path: Path) -> None:
     samples = images(flowers_mini, 8)
     backend = DummyBackend(answers={image_key(s.image): "Yes." for s in samples})

@@ -22,7 +22,7 @@ from fgvlm.config import ConfigError, from_dict, load_yaml, resolve_config
 from fgvlm.heads.cache import FeatureCache, feature_key
 from fgvlm.heads.config import HeadRecipe, HeadTrainConfig, SweepConfig
 from fgvlm.heads.sweep import holdout_indices, run_sweep
-from fgvlm.heads.training import TensorFeatures, batch_order, cosine_lambda, train_head
+from fgvlm.heads.training import TensorFeatures, batch_order, train_head
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -69,6 +69,34 @@ def test_feature_key_changes_with_every_ingredient():
     assert feature_key(dict(reversed(list(base.items())))) == feature_key(base)  # order-free
 
 
+def test_feature_cache_key_includes_the_data_source(tmp_path):
+    """Two image folders with the same file names but different pixels must not share cache entries."""
+    from PIL import Image
+
+    from fgvlm.data import create_dataset
+    from fgvlm.heads.features import FeatureSpec, split_features
+    from fgvlm.models.dummy import DummyBackend
+
+    for root, shade in (("red", (200, 20, 20)), ("blue", (20, 20, 200))):
+        for cls in ("daisy", "rose"):
+            folder = tmp_path / root / "train" / cls
+            folder.mkdir(parents=True)
+            for i in range(2):
+                Image.new("RGB", (16, 16), tuple(c + 10 * i for c in shade)).save(folder / f"img_{i}.png")
+    backend, spec, cache = DummyBackend(), FeatureSpec("What flower is this?"), FeatureCache(tmp_path / "cache")
+
+    def features(root: str):
+        split = create_dataset(dataset="imagefolder", root=str(tmp_path / root)).split("train")
+        return split_features(backend, split, spec, cache, progress=False)
+
+    red, red_hit = features("red")
+    blue, blue_hit = features("blue")
+    assert red.ids == blue.ids and not red_hit and not blue_hit  # same ids, yet a second extraction
+    assert red.meta["key"] != blue.meta["key"] and not torch.equal(red.features, blue.features)
+    again, hit = features("red")
+    assert hit and torch.equal(again.features, red.features)
+
+
 def test_cache_entry_is_atomic_and_half_written_entries_are_ignored(tmp_path):
     cache = FeatureCache(tmp_path)
     features, labels = torch.randn(5, 3), torch.arange(5)
@@ -102,7 +130,12 @@ def test_batch_order_walks_seeded_permutations():
 
 
 def test_cosine_schedule_by_hand():
-    factor = cosine_lambda(steps=10, warmup_steps=2)
+    """Heads use the one shared schedule (train.optim's warmup_cosine, decaying to 0), with these numbers."""
+    import fgvlm.heads.training as head_training
+    from fgvlm.train.optim import warmup_cosine
+
+    assert head_training.warmup_cosine is warmup_cosine and not hasattr(head_training, "cosine_lambda")
+    factor = warmup_cosine(total_steps=10, warmup_steps=2)
     assert [factor(0), factor(1)] == [0.5, 1.0]  # linear warmup
     assert factor(2) == 1.0 and factor(10) == 0.0
     assert math.isclose(factor(6), 0.5)  # half-way through the 8 decay steps: cos(pi/2) -> 0.5

@@ -101,6 +101,23 @@ def test_string_labels_custom_columns_single_saved_split(tmp_path, jpgs):
     assert ds.split("train")[2].image.tobytes() == rgb_bytes(jpgs[2])
 
 
+def test_string_labels_follow_user_class_names_order(tmp_path, jpgs):
+    """class_names orders the classes: "rose" is 0 and "daisy" is 1 although sorting would put daisy first."""
+    table = datasets.Dataset.from_dict(
+        {"image": [str(p) for p in jpgs[:3]], "label": ["rose", "daisy", "rose"]},
+        features=datasets.Features({"image": datasets.Image(), "label": datasets.Value("string")}),
+    )
+    table.save_to_disk(str(tmp_path / "named"))
+    ds = HFDataset(tmp_path / "named", class_names=["rose", "daisy"])
+    assert ds.class_names == ["rose", "daisy"]
+    assert ds.split("train").labels == [0, 1, 0]
+    assert [ds.class_names[s.label] for s in ds.split("train")] == ["rose", "daisy", "rose"]
+    with pytest.raises(
+        DatasetError, match=r"split 'train' row 1 has label 'daisy', which is not in option class_names"
+    ):
+        HFDataset(tmp_path / "named", class_names=["rose", "tulip"])
+
+
 def test_integer_labels_need_names_and_must_be_in_range(tmp_path, jpgs):
     plain = datasets.Features({"image": datasets.Image(), "label": datasets.Value("int64")})
     table = datasets.Dataset.from_dict({"image": [str(p) for p in jpgs[:2]], "label": [0, 1]}, features=plain)

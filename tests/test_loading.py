@@ -8,7 +8,15 @@ import pytest
 
 from fgvlm.config import ConfigError
 from fgvlm.models.base import ModelConfig
-from fgvlm.models.loading import ModelLoadError, detect_family, load_model, resolve_source
+from fgvlm.models.loading import (
+    ModelLoadError,
+    ModelSource,
+    choose_dtype,
+    choose_family,
+    detect_family,
+    load_model,
+    resolve_source,
+)
 from fgvlm.registry import UnknownNameError
 
 
@@ -145,3 +153,27 @@ def test_load_backend_wraps_the_family_backend(tiny_model_dir, use_tiny_cache):
 
     backend = load_backend(ModelConfig(name="tiny-qwen2.5-vl"))
     assert isinstance(backend, VLMBackend) and backend.family == "qwen2.5-vl"
+
+
+@pytest.mark.parametrize(
+    ("asked", "preset", "on_gpu", "expected"),
+    [
+        (None, None, False, "float32"),  # CPU: float32 whatever the checkpoint stores
+        (None, "bfloat16", False, "float32"),
+        (None, None, True, "auto"),  # GPU, hub id or folder without a preset: the checkpoint's own dtype
+        (None, "bfloat16", True, "bfloat16"),  # GPU with a preset: the preset's
+        ("float16", "bfloat16", True, "float16"),  # asked always wins
+        ("bfloat16", None, False, "bfloat16"),
+    ],
+)
+def test_dtype_choice(asked, preset, on_gpu, expected):
+    assert choose_dtype(asked, preset, on_gpu) == expected
+
+
+def test_family_override_is_checked_against_the_backend_table():
+    from fgvlm.models.families import FAMILIES
+
+    for family in FAMILIES:
+        assert choose_family(ModelConfig(family=family), ModelSource("x"), None) == family
+    with pytest.raises(UnknownNameError, match="unknown model family 'qwen3'"):
+        choose_family(ModelConfig(family="qwen3"), ModelSource("x"), None)

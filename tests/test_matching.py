@@ -98,6 +98,8 @@ OPTIONS = {"A": L["rose"], "B": L["lenten rose"], "C": L["sunflower"], "D": L["w
         ("b", "lenten rose"),
         ("B. lenten rose", "lenten rose"),
         ("B. sunflower", None),  # the key and the name disagree
+        ("B. rose and a lily", None),  # the name after the key is ambiguous: it does not confirm B
+        ("D) water lily or sunflower", None),  # two classes after the key
         ("A rose", "rose"),  # an article, not option A
         ("A", "rose"),
         ("D) water lily", "water lily"),
@@ -133,6 +135,19 @@ def test_numbered_options_and_key_parsing() -> None:
         ("Yes and no", None),
         ("maybe", None),
         ("", None),
+        # conservative: only a clear opening decides; a "not" later in the reply is no answer
+        ("I am not sure", None),
+        ("It is a rose, not a tulip.", None),
+        ("Not sure.", None),
+        ("I think yes", None),
+        ("Not a rose.", False),
+        ("Not.", False),
+        ("This isn't a tulip.", False),
+        ("Nope", False),
+        ("Yeah, it is", True),
+        ("Correct.", True),
+        ("The answer is yes.", True),
+        ("Answer: no", False),
     ],
 )
 def test_yes_no(answer: str, expected: bool | None) -> None:

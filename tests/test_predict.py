@@ -102,3 +102,50 @@ def test_predict_refuses_another_backbone_and_names_missing_files(mini_head, tmp
     Image.new("RGB", (32, 32), (200, 30, 60)).save(image)
     result = CliRunner().invoke(cli, [str(image), "--model", "dummy", "--head", str(run)])
     assert isinstance(result.exception, ConfigError) and "trained on backbone" in str(result.exception)
+
+
+@pytest.fixture(scope="module")
+def dummy_head(tmp_path_factory):
+    """A head on the DummyBackend's features of synthflowers, trained with a non-default max_pixels."""
+    from fgvlm.heads.pipeline import train_run
+
+    out = tmp_path_factory.mktemp("dummy-head")
+    overrides = ["model.name=dummy", "model.max_pixels=50176", "data.dataset=synthflowers", "steps=20",
+                 "data.options={num_classes: 4, images_per_class: [6, 3, 3], image_size: 32}",
+                 f"cache_dir={out / 'cache'}"]  # fmt: skip
+    train_run(resolve_config(HeadTrainConfig, overrides=overrides), out / "run", False)
+    return out / "run"
+
+
+def test_head_refuses_other_pixel_bounds(dummy_head):
+    """Same weights, other max_pixels: the features differ, so the head is refused (naming the setting)."""
+    from fgvlm.heads.model import load_head
+    from fgvlm.heads.pipeline import check_backbone
+    from fgvlm.models.base import ModelConfig
+    from fgvlm.models.dummy import DummyBackend
+
+    _, info = load_head(dummy_head)
+    check_backbone(DummyBackend(), ModelConfig(name="dummy", max_pixels=50176), info)  # the same settings pass
+    with pytest.raises(ConfigError, match=r"max_pixels: 50176 -> 100352"):
+        check_backbone(DummyBackend(), ModelConfig(name="dummy", max_pixels=100352), info)
+
+
+def test_predict_with_model_and_head_keeps_the_heads_model_settings(dummy_head, tmp_path, monkeypatch):
+    """--model replaces only the name: the head's recorded max_pixels reaches the backend."""
+    from PIL import Image
+
+    import fgvlm.eval.zeroshot as zeroshot
+
+    loaded = []
+    real = zeroshot.create_backend
+
+    def recording(cfg, *args, **kwargs):
+        loaded.append(cfg)
+        return real(cfg, *args, **kwargs)
+
+    monkeypatch.setattr(zeroshot, "create_backend", recording)
+    image = tmp_path / "x.png"
+    Image.new("RGB", (32, 32), (200, 30, 60)).save(image)
+    [result] = predict(str(image), "--model", "dummy", "--head", str(dummy_head))
+    assert [(cfg.name, cfg.max_pixels) for cfg in loaded] == [("dummy", 50176)]
+    assert result["method"] == f"head:{dummy_head}" and len(result["top"]) == 4

@@ -136,16 +136,6 @@ def _set_path(data: dict[str, Any], path: list[str], value: Any, source: str) ->
     node[path[-1]] = value
 
 
-def _deep_merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
-    out = dict(base)
-    for key, value in extra.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = _deep_merge(out[key], value)
-        else:
-            out[key] = value
-    return out
-
-
 def load_yaml(path: str | Path) -> dict[str, Any]:
     """Read a YAML mapping, with errors that name the file."""
     path = Path(path)
@@ -180,8 +170,24 @@ def resolve_config(
         path, value = parse_override(text)
         _set_path(data, path, value, f"--set {text}")
     where = source if not overrides else f"{source} (+ --set)"
-    return from_dict(cls, _deep_merge({}, data), where=where)
+    return from_dict(cls, data, where=where)
 
 
 def save_yaml(data: dict[str, Any], path: str | Path) -> None:
     Path(path).write_text(yaml.safe_dump(data, sort_keys=False))
+
+
+def _flatten(data: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(data, dict) and data:
+        return {k: v for key, value in data.items() for k, v in _flatten(value, f"{prefix}{key}.").items()}
+    return {prefix.rstrip("."): data}
+
+
+def config_differences(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
+    """Dotted keys whose values differ between two config dicts (``resume`` ignored), as 'key: saved -> now'.
+
+    Used to refuse resuming a run directory with a different config (``fgvlm eval``, ``fgvlm cnn train``).
+    """
+    a, b = _flatten(saved), _flatten(yaml.safe_load(yaml.safe_dump(current)))
+    keys = sorted((set(a) | set(b)) - {"resume"})
+    return [f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in keys if a.get(k) != b.get(k)]

@@ -35,10 +35,17 @@ class ProcessGroup:
             return cls()
         import torch.distributed as dist
 
+        local_rank = int(os.environ.get("LOCAL_RANK", "0"))
         owns = not dist.is_initialized()
         if owns:
+            if backend == "nccl":
+                import torch
+
+                # NCCL object collectives (broadcast_object_list, all_gather_object) stage tensors on the current
+                # CUDA device; without this every rank would use cuda:0.
+                torch.cuda.set_device(local_rank)
             dist.init_process_group(backend=backend)
-        return cls(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")), owns)
+        return cls(dist.get_rank(), dist.get_world_size(), local_rank, owns)
 
     @property
     def is_main(self) -> bool:

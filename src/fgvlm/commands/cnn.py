@@ -34,7 +34,9 @@ def train(
     pretrained: str = typer.Option(None, help="Initial weights: hub, none, or a local .safetensors file."),
     config: str = typer.Option(None, "--config", "-c", help="YAML config (see configs/cnn/)."),
     set_: list[str] = typer.Option([], "--set", help="Override any config key: KEY=VALUE (e.g. lr=0.02)."),
-    resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its last checkpoint."),
+    resume: bool = typer.Option(
+        False, "--resume", help="Continue the run in --out from its last checkpoint (with its config unchanged)."
+    ),
 ) -> None:
     """Fine-tune a timm classifier; writes checkpoints, train_log.jsonl, tb/, metrics.json and predictions.jsonl.
 
@@ -55,7 +57,7 @@ def train(
     from fgvlm.train.cnn import CNNTrainConfig, train_cnn
 
     if resume and config is None and (Path(out) / "config.yaml").is_file():
-        config = str(Path(out) / "config.yaml")  # a resumed run keeps its own config unless told otherwise
+        config = str(Path(out) / "config.yaml")  # a resumed run keeps its own config; a changed one is refused
     flags = {
         "arch": arch,
         "data.dataset": dataset,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import typer
@@ -40,8 +41,10 @@ def command(
         from fgvlm.heads.model import load_head
 
         _, info = load_head(head)
-        if model is None:
-            model_cfg = from_dict(ModelConfig, info["model_config"], where=f"{head}/head.json model_config")
+        # the head's recorded backbone settings (dtype, pixel bounds, ...); --model replaces only the name
+        model_cfg = from_dict(ModelConfig, info["model_config"], where=f"{head}/head.json model_config")
+        if model is not None:
+            model_cfg = dataclasses.replace(model_cfg, name=model)
     else:
         from fgvlm.data import create_dataset
 

@@ -145,9 +145,7 @@ class HFDataset(Dataset):
         if isinstance(feature, datasets.ClassLabel):
             names = list(feature.names)
         elif all(isinstance(v, str) for values in raw.values() for v in values):
-            names = sorted({v for values in raw.values() for v in values})
-            index = {name: i for i, name in enumerate(names)}
-            raw = {split: [index[v] for v in values] for split, values in raw.items()}
+            return self.string_labels(raw, class_names)
         elif class_names is None:
             raise DatasetError(
                 f"hf ({self.source}): label column {self.label_column!r} is {feature} without class "
@@ -170,6 +168,25 @@ class HFDataset(Dataset):
                     f"0..{len(names) - 1} (unlabelled split? leave it out with the option splits)"
                 )
         return names, raw
+
+    def string_labels(
+        self, raw: dict[str, list[str]], class_names: Sequence[str] | None
+    ) -> tuple[list[str], dict[str, list[int]]]:
+        """String labels -> indices: into ``class_names`` when given (its order is the user's), else sorted names."""
+        if class_names is None:
+            names = sorted({v for values in raw.values() for v in values})
+        else:
+            names = [str(name) for name in class_names]
+            known = set(names)
+            for split, values in raw.items():
+                bad = next((row for row, v in enumerate(values) if v not in known), None)
+                if bad is not None:
+                    raise DatasetError(
+                        f"hf ({self.source}): split {split!r} row {bad} has label {values[bad]!r}, which is not in "
+                        f"option class_names ({', '.join(names[:5])}{', ...' if len(names) > 5 else ''})"
+                    )
+        index = {name: i for i, name in enumerate(names)}
+        return names, {split: [index[v] for v in values] for split, values in raw.items()}
 
     def undecoded(self, table: Any) -> Any:
         """The image column alone, with ``datasets``' own decoding off so that errors are ours to word."""

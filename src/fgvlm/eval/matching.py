@@ -17,7 +17,7 @@ windows of >= 5 characters, with a clear margin over any other class) for misspe
 evaluation reports both (``pred`` strict, ``pred_lenient`` lenient).
 
 For multiple-choice prompts an option key ("B", "(B)", "B.", "Answer: B", "3") maps to its option; a key followed
-by a name of a *different* class is a contradiction and gives None.
+by a name of a *different* class, or by an ambiguous name ("B. rose and a lily"), is a contradiction and gives None.
 """
 
 from __future__ import annotations
@@ -42,8 +42,16 @@ _KEY_PREFIX = re.compile(
     re.IGNORECASE,
 )
 _KEY = re.compile(r"([(\[]?)([A-Za-z]{1,2}|\d{1,3})([)\]]?)([.:)]?)(?=\s|$|[,;!?])")
-_YES = {"yes", "yeah", "yep", "true", "correct", "right"}
-_NO = {"no", "nope", "not", "false", "incorrect", "wrong"}
+_YES = {"yes", "yeah", "yep", "yup", "true", "correct", "right"}
+_NO = {"no", "nope", "nah", "false", "incorrect", "wrong"}
+# Normalised word runs that open a clear denial ("It isn't.", "This is not a rose"); apostrophes are dropped.
+_NEGATED_OPENINGS = tuple(
+    tuple(phrase.split())
+    for phrase in ("it is not", "it isnt", "its not", "this is not", "this isnt", "that is not", "that isnt")
+)
+# Words that may follow a leading "not" for it to read as a denial ("Not a rose", "Not."), unlike "not sure".
+_AFTER_NOT = {"a", "an", "the", "it", "this", "that", "one"}
+_ANSWER_OPENING = re.compile(r"^(?:the\s+)?(?:final\s+)?answer(?:\s+is)?\b", re.IGNORECASE)
 
 
 def singular(word: str) -> str:
@@ -93,19 +101,26 @@ def option_key(text: str) -> str | None:
 
 
 def match_yes_no(text: str) -> bool | None:
-    """Yes -> True, no -> False: the first word decides ("No, it is a rose"); else a lone yes or no anywhere.
+    """Yes -> True, no -> False, read only from how the reply opens; anything less clear -> None (unmatched).
 
-    A reply holding both the words "yes" and "no" ("Yes and no") is ambiguous: None.
+    Conservative on purpose, since a wrong reading scores as an answer: a leading yes-word ("Yes", "Yeah, it is",
+    "Correct") or no-word ("No, it is a rose", "Nope") decides, after an optional "Answer:"/"The answer is". A
+    "not" counts only at the very start ("Not.", "Not a rose" -- but "Not sure" is None) or in an opening denial
+    ("It is not", "This isn't a tulip"). A "not" later on decides nothing: "I am not sure" and "It is a rose, not
+    a tulip." are None. A reply holding both the words "yes" and "no" ("Yes and no") is None too.
     """
-    words = normalize_words(text)
+    words = normalize_words(_ANSWER_OPENING.sub("", text.strip(), count=1))
     if not words or ("yes" in words and "no" in words):
         return None
     if words[0] in _YES:
         return True
     if words[0] in _NO:
         return False
-    has_yes, has_no = any(w in _YES for w in words), any(w in _NO for w in words)
-    return has_yes if has_yes != has_no else None
+    if words[0] == "not" and (len(words) == 1 or words[1] in _AFTER_NOT):
+        return False
+    if any(words[: len(opening)] == opening for opening in _NEGATED_OPENINGS):
+        return False
+    return None
 
 
 def _alias_items(aliases: Mapping, class_names: Sequence[str]) -> list[tuple[int, str]]:
@@ -207,7 +222,8 @@ class AnswerMatcher:
         words = normalize_words(text)
         found = self._exact(words)
         if key is not None and key in options:
-            return options[key] if not found or found == {options[key]} else None
+            # the words after the key must agree with it: a different class, or an ambiguous name (None), refutes it
+            return options[key] if found is not None and found <= {options[key]} else None
         if found is None or len(found) > 1:
             return None
         if found:

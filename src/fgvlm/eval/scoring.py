@@ -54,6 +54,22 @@ class TaskScorer:
         return VERIFY_CLASSES if self.kind == "verify" else None
 
     @property
+    def num_candidates(self) -> int:
+        """How many answers rank mode scores per image: 2 for verification, the option count for closed-qa, else
+        every class. Top-5 accuracy means something only when this exceeds ``TOPK``."""
+        if self.kind == "verify":
+            return len(VERIFY_CLASSES)
+        if self.kind == "closed":
+            return self.settings["num_options"] or len(self.names)
+        return len(self.names)
+
+    @property
+    def reports_topk(self) -> bool:
+        """Whether rank mode's top-5 accuracy is reported: only when more than ``TOPK`` candidates are ranked
+        (with 5 or fewer the true answer is always among them, so the number would always be 1.0)."""
+        return self.num_candidates > TOPK
+
+    @property
     def prompt_varies(self) -> bool:
         """Whether images get different prompt texts (then each record keeps its own)."""
         if self.kind == "open":

@@ -21,9 +21,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from fgvlm.config import ConfigError, DataConfig, to_dict
+from fgvlm.config import ConfigError, DataConfig, config_differences, load_yaml, to_dict
 from fgvlm.distributed import ProcessGroup
 from fgvlm.models.base import ModelConfig
 from fgvlm.runs import RunDir
@@ -49,6 +47,9 @@ class EvalConfig:
     task_options: dict[str, Any] = dataclasses.field(default_factory=dict)
     """Options of the prompt task (``fgvlm.prompts.build_prompt``), e.g. num_options, distractors, object."""
     batch_size: int = 8
+    """Images per step (one progress update and one append to predictions.jsonl). Generate mode answers a batch in
+    one left-padded forward; rank mode groups the batch's images that share a prompt and candidates, but the
+    backend still runs their image+prompt prefixes one image at a time (the candidates are batched instead)."""
     limit: int | None = None
     """Evaluate only the first N images of the split (quick checks)."""
     score: str = "mean"
@@ -95,19 +96,6 @@ def create_backend(cfg: ModelConfig, group: ProcessGroup | None = None) -> Any:
     return load_backend(cfg)
 
 
-def _flatten(data: Any, prefix: str = "") -> dict[str, Any]:
-    if isinstance(data, dict) and data:
-        return {k: v for key, value in data.items() for k, v in _flatten(value, f"{prefix}{key}.").items()}
-    return {prefix.rstrip("."): data}
-
-
-def config_differences(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
-    """Dotted keys whose values differ between two config dicts (``resume`` ignored), as 'key: saved -> now'."""
-    a, b = _flatten(saved), _flatten(yaml.safe_load(yaml.safe_dump(current)))
-    keys = sorted((set(a) | set(b)) - {"resume"})
-    return [f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in keys if a.get(k) != b.get(k)]
-
-
 def _keep_lines(path: Path, count: int) -> None:
     """Truncate a JSONL file to its first ``count`` lines."""
     raw = path.read_bytes()
@@ -125,7 +113,7 @@ def prepare_run(run: RunDir, cfg: EvalConfig, ids: list[str]) -> int:
         for name in (PREDICTIONS, "metrics.json", "confusion.json"):
             (run / name).unlink(missing_ok=True)
     if predictions.exists() and (run / "config.yaml").exists():
-        differences = config_differences(yaml.safe_load((run / "config.yaml").read_text()) or {}, to_dict(cfg))
+        differences = config_differences(load_yaml(run / "config.yaml"), to_dict(cfg))
         if differences:
             raise ConfigError(
                 f"{run.path} holds a run with a different config; cannot resume. Differing keys: "
@@ -190,7 +178,7 @@ def summarize(run: RunDir, cfg: EvalConfig, dataset: Any, scorer: Any, speed: fl
     labels = [r["label"] for r in records]
     preds = [r["pred"] for r in records]
     class_names = scorer.metric_class_names or dataset.class_names
-    ranked = cfg.mode == "rank" and scorer.kind != "verify"
+    ranked = cfg.mode == "rank" and scorer.reports_topk  # top-5 of <= 5 candidates is always 1.0: null instead
     extra = {
         "images_per_s": speed,
         "mode": cfg.mode,

@@ -1,8 +1,9 @@
 """The on-disk feature cache: ``<cache_dir>/features/<sha key>/{features.safetensors, meta.json}``.
 
 The key hashes every ingredient that changes a feature: the backbone (fingerprint or hub id + revision, dtype),
-the preprocessing (image processor settings, pixel bounds), the dataset (name, protocol, options, split and the
-exact ids in order), the prompt text, the pooling and the layer. Change any of them and a new entry is made.
+the preprocessing (image processor settings, pixel bounds), the dataset (``dataset_identity``: name, protocol, root
+or source, options; then the split and the exact ids in order), the prompt text, the pooling and the layer. Change
+any of them and a new entry is made.
 
 An entry is written into a private temp folder and renamed into place only once ``meta.json`` (the completion
 marker, written last) is there, so a killed extraction never leaves a folder that reads as complete; of two
@@ -31,6 +32,17 @@ CACHE_VERSION = 1
 def default_cache_dir() -> Path:
     """``$FGVLM_CACHE`` or ``~/.cache/fgvlm`` (shared with the tiny models and datasets)."""
     return Path(os.environ.get("FGVLM_CACHE") or "~/.cache/fgvlm").expanduser()
+
+
+NOT_IDENTITY = ("splits", "skipped", "skipped_images")
+"""``Dataset.describe()`` entries that are counts or lists derived from the records, not what the pixels come from."""
+
+
+def dataset_identity(dataset: Any) -> dict[str, Any]:
+    """Where a dataset's images and labels come from, for cache keys: its ``describe()`` (name, protocol, root or
+    source, and each dataset's own options) without the derived split sizes and skip lists. Two image folders with
+    the same file names under different roots, or two hub datasets of the same size, get different identities."""
+    return {k: v for k, v in dataset.describe().items() if k not in NOT_IDENTITY}
 
 
 def ids_digest(ids: list[str]) -> str:

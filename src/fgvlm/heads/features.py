@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from fgvlm.distributed import ProcessGroup
-from fgvlm.heads.cache import CachedFeatures, FeatureCache, feature_key, ids_digest
+from fgvlm.heads.cache import CachedFeatures, FeatureCache, dataset_identity, feature_key, ids_digest
 
 if TYPE_CHECKING:
     import torch
@@ -42,11 +42,10 @@ def backbone_signature(backend: VLMBackend, model_cfg: ModelConfig | None = None
 
 
 def split_ingredients(split: Split, options: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Dataset ingredients of the cache key: name, protocol, options (they can change pixels), split and ids."""
-    ds = split.dataset
+    """Dataset ingredients of the cache key: where the data comes from (``dataset_identity``: name, protocol, root or
+    source and the dataset's settings), the config's options (they can change pixels), the split and its ids."""
     return {
-        "dataset": ds.name,
-        "protocol": ds.protocol,
+        "dataset": dataset_identity(split.dataset),
         "options": dict(sorted((options or {}).items())),
         "split": split.name,
         "ids": ids_digest(split.ids),

@@ -9,6 +9,7 @@ and writes.
 from __future__ import annotations
 
 import dataclasses
+import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -273,12 +274,32 @@ def eval_run(
         ctx.group.close()
 
 
+def _plain(value: Any) -> Any:
+    """``value`` as head.json stores it (JSON round trip: tuples become lists, odd objects strings)."""
+    return json.loads(json.dumps(value, default=str))
+
+
 def check_backbone(backend: VLMBackend, model_cfg: ModelConfig, info: dict[str, Any]) -> None:
-    """Refuse features from a different backbone than the head was trained on (weights or preprocessing)."""
+    """Refuse features unlike the head's training features: other weights, image processor or pixel bounds.
+
+    The dtype is not compared: the same weights in another dtype (another device) give close features.
+    """
     expected = info.get("backbone_signature")
-    actual = backbone_signature(backend, model_cfg)
-    if expected is not None and expected["model"] != actual["model"]:
+    if expected is None:  # a head saved before signatures were recorded
+        return
+    actual = _plain(backbone_signature(backend, model_cfg))
+    if expected["model"] != actual["model"]:
         raise ConfigError(
             f"the head was trained on backbone {info['backbone'].get('name')!r} ({expected['model']}) but the "
             f"loaded model is {backend.describe().get('name')!r} ({actual['model']}); pass the same --model"
+        )
+    differing = [
+        f"{key}: {expected.get(key)!r} -> {actual.get(key)!r}"
+        for key in ("preprocessing", "min_pixels", "max_pixels")
+        if key in expected and expected[key] != actual.get(key)
+    ]
+    if differing:
+        raise ConfigError(
+            f"the head was trained on {info['backbone'].get('name')!r} with other preprocessing than the loaded "
+            f"model's: {'; '.join(differing)}; use the head's model settings (head.json model_config)"
         )

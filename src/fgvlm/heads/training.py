@@ -1,5 +1,9 @@
 """Head training: AdamW + cosine schedule over seeded batches, best step chosen on the validation split.
 
+The schedule is ``fgvlm.train.optim.warmup_cosine`` (decaying to 0), the one the CNN baseline uses too. The step
+loop is this module's own, not ``fgvlm.train.loop.TrainLoop``: heads evaluate every N steps, and the cached and
+online modes must match step for step.
+
 Features come from a ``FeatureSource``: cached tensors (``TensorFeatures``) or the frozen VLM run on every batch
 (``OnlineFeatures``, the reference study's way). Everything random -- head init, batch order, dropout masks -- is
 drawn from the seed alone, never from the global RNG the backbone might touch, so with the same seed both sources
@@ -8,7 +12,6 @@ give the same head up to float tolerance in the features.
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -19,6 +22,7 @@ from torch import nn
 
 from fgvlm.heads.config import HeadRecipe
 from fgvlm.heads.model import ClassificationHead, build_head
+from fgvlm.train.optim import warmup_cosine
 from fgvlm.train.runtime import torch_threads
 
 if TYPE_CHECKING:
@@ -90,18 +94,6 @@ def batch_order(n: int, batch_size: int, seed: int) -> Iterator[list[int]]:
         pending = pending[batch_size:]
 
 
-def cosine_lambda(steps: int, warmup_steps: int) -> Callable[[int], float]:
-    """LR multiplier: linear warmup to 1, then cosine decay to 0 at ``steps``."""
-
-    def factor(step: int) -> float:
-        if step < warmup_steps:
-            return (step + 1) / warmup_steps
-        progress = (step - warmup_steps) / max(1, steps - warmup_steps)
-        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
-
-    return factor
-
-
 @torch.no_grad()
 def head_logits(head: ClassificationHead, source: Any, batch_size: int = 1024) -> torch.Tensor:
     """Logits for every item of a feature source, in order (eval mode, no dropout)."""
@@ -152,7 +144,7 @@ def _train_loop(train, train_labels, num_classes, recipe, val, on_log, progress)
             raise ValueError("standardisation needs cached train features (the online mode has none up front)")
         head.set_standardization(train.features)
     optimizer = torch.optim.AdamW(head.parameters(), lr=recipe.lr, weight_decay=recipe.weight_decay)
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, cosine_lambda(recipe.steps, recipe.warmup_steps))
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(recipe.steps, recipe.warmup_steps))
     batches = batch_order(len(train), recipe.batch_size, recipe.seed)
     log: list[dict[str, Any]] = []
     best_val, best_step, best_state = None, recipe.steps, None

@@ -14,6 +14,9 @@ the brute-force reference (one full forward per candidate) that the tests and th
 from __future__ import annotations
 
 import copy
+import functools
+import inspect
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -22,6 +25,41 @@ from fgvlm.models.base import POOLINGS, RankScores, VLMBackend
 if TYPE_CHECKING:
     import torch
     from PIL import Image
+
+PACKED_ATTENTION = ("sdpa", "eager")
+"""Attention implementations that honour the 4-D additive mask packed ranking relies on (flash attention and
+others take a padding mask only, so they fall back to the grouped path)."""
+RENDER_CACHE_SIZE = 256
+"""(prompt, candidates) entries kept by the rendering and prior caches: per-image prompts (shuffled options)
+would otherwise grow them by one entry per image."""
+
+
+class BoundedCache(OrderedDict):
+    """A dict that forgets its least recently stored or read (via ``recall``) entry beyond ``maxsize`` entries."""
+
+    def __init__(self, maxsize: int = RENDER_CACHE_SIZE):
+        super().__init__()
+        self.maxsize = maxsize
+
+    def __setitem__(self, key: Any, value: Any) -> None:
+        super().__setitem__(key, value)
+        self.move_to_end(key)
+        while len(self) > self.maxsize:
+            self.popitem(last=False)
+
+    def recall(self, key: Any) -> Any:
+        """The value for ``key`` (marked as just used), or None."""
+        if key not in self:
+            return None
+        self.move_to_end(key)
+        return super().__getitem__(key)
+
+
+@functools.cache
+def forward_takes_logits_to_keep(module_type: type) -> bool:
+    """Whether ``module_type.forward`` names ``logits_to_keep`` (decoder-only LMs and VLMs do; InstructBLIP's
+    wrapper and T5 do not), checked once per class."""
+    return "logits_to_keep" in inspect.signature(module_type.forward).parameters
 
 
 @dataclass
@@ -47,7 +85,9 @@ class HFBackend(VLMBackend):
     packed_rank = False
     """Rank with all candidates packed in one row after the shared prefix cache (``_score_packed``): needs a
     text module that takes a 4-D additive attention mask and explicit position ids; otherwise the cache is
-    repeated per candidate (``_score_grouped``)."""
+    repeated per candidate (``_score_grouped``). Used only under an attention implementation in ``PACKED_ATTENTION``."""
+    group_size = 16
+    """Grouped path: candidates per forward (each holds its own copy of the prefix KV cache, so this bounds memory)."""
 
     def __init__(self, model: Any, processor: Any, info: dict[str, Any]):
         self.model = model.eval()
@@ -56,8 +96,8 @@ class HFBackend(VLMBackend):
         self.tokenizer = getattr(processor, "tokenizer", processor)
         # Left padding keeps every prompt's last token at position -1: generation and `last` pooling rely on it.
         self.tokenizer.padding_side = "left"
-        self._prior_cache: dict[tuple[str, tuple[str, ...]], torch.Tensor] = {}
-        self._rendered: dict[tuple[str, tuple[str, ...], bool], tuple[str, list[str], list[list[int]]]] = {}
+        self._prior_cache: BoundedCache = BoundedCache()  # (prompt, candidates) -> [C] text-only scores
+        self._rendered: BoundedCache = BoundedCache()  # (prompt, candidates, with_image) -> text, answers, ids
 
     # -- prompt rendering ------------------------------------------------------------------------------------------
     def build_messages(self, prompt: str, answer: str | None = None, with_image: bool = True) -> list[dict]:
@@ -96,18 +136,15 @@ class HFBackend(VLMBackend):
             )
         return full[len(prompt_text) :].rstrip("\n")
 
-    def continuation_ids(self, prompt: str, candidates: list[str], with_image: bool = True) -> list[list[int]]:
-        """Token ids of each candidate's rendered answer, as they follow the prompt's tokens in the full text."""
-        return self._render_candidates(prompt, tuple(candidates), with_image)[2]
-
     def _render_candidates(
         self, prompt: str, candidates: tuple[str, ...], with_image: bool
     ) -> tuple[str, list[str], list[list[int]]]:
         """Rendered prompt, rendered answers and their token ids; kept per (prompt, candidates): ranking a
         dataset renders the same 102 answers for every image."""
         key = (prompt, candidates, with_image)
-        if key in self._rendered:
-            return self._rendered[key]
+        cached = self._rendered.recall(key)
+        if cached is not None:
+            return cached
         prompt_text = self.render_prompt(prompt, with_image)
         prompt_ids = self.tokenizer(prompt_text, add_special_tokens=False)["input_ids"]
         suffixes, ids = [], []
@@ -122,7 +159,7 @@ class HFBackend(VLMBackend):
             suffixes.append(suffix)
             ids.append(full_ids[len(prompt_ids) :])
         self._rendered[key] = (prompt_text, suffixes, ids)
-        return self._rendered[key]
+        return prompt_text, suffixes, ids
 
     # -- inputs ----------------------------------------------------------------------------------------------------
     @property
@@ -189,6 +226,10 @@ class HFBackend(VLMBackend):
         all candidates, ``candidate_batch`` continuations per forward; without it every candidate runs a full
         forward (the slow reference). ``prior_subtracted`` subtracts the text-only log-likelihood, computed once
         per (prompt, candidates) and kept on the backend.
+
+        Images are scored one prefix at a time: passing several images batches the candidates, not the image
+        prefill (each image's cache is batch 1), so a larger eval ``batch_size`` groups images per progress and
+        record step without running their prefixes together.
         """
         import torch
 
@@ -214,29 +255,35 @@ class HFBackend(VLMBackend):
         prompt_text, suffixes, cont_ids = self._render_candidates(prompt, key[1], with_image=False)
         if not reuse_prefix:
             return self._score_brute_force(None, prompt_text, suffixes, cont_ids)
-        if key not in self._prior_cache:
+        prior = self._prior_cache.recall(key)
+        if prior is None:
             prefix = self._prefill(self.encode(None, [prompt_text]))
-            self._prior_cache[key] = self._score_from_prefix(prefix, cont_ids, candidate_batch)
-        return self._prior_cache[key]
+            prior = self._prior_cache[key] = self._score_from_prefix(prefix, cont_ids, candidate_batch)
+        return prior
 
     def _score_from_prefix(self, prefix: Prefix, cont_ids: list[list[int]], candidate_batch: int) -> torch.Tensor:
         """``[C]`` summed log-probs of the continuations after one cached prefix.
 
         The first token of every candidate is scored by the prefix's last logits; the rest run in packs of at most
-        ``candidate_batch`` candidates (``_score_packed``) or, for families without packing, in groups of equal
-        length (``_score_grouped``).
+        ``candidate_batch`` candidates (``_score_packed``) or, for families without packing or under another
+        attention implementation, in groups of equal length (``_score_grouped``).
         """
         import torch
 
         first = torch.log_softmax(prefix.last_logits.float().cpu(), dim=-1)
         scores = torch.tensor([first[ids[0]].item() for ids in cont_ids])
         rest = [index for index, ids in enumerate(cont_ids) if len(ids) > 1]  # one-token candidates are done
-        score = self._score_packed if self.packed_rank else self._score_grouped
+        score = self._score_packed if self.uses_packed_rank else self._score_grouped
         with torch.inference_mode():
             for start in range(0, len(rest), candidate_batch):
                 chunk = rest[start : start + candidate_batch]
                 scores[chunk] += score(prefix, [cont_ids[i] for i in chunk]).cpu()
         return scores
+
+    @property
+    def uses_packed_rank(self) -> bool:
+        """Packed ranking needs the family's support and an attention that applies a 4-D additive mask."""
+        return self.packed_rank and getattr(self.model.config, "_attn_implementation", None) in PACKED_ATTENTION
 
     def _score_packed(self, prefix: Prefix, cont_ids: list[list[int]]) -> torch.Tensor:
         """``[n]`` log-probs of tokens 2..k of ``n`` candidates packed in ONE row after the prefix.
@@ -276,15 +323,21 @@ class HFBackend(VLMBackend):
         """``[n]`` log-probs of tokens 2..k with the prefix cache repeated per candidate, one forward per length.
 
         Groups of equal token length carry no padding: 102 Flowers102 names fall into a handful of lengths, and
-        padding to the longest name would more than double the tokens.
+        padding to the longest name would more than double the tokens. A group runs in chunks of at most
+        ``group_size`` candidates, since each one holds a full copy of the prefix cache.
         """
         import torch
 
         by_length: dict[int, list[int]] = {}
         for index, ids in enumerate(cont_ids):
             by_length.setdefault(len(ids), []).append(index)
+        chunks = [
+            group[start : start + self.group_size]
+            for group in by_length.values()
+            for start in range(0, len(group), self.group_size)
+        ]
         scores = torch.zeros(len(cont_ids))
-        for chunk in by_length.values():
+        for chunk in chunks:
             tokens = torch.tensor([cont_ids[i] for i in chunk], device=self.device)
             cache = copy.deepcopy(prefix.cache)  # each group extends its own copy of the prefix
             cache.batch_repeat_interleave(len(chunk))
@@ -298,12 +351,17 @@ class HFBackend(VLMBackend):
         ``logits``, ``cache`` and ``hidden_states``."""
         return self.model(**inputs, **kwargs)
 
+    def _last_logits_only(self, inputs: dict[str, Any]) -> dict[str, Any]:
+        """``logits_to_keep=1`` when the module ``_forward`` runs for ``inputs`` takes it: prefill and embed need
+        the last position's logits at most, not ``[L, V]`` for the whole prompt."""
+        return {"logits_to_keep": 1} if forward_takes_logits_to_keep(type(self.model)) else {}
+
     def _prefill(self, inputs: dict[str, Any]) -> Prefix:
         """Run the prompt (batch 1) once with the cache on."""
         import torch
 
         with torch.inference_mode():
-            out = self._forward(inputs, use_cache=True)
+            out = self._forward(inputs, use_cache=True, **self._last_logits_only(inputs))
         return Prefix(out.logits[0, -1], out.cache, inputs["input_ids"].shape[1], {})
 
     def _continue(self, prefix: Prefix, cache: Any, ids: torch.Tensor) -> torch.Tensor:
@@ -364,7 +422,7 @@ class HFBackend(VLMBackend):
             raise ValueError(f"unknown pooling {pooling!r}; choose one of {', '.join(POOLINGS)}")
         inputs = self.encode(images, [self.render_prompt(prompt)] * len(images))
         with torch.inference_mode():
-            out = self._forward(inputs, output_hidden_states=True, use_cache=False)
+            out = self._forward(inputs, output_hidden_states=True, use_cache=False, **self._last_logits_only(inputs))
         states = self._hidden_states(out)
         if not -len(states) <= layer < len(states):
             raise ValueError(f"layer {layer} out of range: the language model has {len(states)} hidden states")
@@ -390,13 +448,12 @@ class HFBackend(VLMBackend):
 
     # -- describe --------------------------------------------------------------------------------------------------
     def describe(self) -> dict[str, Any]:
-        """The loader's info plus family, dtype, device, parameter count and a rendered example prompt."""
+        """The loader's info (with its ``num_parameters``) plus family, dtype, device and a rendered example prompt."""
         return {
             **self.info,
             "family": self.family,
             "backend": f"{type(self).__module__}:{type(self).__name__}",
             "dtype": str(self.dtype).removeprefix("torch."),
             "device": str(self.device),
-            "parameters": sum(p.numel() for p in self.model.parameters()),
             "prompt_example": self.render_prompt("{question}"),
         }

@@ -28,7 +28,8 @@ class ModelConfig:
     revision: str | None = None
     """Hub revision (branch, tag or commit) for hub ids."""
     dtype: str | None = None
-    """float32, bfloat16 or float16; None = the preset's (float32 on CPU)."""
+    """float32, bfloat16, float16 or auto (the checkpoint's own); None = float32 on CPU, and on GPU the preset's,
+    else the checkpoint's own dtype."""
     device: str | None = None
     """cpu, cuda, cuda:1 ...; None = cuda when available, else cpu. Ignored when device_map is set."""
     device_map: str | None = None

@@ -8,7 +8,6 @@ to do: unknown names list close matches, offline hub ids say to pass a folder, c
 Example::
 
     from fgvlm.models.base import ModelConfig
-from fgvlm.models.tiny import FAMILIES
     from fgvlm.models.loading import load_model
     model, processor, info = load_model(ModelConfig(name="tiny-qwen3-vl"))
     info["family"], info["num_parameters"]  # ('qwen3-vl', 329504)
@@ -25,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 from fgvlm.config import ConfigError
 from fgvlm.models.base import ModelConfig
-from fgvlm.models.tiny import FAMILIES
+from fgvlm.models.families import FAMILIES
 
 if TYPE_CHECKING:
     from fgvlm.models.base import VLMBackend
@@ -41,6 +40,8 @@ MODEL_TYPE_FAMILIES = {
 }
 QWEN_FAMILIES = ("qwen3-vl", "qwen2.5-vl")
 DTYPES = ("float32", "bfloat16", "float16")
+CHECKPOINT_DTYPE = "auto"
+"""``dtype`` for from_pretrained meaning "as the checkpoint stores it" (its config's ``dtype``)."""
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 ENABLE_REMOTE_CODE = "--set model.trust_remote_code=true (or trust_remote_code: true under model: in the YAML)"
 
@@ -174,16 +175,26 @@ def choose_family(cfg: ModelConfig, source: ModelSource, config: Any) -> str:
     return family
 
 
+def choose_dtype(asked: str | None, preset: str | None, on_gpu: bool) -> str:
+    """The dtype to load in: ``model.dtype`` if set; on CPU float32; on GPU the preset's, else ``"auto"``.
+
+    ``"auto"`` keeps the checkpoint's own dtype (bfloat16 for most current VLMs): a hub id or folder without a
+    preset would otherwise load in float32 on a GPU, doubling memory and time. CPU stays float32, where half
+    precision is slow or unsupported.
+    """
+    dtype = asked or ((preset or CHECKPOINT_DTYPE) if on_gpu else "float32")
+    if dtype not in DTYPES and dtype != CHECKPOINT_DTYPE:
+        raise ModelLoadError(f"model.dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+    return dtype
+
+
 def choose_device_dtype(cfg: ModelConfig, source: ModelSource) -> tuple[str, str]:
-    """Device: asked, else cuda when there is one. Dtype: asked, else the preset's on GPU, float32 on CPU."""
+    """Device: asked, else cuda when there is one. Dtype: see ``choose_dtype``."""
     import torch
 
     device = cfg.device or ("cuda" if torch.cuda.is_available() else "cpu")
     on_gpu = cfg.device_map is not None or not device.startswith("cpu")
-    dtype = cfg.dtype or (source.dtype if on_gpu and source.dtype else "float32")
-    if dtype not in DTYPES:
-        raise ModelLoadError(f"model.dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
-    return device, dtype
+    return device, choose_dtype(cfg.dtype, source.dtype, on_gpu)
 
 
 def apply_pixel_bounds(cfg: ModelConfig, family: str, processor: Any) -> None:
@@ -221,7 +232,7 @@ def load_model(cfg: ModelConfig) -> tuple[Any, Any, dict[str, Any]]:
     common = {"revision": revision_for(source, cfg), "trust_remote_code": cfg.trust_remote_code}
     model_kwargs = {
         "config": config,
-        "dtype": getattr(torch, dtype),
+        "dtype": dtype if dtype == CHECKPOINT_DTYPE else getattr(torch, dtype),
         "use_safetensors": True,
         **common,
         **({"device_map": cfg.device_map} if cfg.device_map else {}),
@@ -238,7 +249,8 @@ def load_model(cfg: ModelConfig) -> tuple[Any, Any, dict[str, Any]]:
         model = model.to(device)
     model.eval()
     ensure_chat_template(processor, family)
-    return model, processor, describe(source, cfg, family, dtype, model)
+    loaded = str(next(model.parameters()).dtype).removeprefix("torch.")
+    return model, processor, describe(source, cfg, family, loaded, model)
 
 
 def ensure_chat_template(processor: Any, family: str) -> None:

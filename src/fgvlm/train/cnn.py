@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from fgvlm.config import ConfigError, resolve_config
+from fgvlm.config import ConfigError, config_differences, load_yaml, resolve_config, to_dict
 from fgvlm.distributed import ProcessGroup
 from fgvlm.runs import RunDir, write_json
 from fgvlm.train.classifier import create_classifier, data_config, eval_resize, predict_probs, topk_metrics
@@ -170,6 +170,20 @@ def open_run_dir(out: str | Path, resume: bool, dist: ProcessGroup) -> RunDir:
     return RunDir(out)
 
 
+def check_resume_config(run: RunDir, cfg: CNNTrainConfig) -> None:
+    """Refuse to continue a run with a config other than the one it started with (naming the differing keys)."""
+
+    saved_path = run / "config.yaml"
+    if not saved_path.is_file():
+        raise ConfigError(f"cannot resume: {saved_path} not found")
+    differences = config_differences(load_yaml(saved_path), to_dict(cfg))
+    if differences:
+        raise ConfigError(
+            f"{run.path} was trained with a different config; cannot resume. Differing keys: "
+            f"{'; '.join(differences)}. Resume with the run's own config.yaml, or choose a new --out."
+        )
+
+
 def train_cnn(
     cfg: CNNTrainConfig, out: str | Path, resume: bool = False, stop_after_epoch: int | None = None
 ) -> dict[str, Any]:
@@ -256,6 +270,8 @@ def _train(
     from fgvlm.train.checkpoint import load_weights
 
     run = open_run_dir(out, resume, dist)
+    if resume:
+        check_resume_config(run, cfg)
     seed_everything(cfg.seed)  # the same initial weights on every rank and in every rerun
     setup = build_setup(cfg, dist)
     val_name = cfg.val_split if cfg.val_split in setup.dataset.split_names else None

@@ -13,8 +13,8 @@ import dataclasses
 from pathlib import Path
 
 from fgvlm.config import ConfigError, DataConfig
+from fgvlm.train.optim import OPTIMIZERS
 
-OPTIMIZERS = ("sgd", "adamw")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 NO_WEIGHTS = ("none", "false", "")
 HUB_WEIGHTS = ("hub", "true")
@@ -112,8 +112,6 @@ class CNNTrainConfig:
     """Show progress bars."""
 
     def __post_init__(self) -> None:
-        if isinstance(self.data, dict):
-            self.data = DataConfig(**self.data)
         self.pretrained = normalise_pretrained(self.pretrained)
         checks = [
             (self.optimizer in OPTIMIZERS, f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}"),

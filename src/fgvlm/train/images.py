@@ -21,6 +21,7 @@ import torch
 from PIL import Image
 
 from fgvlm.data.base import Split
+from fgvlm.heads.cache import dataset_identity
 
 CACHE_FORMAT = 1  # bump when the stored arrays change meaning
 
@@ -37,11 +38,9 @@ def shrink(image: Image.Image, shorter_side: int) -> np.ndarray:
 
 def cache_key(split: Split, shorter_side: int) -> str:
     """A stable hash of everything the cached pixels depend on."""
-    dataset = split.dataset
-    described = {k: v for k, v in dataset.describe().items() if k not in ("splits", "skipped", "skipped_images")}
     payload = {
         "format": CACHE_FORMAT,
-        "dataset": described,
+        "dataset": dataset_identity(split.dataset),
         "split": split.name,
         "ids": split.ids,
         "shorter_side": shorter_side,

@@ -1,6 +1,8 @@
 """The one training loop: steps of a loss function, per-epoch evaluation, checkpoints, exact resume, logs, DDP.
 
-What is trained is given as hooks, so CNNs, classification heads and SFT share this loop:
+What is trained is given as hooks. The CNN baseline (``fgvlm.train.cnn``) runs on it; classification heads
+(``fgvlm.heads.training``) use their own small step loop instead, because they evaluate every N steps (not per
+epoch) and their cached-feature and online modes must match step for step. The hooks:
 
 - ``loss_fn(model, batch) -> (loss, items)``: forward one batch through ``model`` (DDP-wrapped when distributed);
 - ``train_batches(epoch) -> iterable``: the batches of one epoch, in an order that depends only on the epoch
@@ -17,10 +19,13 @@ next epoch: the result equals the uninterrupted run's. Only rank 0 writes files.
 from __future__ import annotations
 
 import contextlib
+import json
 import math
+import os
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -32,6 +37,20 @@ from fgvlm.train.distributed import average_buffers
 
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 LOG_FILE = "train_log.jsonl"
+
+
+def rewrite_jsonl(path: Path, records: list[dict[str, Any]]) -> None:
+    """Replace a JSONL file with ``records`` atomically (temp file, fsync, ``os.replace``): a kill keeps the old one."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with tmp.open("w") as fh:
+            for record in records:
+                fh.write(json.dumps(record, sort_keys=False) + "\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 @dataclass
@@ -279,8 +298,7 @@ class TrainLoop:
         self.step, self.best = int(info["step"]), state.get("best")
         if self.dist.is_main:  # forget epochs logged after the checkpoint (a run killed while saving)
             kept = [r for r in self.run_dir.read_jsonl(LOG_FILE) if r["epoch"] <= info["epoch"]]
-            (self.run_dir / LOG_FILE).unlink(missing_ok=True)
-            self.run_dir.append_jsonl(LOG_FILE, kept)
+            rewrite_jsonl(self.run_dir / LOG_FILE, kept)
         self.dist.barrier()
         return int(info["epoch"])
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from fgvlm.models.backend import HFBackend, Prefix
+from fgvlm.models.backend import HFBackend, Prefix, forward_takes_logits_to_keep
 
 if TYPE_CHECKING:
     import torch
@@ -29,6 +29,11 @@ class InstructBlipBackend(HFBackend):
 
     def _text_module(self, prefix: Prefix) -> Any:
         return self.model.language_model
+
+    def _last_logits_only(self, inputs: dict[str, Any]) -> dict[str, Any]:
+        # The full model's forward has no logits_to_keep; its language model (Llama/OPT) does, T5 does not.
+        module = self.model if "pixel_values" in inputs else self.model.language_model
+        return {"logits_to_keep": 1} if forward_takes_logits_to_keep(type(module)) else {}
 
     def _encode_answered(self, images: list[Image.Image] | None, prompt_text: str, suffix: str) -> dict[str, Any]:
         # The Q-Former reads the instruction only, never the answer: keep the prompt's Q-Former tokens.

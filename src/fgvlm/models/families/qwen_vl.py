@@ -49,7 +49,9 @@ def _vision_attention_batched(
         or kwargs.get("output_attentions")
         or not bool((lengths == lengths[0]).all())
     ):
-        return self._fgvlm_original_forward(hidden_states, cu_seqlens, position_embeddings, max_seqlen, **kwargs)
+        return self._fgvlm_original_forward(
+            hidden_states, cu_seqlens, position_embeddings=position_embeddings, max_seqlen=max_seqlen, **kwargs
+        )
     seq_length, images = hidden_states.shape[0], lengths.numel()
     query, key, value = self.qkv(hidden_states).reshape(seq_length, 3, self.num_heads, -1).permute(1, 0, 2, 3).unbind(0)
     cos, sin = position_embeddings
