@@ -234,15 +234,17 @@ def test_prefill_and_embed_keep_only_the_last_logits(backend, images):
 
 
 def test_grouped_rank_in_small_chunks_equals_brute_force(backend, images):
-    """Equal-length groups split into chunks of group_size candidates (bounded cache copies) score the same."""
-    if backend.uses_packed_rank:
-        pytest.skip("packed ranking has no groups")
+    """Equal-length groups split into chunks of group_size candidates (bounded cache copies) score the same.
+
+    Families that rank packed are switched to the grouped path too: it is their fallback under other attention kernels.
+    """
     brute = backend.rank(images[:1], QUESTION, NAMES, reuse_prefix=False)
-    backend.group_size = 1
+    backend.group_size, backend.packed_rank = 1, False
     try:
+        assert not backend.uses_packed_rank
         chunked = backend.rank(images[:1], QUESTION, NAMES)
     finally:
-        del backend.group_size  # back to the class default
+        del backend.group_size, backend.packed_rank  # back to the class defaults
     torch.testing.assert_close(chunked.sum, brute.sum, atol=1e-4, rtol=0)
 
 
