@@ -9,8 +9,15 @@ from pathlib import Path
 import pytest
 
 from fgvlm.models.base import ModelConfig
-from fgvlm.models.loading import load_model
-from fgvlm.models.tiny import FAMILIES, TinyModelError, build_tiny_model, cached_model_dir, cached_tiny_model
+from fgvlm.models.loading import load_backend, load_model
+from fgvlm.models.tiny import (
+    FAMILIES,
+    POST_INIT,
+    TinyModelError,
+    build_tiny_model,
+    cached_model_dir,
+    cached_tiny_model,
+)
 from fgvlm.registry import resource_json
 from fgvlm.runs import fingerprint_path
 
@@ -100,6 +107,40 @@ def test_forward_on_a_real_image_through_the_chat_template(family, tiny_model_di
         logits = model(**inputs, **extra).logits
     length = 3 if extra else ids.shape[1]
     assert logits.shape == (1, length, len(processor.tokenizer)) and torch.isfinite(logits).all()
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_the_image_changes_what_the_language_model_sees(family, tiny_model_dir, flower_image, flowers_mini):
+    """Two real flowers must give clearly different scores and features, or image-handling bugs go unseen.
+
+    Before builder version 2, tiny InstructBLIP ranked every image the same to ~3e-5 (features to ~3e-7) and tiny
+    Idefics2 moved scores by ~5e-4; every family now moves them by > 5e-2 (features by > 1e-1).
+    """
+    from PIL import Image
+
+    with Image.open(flowers_mini / "jpg" / "image_00017.jpg") as image:
+        other = image.convert("RGB")
+    backend = load_backend(ModelConfig(name=str(tiny_model_dir(family))))
+    names = resource_json("flowers102_classes.json")[:6]
+    first, second = (backend.rank([img], QUESTION, names).sum for img in (flower_image, other))
+    assert (first - second).abs().max().item() > 1e-2
+    features = [backend.embed([img], QUESTION, pooling="mean") for img in (flower_image, other)]
+    assert ((features[0] - features[1]).norm() / features[0].norm()).item() > 1e-2
+
+
+@pytest.mark.parametrize("family", sorted(POST_INIT))
+def test_re_initialised_image_path_is_seeded_and_not_degenerate(family, tmp_path):
+    import torch
+    from safetensors.torch import load_file
+
+    first, second, other = (build_tiny_model(family, tmp_path / str(i), seed=s) for i, s in enumerate((0, 0, 1)))
+    weights = [(p / "model.safetensors").read_bytes() for p in (first, second, other)]
+    assert weights[0] == weights[1] and weights[0] != weights[2]
+    tensors = load_file(first / "model.safetensors")
+    key = "model.connector.perceiver_resampler.latents" if family == "idefics2" else "query_tokens"
+    rows = tensors[key].reshape(-1, tensors[key].shape[-1])  # the 4 latents / query tokens
+    distances = torch.cdist(rows, rows) + torch.eye(len(rows))
+    assert len(rows) == 4 and distances.min() > 1e-2  # transformers' own init makes all four equal (ones / zeros)
 
 
 def image_token_id(config) -> int:

@@ -26,8 +26,11 @@ from typing import Any
 from fgvlm.config import ConfigError
 from fgvlm.models.tiny import recipes
 
-BUILDER_VERSION = "1"
-"""Bump when a recipe changes what is built: cached models then get a new folder instead of going stale."""
+BUILDER_VERSION = "2"
+"""Bump when a recipe changes what is built: cached models then get a new folder instead of going stale.
+
+2: InstructBLIP (vision init std, Q-Former init std, random query tokens) and Idefics2 (random latents, connector
+init std) see the image; earlier builds gave nearly the same outputs for every image."""
 
 RECIPES: dict[str, Callable[[recipes.Dims], tuple[Any, Any]]] = {
     "qwen3-vl": recipes.qwen3_vl,
@@ -38,6 +41,12 @@ RECIPES: dict[str, Callable[[recipes.Dims], tuple[Any, Any]]] = {
     "instructblip": recipes.instructblip,
 }
 FAMILIES = tuple(RECIPES)
+POST_INIT: dict[str, Callable[[Any], None]] = {
+    "idefics2": recipes.idefics2_init,
+    "instructblip-t5": recipes.instructblip_init,
+    "instructblip": recipes.instructblip_init,
+}
+"""Re-initialisation after ``from_config`` for families whose default random init makes the model ignore the image."""
 STOP_TOKENS = {
     "qwen3-vl": ["<|im_end|>", "<|endoftext|>"],
     "qwen2.5-vl": ["<|im_end|>", "<|endoftext|>"],
@@ -78,6 +87,8 @@ def build_tiny_model(family: str, out_dir: str | Path, seed: int = 0, size: str 
     with torch.random.fork_rng(devices=[]):  # seed the init without disturbing the caller's random stream
         torch.manual_seed(seed)
         model = AutoModelForImageTextToText.from_config(config, dtype=torch.float32)
+        if family in POST_INIT:
+            POST_INIT[family](model)  # draws from the same seeded stream: deterministic per seed
     stops = [tokenizer.convert_tokens_to_ids(t) for t in STOP_TOKENS.get(family, [tokenizer.eos_token])]
     model.generation_config = GenerationConfig(
         eos_token_id=stops if len(stops) > 1 else stops[0],
@@ -146,6 +157,7 @@ def cached_tiny_model(name: str, family: str, size: str = "tiny", seed: int = 0)
 __all__ = [
     "BUILDER_VERSION",
     "FAMILIES",
+    "POST_INIT",
     "SIZES",
     "TinyModelError",
     "build_tiny_model",

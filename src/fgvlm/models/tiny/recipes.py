@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 from fgvlm.models.tiny.tokenizer import train_bpe_tokenizer, train_wordpiece_tokenizer
 
 if TYPE_CHECKING:
+    from torch import nn
     from transformers import PreTrainedConfig, ProcessorMixin
 
 
@@ -244,6 +245,31 @@ def idefics2(dims: Dims) -> tuple[PreTrainedConfig, ProcessorMixin]:
     return config, processor
 
 
+IDEFICS2_CONNECTOR_STD = 0.2
+"""Init std of the tiny Idefics2 connector (modality projection + perceiver). At the text model's 0.02 the
+perceiver's attention adds ~2% of image signal to its latents, and the language model sees almost the same four
+tokens for every image (rank scores moved by ~5e-4, same generations); at 0.2 the image part is ~as large as the
+latents'."""
+
+
+def idefics2_init(model: nn.Module) -> None:
+    """Re-draw the image path that random init leaves blind (Idefics2 initialises its latents to ones).
+
+    Latents ~ N(0, 1), so the four image tokens differ from each other, and every connector weight
+    ~ N(0, ``IDEFICS2_CONNECTOR_STD``), so they differ from image to image. Draws from torch's global RNG:
+    ``build_tiny_model`` calls this under its seeded, forked RNG, so the same seed gives the same weights.
+    """
+    import torch
+
+    connector = model.model.connector
+    with torch.no_grad():
+        latents = connector.perceiver_resampler.latents
+        latents.copy_(torch.randn(latents.shape))
+        for module in connector.modules():
+            if isinstance(module, torch.nn.Linear):
+                module.weight.normal_(0.0, IDEFICS2_CONNECTOR_STD)
+
+
 def smolvlm(dims: Dims) -> tuple[PreTrainedConfig, ProcessorMixin]:
     from transformers import SmolVLMConfig, SmolVLMImageProcessor, SmolVLMProcessor, SmolVLMVideoProcessor
 
@@ -274,14 +300,21 @@ def smolvlm(dims: Dims) -> tuple[PreTrainedConfig, ProcessorMixin]:
     return config, processor
 
 
+QFORMER_STD = 0.1
+"""Init std of the tiny Q-Former's weights and query tokens (the text model and projection keep 0.02)."""
+
+
 def instructblip_parts(tokenizer: Any, text: dict[str, Any], dims: Dims) -> tuple[PreTrainedConfig, ProcessorMixin]:
     """Vision tower + Q-Former (with its own uncased WordPiece tokenizer) in front of the given language model."""
     from transformers import BlipImageProcessor, InstructBlipConfig, InstructBlipProcessor
 
     qformer_tokenizer = train_wordpiece_tokenizer()
     queries = 4  # query tokens the Q-Former hands to the language model, placed before the prompt
+    # InstructBLIP's vision config defaults to initializer_range=1e-10 (real weights always come from a
+    # checkpoint): the random tower then outputs ~1e-9, which its LayerNorms (eps 1e-6) flatten to ~0 for any image.
+    vision = {**vit_config(dims, image_size=32, patch_size=16), "initializer_range": 0.02}
     config = InstructBlipConfig(
-        vision_config=vit_config(dims, image_size=32, patch_size=16),
+        vision_config=vision,
         qformer_config={
             "vocab_size": len(qformer_tokenizer),
             "hidden_size": dims.vision_hidden,
@@ -291,6 +324,8 @@ def instructblip_parts(tokenizer: Any, text: dict[str, Any], dims: Dims) -> tupl
             "encoder_hidden_size": dims.vision_hidden,
             "cross_attention_frequency": 1,
             "pad_token_id": qformer_tokenizer.pad_token_id,
+            # At 0.02 the cross-attention adds ~1% of image signal to the unit-scale queries; see instructblip_init.
+            "initializer_range": QFORMER_STD,
         },
         text_config=text,
         num_query_tokens=queries,
@@ -308,6 +343,20 @@ def instructblip_parts(tokenizer: Any, text: dict[str, Any], dims: Dims) -> tupl
         num_query_tokens=queries,
     )
     return config, processor
+
+
+def instructblip_init(model: nn.Module) -> None:
+    """Draw the query tokens ~ N(0, Q-Former initializer_range), as BLIP-2 pretraining does.
+
+    Transformers zero-initialises them (they always come from a checkpoint), which makes the four query tokens,
+    and so the four image tokens the language model sees, identical. Draws from torch's global RNG (seeded by
+    ``build_tiny_model``).
+    """
+    import torch
+
+    with torch.no_grad():
+        tokens = model.query_tokens
+        tokens.normal_(0.0, model.config.qformer_config.initializer_range)
 
 
 def instructblip_t5(dims: Dims) -> tuple[PreTrainedConfig, ProcessorMixin]:
