@@ -58,7 +58,8 @@ def test_help_has_examples(capsys):
     assert code == 0 and "Examples" in out and "--protocol" in out
 
 
-def test_import_fgvlm_does_not_import_torch():
-    code = "import sys, fgvlm, fgvlm.cli, fgvlm.data, fgvlm.config, fgvlm.runs; print('torch' in sys.modules)"
+def test_import_fgvlm_and_its_configs_does_not_import_torch():
+    modules = "fgvlm, fgvlm.cli, fgvlm.data, fgvlm.config, fgvlm.runs, fgvlm.train.cnn_config, fgvlm.heads.config"
+    code = f"import sys, {modules}, fgvlm.eval.zeroshot; print('torch' in sys.modules)"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "False"

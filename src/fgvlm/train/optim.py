@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
-import torch
+if TYPE_CHECKING:  # torch is imported where it is used, so configs can name OPTIMIZERS without loading it
+    import torch
 
 OPTIMIZERS = ("sgd", "adamw")
 
@@ -37,6 +39,8 @@ def create_scheduler(
     optimizer: torch.optim.Optimizer, total_steps: int, warmup_steps: int = 0, min_lr_ratio: float = 0.0
 ) -> torch.optim.lr_scheduler.LambdaLR:
     """Per-step warmup + cosine schedule; call ``scheduler.step()`` after every optimizer step."""
+    import torch
+
     return torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(total_steps, warmup_steps, min_lr_ratio))
 
 
