@@ -220,6 +220,8 @@ class SFTConfig:
         for task in self.tasks:
             if task not in known:
                 raise ConfigError(f"task {task!r} is not an instruction task; choose one of {', '.join(known)}")
+        if self.objective == "classify" and MIXCUT_TASK in self.tasks:
+            raise ConfigError("objective classify trains on plain images; use task open-qa (not open-qa-mixcut)")
         if self.max_length < 16:
             raise ConfigError(f"max_length must be >= 16, got {self.max_length}")
         if self.limit is not None and self.limit < 1:

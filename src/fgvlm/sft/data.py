@@ -92,7 +92,7 @@ def _loader(dataset: Dataset, record: Any) -> Callable[[], Image.Image]:
 
 
 def mix_record(item: InstructionRecord, dataset: Dataset, records: list[Any], index: int, cfg: SFTConfig) -> None:
-    """Pair ``item`` with an image of another class (seeded), draw lambda and the mode, and make its image lazy-mixed."""
+    """Pair ``item`` with an image of another class (seeded), draw lambda and the mode; its image mixes lazily."""
     import numpy as np
 
     rng = np.random.default_rng(item_seed(cfg.seed, f"mix:{item.id}"))

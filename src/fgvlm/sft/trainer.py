@@ -28,6 +28,7 @@ from transformers import Trainer, TrainerCallback
 
 from fgvlm.sft.collator import IGNORE
 
+TRAIN_LOG = "train_log.jsonl"
 BEST_DIR = "best"
 BEST_WEIGHTS = "trainable.safetensors"
 BEST_INFO = "best.json"
@@ -79,12 +80,37 @@ def answer_loss(model: Any, inputs: dict[str, Any], encoder_decoder: bool = Fals
 class SFTTrainer(Trainer):
     """Trainer whose loss is ``answer_loss`` (generate objective) or the classify model's cross-entropy."""
 
-    def __init__(self, *args: Any, encoder_decoder: bool = False, classify: bool = False, **kwargs: Any):
+    def __init__(
+        self,
+        *args: Any,
+        encoder_decoder: bool = False,
+        classify: bool = False,
+        head_lr: float | None = None,
+        **kwargs: Any,
+    ):
         super().__init__(*args, **kwargs)
         self.encoder_decoder = encoder_decoder
         self.classify = classify
+        self.head_lr = head_lr
         # Our loss is a per-micro-batch mean; let the Trainer divide by the accumulation steps itself.
         self.model_accepts_loss_kwargs = False
+
+    def create_optimizer(self, model: Any = None) -> Any:
+        """AdamW as the Trainer builds it; for classify the fresh head gets its own (larger) learning rate."""
+        if not self.classify or self.optimizer is not None:
+            return super().create_optimizer(model)
+        model = model or self.model
+        head = [p for n, p in model.named_parameters() if p.requires_grad and n.startswith("head.")]
+        rest = [p for n, p in model.named_parameters() if p.requires_grad and not n.startswith("head.")]
+        groups = [{"params": rest, "lr": self.args.learning_rate}, {"params": head, "lr": self.head_lr}]
+        self.optimizer = torch.optim.AdamW(
+            [g for g in groups if g["params"]],
+            lr=self.args.learning_rate,
+            weight_decay=self.args.weight_decay,
+            betas=(self.args.adam_beta1, self.args.adam_beta2),
+            eps=self.args.adam_epsilon,
+        )
+        return self.optimizer
 
     def compute_loss(
         self, model: Any, inputs: dict[str, Any], return_outputs: bool = False, num_items_in_batch: Any = None
