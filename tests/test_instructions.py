@@ -148,6 +148,8 @@ def test_family_wording_and_task_options_follow_evaluation(flowers_mini) -> None
         assert record.answer in "ABCDE" and record.image == str(source.path.resolve())
     with pytest.raises(ConfigError, match="num_options"):
         build_instructions(flowers, "train", "closed-qa", task_options={"closed-qa": {"num_options": 500}}, limit=1)
+    with pytest.raises(ConfigError, match="open-qa-mixcut"):
+        build_instructions(flowers, "train", "open-qa", task_options={"open-qa-mixcut": {}}, limit=1)
 
 
 def test_mixcut_pairs_lambda_and_box_match_the_written_image(synth, tmp_path) -> None:

@@ -151,7 +151,8 @@ def build_instructions(
     ``task``: a task name or a mix ``{task: weight}``. ``out_dir``: where images that are not files go (drawn
     datasets: ``images/``; mixcut: ``mixcut/``), as PNG; None keeps them in memory. ``family``: the model family
     whose wording evaluation would use (None: the default wording). ``task_options``: per task, the options
-    evaluation's ``task_options`` would pass (e.g. ``{"closed-qa": {"num_options": 10}}``). ``progress`` is called
+    evaluation's ``task_options`` would pass (e.g. ``{"closed-qa": {"num_options": 10}}``; open-qa-mixcut uses
+    open-qa's). ``progress`` is called
     with 1 after each record.
     """
     weights = check_tasks(task)
@@ -179,9 +180,9 @@ class _Builder:
         family: str | None,
         task_options: Mapping[str, Mapping[str, Any]],
     ):
-        unknown = sorted(set(task_options) - set(instruction_tasks()))
-        if unknown:
-            raise ConfigError(f"task_options: unknown task(s) {', '.join(unknown)}")
+        unknown = sorted(set(task_options) - set(task_names()))
+        if unknown:  # open-qa-mixcut asks the open-qa question, with open-qa's options
+            raise ConfigError(f"task_options: unknown prompt task(s) {', '.join(unknown)}; known: {task_names()}")
         self.dataset = dataset
         self.names = dataset.prompt_names
         self.seed = seed
