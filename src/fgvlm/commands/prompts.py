@@ -37,7 +37,7 @@ def build(
     seed: int = typer.Option(0, help="Seed of every random choice (prompts, task mix, mixcut pairs and lambda)."),
     limit: int = typer.Option(None, help="Only the first N images of the split."),
     image_dir: Path = typer.Option(
-        None, help="Where drawn and mixed images are written [default: OUT's folder / <OUT name>-images]."
+        None, help="Where drawn and mixed images are written [default: beside OUT, e.g. data/x.jsonl -> data/x-images]."
     ),
     family: str = typer.Option(None, help="Model family whose prompt wording to use (e.g. instructblip)."),
     alpha: float = typer.Option(1.0, help="open-qa-mixcut: lambda ~ Beta(alpha, alpha)."),
