@@ -26,10 +26,10 @@ def dataset():
     return create_dataset(DATA)
 
 
-def _setup(family: str, dataset, task: str = "open-qa", **cfg_changes):
+def _setup(family: str, dataset, task: str = "open-qa", limit: int = 3, **cfg_changes):
     backend = load_backend(ModelConfig(name=f"tiny-{family}"))
     cfg = SFTConfig(model=ModelConfig(name=f"tiny-{family}"), data=DATA, task=task, **cfg_changes)
-    records = instruction_records(cfg, dataset, "train", backend.family, limit=3)
+    records = instruction_records(cfg, dataset, "train", backend.family, limit=limit)
     collator = SFTCollator(
         backend.processor, backend.family, encoder_decoder=family == "instructblip-t5", mix_loss=cfg.mixcut.loss
     )
@@ -65,8 +65,13 @@ def test_loss_tokens_are_the_answer_and_prompt_is_the_eval_prompt(family, datase
 
 @pytest.mark.parametrize("family", FAMILIES)
 def test_answer_positions_loss_equals_full_logits_loss(family, dataset, use_tiny_cache):
-    backend, _, records, collator = _setup(family, dataset, task="closed-qa")  # answers of different lengths
-    batch = collator(records[:2])
+    mix = {"open-qa": 0.5, "closed-negative-qa": 0.5}  # prompts and answers of different lengths: padding
+    backend, _, records, collator = _setup(family, dataset, limit=4, mix=mix)
+    pair = [next(r for r in records if r.task == task) for task in mix]
+    batch = collator(pair)
+    assert (batch["attention_mask"] == 0).any()
+    if family != "instructblip-t5":  # decoder-only: the prompt is masked in every row
+        assert (batch["labels"] == IGNORE).any(dim=1).all()
     assert batch["input_ids"].shape[0] == 2
     model = backend.model
     with torch.no_grad():
