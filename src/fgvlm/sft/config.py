@@ -230,9 +230,6 @@ class SFTConfig:
             raise ConfigError(f"max_length must be >= 16, got {self.max_length}")
         if self.limit is not None and self.limit < 1:
             raise ConfigError(f"limit must be >= 1 (or unset), got {self.limit}")
-        if self.mix is not None:
-            if not self.mix or any(w < 0 for w in self.mix.values()) or sum(self.mix.values()) <= 0:
-                raise ConfigError(f"mix: expected task -> weight with positive weights, got {self.mix!r}")
 
     @property
     def tasks(self) -> dict[str, float]:
