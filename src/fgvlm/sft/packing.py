@@ -75,7 +75,7 @@ def _row(sample: dict[str, Any], key: str, index: int) -> torch.Tensor:
 
 
 def token_types(sample: dict[str, Any], config: Any, index: int) -> torch.Tensor:
-    """The sample's ``mm_token_type_ids`` (text 0, image 1, video 2), else from the ids from the ids."""
+    """The sample's ``mm_token_type_ids`` (text 0, image 1, video 2), or derived from its ids if it has none."""
     if sample.get("mm_token_type_ids") is not None:
         return _row(sample, "mm_token_type_ids", index)
     ids = _row(sample, "input_ids", index)
