@@ -70,14 +70,13 @@ def test_packed_losses_equal_unpacked(tiny_model_dir, synth_images, family: str)
     total = sum(lengths)
     assert batch["input_ids"].shape == batch["labels"].shape == (1, total)
     assert batch["position_ids"].shape == (4, 1, total)
-    assert batch["attention_mask"] is None and batch["use_cache"] is False
+    assert batch["attention_mask"] is None and "use_cache" not in batch
     assert batch["pixel_values"].shape[0] == sum(s["pixel_values"].shape[0] for s in samples)
     assert sample_starts(batch["position_ids"]) == [0, lengths[0], lengths[0] + lengths[1]]
     with torch.no_grad():
         reference = torch.stack([unpacked_nll(model, s) for s in samples])
         packed = per_sample_nll(packed_forward(model, batch).logits, batch["labels"], batch["position_ids"])
-        cached = {k: v for k, v in batch.items() if k != "use_cache"}  # the config default: use_cache=True
-        leaky = per_sample_nll(model(**cached).logits, batch["labels"], batch["position_ids"])
+        leaky = per_sample_nll(model(**batch).logits, batch["labels"], batch["position_ids"])  # config: use_cache=True
     assert torch.allclose(packed, reference, rtol=0, atol=1e-5), (packed, reference)
     assert (leaky - reference).abs().max() > 1e-3  # the check above can fail: without use_cache=False it does
 
@@ -116,6 +115,19 @@ def test_refuses_other_families(tiny_model_dir) -> None:
     model = AutoModelForImageTextToText.from_pretrained(tiny_model_dir("smolvlm"))
     with pytest.raises(PackingError, match="not model type 'smolvlm'"):
         pack_samples([{"input_ids": torch.ones(3, dtype=torch.long), "labels": torch.ones(3, dtype=torch.long)}], model)
+
+
+def test_loss_weights_become_token_weights(tiny_model_dir, synth_images) -> None:
+    model, processor = load(tiny_model_dir, "qwen3-vl")
+    samples = [encode(processor, image, q, a) for image, (q, a) in zip(synth_images, QA, strict=True)]
+    for sample, weight in zip(samples, [1.0, 0.25, 0.75], strict=True):
+        sample["loss_weight"] = weight
+    batch = pack_samples(samples, model)
+    lengths = [s["input_ids"].shape[1] for s in samples]
+    expected = torch.cat([torch.full((n,), w) for n, w in zip(lengths, [1.0, 0.25, 0.75], strict=True)])
+    assert torch.equal(batch["token_weights"], expected[None])
+    with torch.no_grad():
+        assert packed_forward(model, batch).logits.shape[1] == sum(lengths)  # token_weights never reach the model
 
 
 def test_mm_token_types_derived_when_missing(tiny_model_dir, synth_images) -> None:

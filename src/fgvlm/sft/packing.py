@@ -9,11 +9,15 @@ the positions alone, so packed per-sample losses equal unpacked ones (``tests/te
   M-RoPE positions (temporal, height, width) from the model's ``get_rope_index``. Both Qwen families read this
   4-row layout (Qwen2.5-VL as well as Qwen3-VL: ``position_ids.shape[0] == 4`` splits off the text row).
 - ``attention_mask`` is None: a 2-D mask would switch the packed-block detection off.
-- ``use_cache`` must be False. With the config's default ``use_cache=True`` a cache is built, the mask builder skips
-  packed-sequence detection when a cache exists, and the samples silently attend to each other. The batch carries
-  ``use_cache=False`` so ``model(**batch)`` is safe; :func:`packed_forward` refuses any other value.
+- The forward must get ``use_cache=False``. With the config's default ``use_cache=True`` a cache is built, the mask
+  builder skips packed-sequence detection when a cache exists, and the samples silently attend to each other. The
+  caller passes it (the SFT trainer's loss does, for every batch); :func:`packed_forward` is
+  ``model(**batch, use_cache=False)`` and refuses anything else. (The batch does not carry the flag itself, so that a
+  caller passing ``use_cache=False`` explicitly does not get a duplicate keyword.)
 - ``pixel_values``, ``image_grid_thw`` (and video tensors, ``mm_token_type_ids``) are concatenated in sample order:
   the vision tower already separates images by their grids.
+- Samples with a ``loss_weight`` (the mixcut rule's lambda) give ``token_weights`` ``[1, T]``: each token carries its
+  sample's weight (the trainer's loss reads it; :func:`packed_forward` keeps it away from the model).
 - Each sample's first label is set to -100: in a row, the previous sample's last position would otherwise predict
   it; unpacked, the first token is never a target, so this keeps the two identical.
 
@@ -34,6 +38,8 @@ PACKING_MODEL_TYPES = ("qwen3_vl", "qwen2_5_vl")
 IGNORE_INDEX = -100
 TOKEN_KEYS = ("input_ids", "labels", "mm_token_type_ids")
 """Per-token tensors: ``[L]`` or ``[1, L]`` per sample, concatenated into ``[1, T]``."""
+LOSS_KEYS = ("token_weights", "loss_weights")
+"""Batch entries for the loss, not for the model's forward."""
 VISUAL_KEYS = ("pixel_values", "image_grid_thw", "pixel_values_videos", "video_grid_thw", "second_per_grid_ts")
 """Per-sample vision tensors, concatenated along dim 0 in sample order."""
 
@@ -115,8 +121,10 @@ def pack_samples(samples: list[dict[str, Any]], model: Any) -> dict[str, Any]:
     """One packed row from per-sample encodings, for ``model(**batch)`` (see the module docstring for why).
 
     Each sample: ``input_ids`` and ``labels`` (``[L]`` or ``[1, L]``, -100 on the prompt), the processor's vision
-    tensors, and ``mm_token_type_ids`` when the processor gives it. Returns ``input_ids``/``labels`` ``[1, T]``,
-    ``position_ids`` ``(4, 1, T)``, ``attention_mask=None``, ``use_cache=False`` and the vision tensors concatenated.
+    tensors, and ``mm_token_type_ids`` when the processor gives it (other keys are ignored). Returns
+    ``input_ids``/``labels`` ``[1, T]``, ``position_ids`` ``(4, 1, T)``, ``attention_mask=None``, the vision tensors
+    concatenated, and ``token_weights`` ``[1, T]`` when the samples have a ``loss_weight``. Run it with
+    ``use_cache=False`` (:func:`packed_forward`).
     """
     import torch
 
@@ -135,8 +143,10 @@ def pack_samples(samples: list[dict[str, Any]], model: Any) -> dict[str, Any]:
         "labels": torch.cat(labels)[None],
         "position_ids": torch.cat([sample_positions(inner, s, i) for i, s in enumerate(samples)], dim=2),
         "attention_mask": None,
-        "use_cache": False,
     }
+    if all("loss_weight" in s for s in samples):
+        weights = [torch.full((len(row),), float(s["loss_weight"])) for s, row in zip(samples, labels, strict=True)]
+        batch["token_weights"] = torch.cat(weights)[None]
     if all(s.get("mm_token_type_ids") is not None for s in samples):
         batch["mm_token_type_ids"] = torch.cat([_row(s, "mm_token_type_ids", i) for i, s in enumerate(samples)])[None]
     for key in VISUAL_KEYS:
@@ -150,9 +160,9 @@ def packed_forward(model: Any, batch: dict[str, Any], **kwargs: Any) -> Any:
     """``model(**batch, use_cache=False)`` for a packed batch, refusing the settings that break packing.
 
     A cache (``use_cache`` True or left to the config's default) or a 2-D attention mask would make the samples
-    attend to each other with no error; this helper is the one place that forbids both.
+    attend to each other with no error; this helper forbids both. Loss-only entries (``token_weights``) are dropped.
     """
-    merged = {**batch, **kwargs}
+    merged = {key: value for key, value in {**batch, **kwargs}.items() if key not in LOSS_KEYS}
     if merged.get("use_cache") is not False and "use_cache" in merged:
         raise PackingError(f"a packed batch needs use_cache=False, got use_cache={merged['use_cache']!r}")
     if merged.get("attention_mask") is not None:
