@@ -142,3 +142,16 @@ def test_lmms_engine_format_has_system_turn_and_newline_after_image(dataset, use
     assert backend.render_prompt(records[0].question) == text  # evaluation sees the same format
     with pytest.raises(ConfigError, match="lmms-engine"):
         apply_prompt_format(backend.processor, "idefics2", "lmms-engine")
+
+
+def test_packed_batch_gives_the_padded_batch_loss(dataset, use_tiny_cache):
+    """``packing: true`` wiring: the collator packs Qwen samples padding-free and the weighted loss is unchanged."""
+    backend, _, records, collator = _setup("qwen3-vl", dataset, task="open-qa-mixcut")
+    padded = collator(records[:2])  # two mixed images -> four weighted sequences
+    collator.packing_model = backend.model
+    packed = collator(records[:2])
+    assert packed["input_ids"].shape[0] == 1 and packed["attention_mask"] is None
+    with torch.no_grad():
+        assert answer_loss(backend.model, packed).item() == pytest.approx(
+            answer_loss(backend.model, padded).item(), abs=1e-5
+        )

@@ -155,6 +155,11 @@ def _load(cfg: SFTConfig, run: RunDir) -> Setup:
     if cfg.objective == "generate":
         check_lengths(collator, train_records)
     model = prepare_model(model, cfg, family)
+    if cfg.packing and cfg.objective == "generate":
+        from fgvlm.sft.packing import supports_packing
+
+        if supports_packing(family):  # other families pad (their attention needs a padding mask)
+            collator.packing_model = model
     backend = backend_class(family)(base_model(model), processor, info)
     return Setup(cfg, run, model, processor, info, family, dataset, backend, train_records, val_records, collator)
 
