@@ -87,6 +87,9 @@ class TrainOptions:
     """Which weights become RUN/model: 'last' (the reference recipe) or 'best' (best validation accuracy)."""
     num_workers: int = 0
     """DataLoader worker processes (images are decoded and processed in the collator)."""
+    num_threads: int | None = None
+    """torch CPU threads (None = torch's default). On a busy or small CPU, 1 thread can be many times faster for
+    small models than oversubscribed threads."""
 
     def __post_init__(self) -> None:
         positive = {
@@ -109,6 +112,8 @@ class TrainOptions:
             raise ConfigError(f"train.scheduler must be one of {', '.join(SCHEDULERS)}, got {self.scheduler!r}")
         if self.final not in FINAL_WEIGHTS:
             raise ConfigError(f"train.final must be one of {', '.join(FINAL_WEIGHTS)}, got {self.final!r}")
+        if self.num_threads is not None and self.num_threads < 1:
+            raise ConfigError(f"train.num_threads must be >= 1 (or null), got {self.num_threads}")
         if self.eval_limit is not None and self.eval_limit < 1:
             raise ConfigError(f"train.eval_limit must be >= 1 (or null for all), got {self.eval_limit}")
 

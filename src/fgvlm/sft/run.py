@@ -134,6 +134,8 @@ def _load(cfg: SFTConfig, run: RunDir) -> Setup:
     from fgvlm.sft.modeling import base_model, prepare_model
 
     torch.manual_seed(cfg.train.seed)
+    if cfg.train.num_threads is not None:
+        torch.set_num_threads(cfg.train.num_threads)
     dataset = create_dataset(cfg.data)
     model, processor, info = load_model(cfg.model)
     family = info["family"]
