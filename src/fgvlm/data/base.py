@@ -192,3 +192,14 @@ class Dataset:
             "skipped_images": len(self.skipped),
             "skipped": self.skipped,
         }
+
+
+NOT_IDENTITY = ("splits", "skipped", "skipped_images")
+"""``Dataset.describe()`` entries that are counts or lists derived from the records, not what the pixels come from."""
+
+
+def dataset_identity(dataset: Dataset) -> dict[str, Any]:
+    """Where a dataset's images and labels come from, for cache keys: its ``describe()`` (name, protocol, root or
+    source, and each dataset's own options) without the derived split sizes and skip lists. Two image folders with
+    the same file names under different roots, or two hub datasets of the same size, get different identities."""
+    return {k: v for k, v in dataset.describe().items() if k not in NOT_IDENTITY}
