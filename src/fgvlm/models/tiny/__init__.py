@@ -19,12 +19,13 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from fgvlm.config import ConfigError
-from fgvlm.models.tiny import recipes
+from fgvlm.models.families import FamilyRecord, all_families, get_family
+from fgvlm.models.tiny import parts
+from fgvlm.registry import import_object
 
 BUILDER_VERSION = "2"
 """Bump when a recipe changes what is built: cached models then get a new folder instead of going stale.
@@ -32,29 +33,7 @@ BUILDER_VERSION = "2"
 2: InstructBLIP (vision init std, Q-Former init std, random query tokens) and Idefics2 (random latents, connector
 init std) see the image; earlier builds gave nearly the same outputs for every image."""
 
-RECIPES: dict[str, Callable[[recipes.Dims], tuple[Any, Any]]] = {
-    "qwen3-vl": recipes.qwen3_vl,
-    "qwen2.5-vl": recipes.qwen2_5_vl,
-    "smolvlm": recipes.smolvlm,
-    "idefics2": recipes.idefics2,
-    "instructblip-t5": recipes.instructblip_t5,
-    "instructblip": recipes.instructblip,
-}
-FAMILIES = tuple(RECIPES)
-POST_INIT: dict[str, Callable[[Any], None]] = {
-    "idefics2": recipes.idefics2_init,
-    "instructblip-t5": recipes.instructblip_init,
-    "instructblip": recipes.instructblip_init,
-}
-"""Re-initialisation after ``from_config`` for families whose default random init makes the model ignore the image."""
-STOP_TOKENS = {
-    "qwen3-vl": ["<|im_end|>", "<|endoftext|>"],
-    "qwen2.5-vl": ["<|im_end|>", "<|endoftext|>"],
-    "idefics2": ["</s>", "<end_of_utterance>"],
-}
-"""Tokens that end generation besides the tokenizer's eos, as in the real checkpoints' generation configs."""
-SIZES = {"tiny": recipes.TINY, "small": recipes.SMALL}
-SMALL_FAMILIES = ("qwen3-vl",)
+SIZES = {"tiny": parts.TINY, "small": parts.SMALL}
 MARKER = "fgvlm_tiny.json"
 """Written last into every built folder: what was built (family, size, seed, builder version)."""
 
@@ -63,13 +42,18 @@ class TinyModelError(ConfigError):
     """An unknown family or size for a tiny model; the message lists what exists."""
 
 
-def check_family_size(family: str, size: str) -> None:
-    if family not in RECIPES:
-        raise TinyModelError(f"no tiny model for family {family!r}; families: {', '.join(FAMILIES)}")
+def check_family_size(family: str, size: str) -> FamilyRecord:
+    """The family's record, if it has a tiny recipe of ``size``; else a ``TinyModelError`` listing what exists."""
+    records = all_families()
+    if family not in records:
+        raise TinyModelError(f"no tiny model for family {family!r}; families: {', '.join(records)}")
     if size not in SIZES:
         raise TinyModelError(f"unknown tiny model size {size!r}; sizes: {', '.join(SIZES)}")
-    if size != "tiny" and family not in SMALL_FAMILIES:
-        raise TinyModelError(f"size {size!r} exists only for {', '.join(SMALL_FAMILIES)}, not {family!r}")
+    record = get_family(family)
+    if size not in record.tiny_sizes:
+        having = [name for name, other in records.items() if size in other.tiny_sizes]
+        raise TinyModelError(f"size {size!r} exists only for {', '.join(having)}, not {family!r}")
+    return record
 
 
 def build_tiny_model(family: str, out_dir: str | Path, seed: int = 0, size: str = "tiny") -> Path:
@@ -81,15 +65,15 @@ def build_tiny_model(family: str, out_dir: str | Path, seed: int = 0, size: str 
     import torch
     from transformers import AutoModelForImageTextToText, GenerationConfig
 
-    check_family_size(family, size)
-    config, processor = RECIPES[family](SIZES[size])
+    record = check_family_size(family, size)
+    config, processor = import_object(record.tiny_recipe)(SIZES[size])
     tokenizer = processor.tokenizer
     with torch.random.fork_rng(devices=[]):  # seed the init without disturbing the caller's random stream
         torch.manual_seed(seed)
         model = AutoModelForImageTextToText.from_config(config, dtype=torch.float32)
-        if family in POST_INIT:
-            POST_INIT[family](model)  # draws from the same seeded stream: deterministic per seed
-    stops = [tokenizer.convert_tokens_to_ids(t) for t in STOP_TOKENS.get(family, [tokenizer.eos_token])]
+        if record.post_init is not None:
+            import_object(record.post_init)(model)  # draws from the same seeded stream: deterministic per seed
+    stops = [tokenizer.convert_tokens_to_ids(t) for t in (record.stop_tokens or (tokenizer.eos_token,))]
     model.generation_config = GenerationConfig(
         eos_token_id=stops if len(stops) > 1 else stops[0],
         pad_token_id=tokenizer.pad_token_id,
@@ -156,8 +140,6 @@ def cached_tiny_model(name: str, family: str, size: str = "tiny", seed: int = 0)
 
 __all__ = [
     "BUILDER_VERSION",
-    "FAMILIES",
-    "POST_INIT",
     "SIZES",
     "TinyModelError",
     "build_tiny_model",
