@@ -1,4 +1,4 @@
-"""The VLM backends on real tiny models of every family and real Flowers102 images.
+"""The VLM backends on real tiny models of every family and drawn SynthFlowers images.
 
 What is pinned: prefix-cached ranking equals brute-force ranking (one full forward per candidate), candidates are
 scored as the template renders the assistant turn, batched generation equals one-at-a-time generation, pooled
@@ -7,9 +7,8 @@ embeddings match a hand computation from ``output_hidden_states`` and do not dep
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
+from models_fixtures import synth_flower_images
 
 torch = pytest.importorskip("torch")
 
@@ -41,11 +40,10 @@ def one_thread():
 
 
 @pytest.fixture(scope="session")
-def images(flowers_mini: Path) -> list:
-    from PIL import Image
-
-    files = sorted((flowers_mini / "jpg").glob("*.jpg"))[:3]
-    return [Image.open(path).convert("RGB") for path in files]
+def images() -> list:
+    """Drawn SynthFlowers images: the numerical checks need any images, not ../shared (one resized non-square)."""
+    drawn = synth_flower_images()
+    return [drawn[0], drawn[1].resize((200, 150)), drawn[2]]
 
 
 @pytest.fixture(scope="module", params=family_names())

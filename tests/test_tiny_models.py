@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import json
 import os
-from pathlib import Path
 
 import pytest
+from models_fixtures import synth_flower_images
 
 from fgvlm.models.base import ModelConfig
 from fgvlm.models.families import all_families, family_names
@@ -59,11 +59,8 @@ def messages(answer: str | None = None) -> list[dict]:
 
 
 @pytest.fixture(scope="module")
-def flower_image(flowers_mini: Path):
-    from PIL import Image
-
-    with Image.open(flowers_mini / "jpg" / "image_00002.jpg") as image:
-        return image.convert("RGB")
+def flower_image():
+    return synth_flower_images()[0].resize((500, 375))
 
 
 @pytest.mark.parametrize("family", family_names())
@@ -109,16 +106,13 @@ def test_forward_on_a_real_image_through_the_chat_template(family, tiny_model_di
 
 
 @pytest.mark.parametrize("family", family_names())
-def test_the_image_changes_what_the_language_model_sees(family, tiny_model_dir, flower_image, flowers_mini):
+def test_the_image_changes_what_the_language_model_sees(family, tiny_model_dir, flower_image):
     """Two real flowers must give clearly different scores and features, or image-handling bugs go unseen.
 
     Before builder version 2, tiny InstructBLIP ranked every image the same to ~3e-5 (features to ~3e-7) and tiny
     Idefics2 moved scores by ~5e-4; every family now moves them by > 5e-2 (features by > 1e-1).
     """
-    from PIL import Image
-
-    with Image.open(flowers_mini / "jpg" / "image_00017.jpg") as image:
-        other = image.convert("RGB")
+    other = synth_flower_images()[1]
     backend = load_backend(ModelConfig(name=str(tiny_model_dir(family))))
     names = resource_json("flowers102_classes.json")[:6]
     first, second = (backend.rank([img], QUESTION, names).sum for img in (flower_image, other))
