@@ -233,7 +233,11 @@ class HFBackend(VLMBackend):
             )
         with self._inference():
             output = self.model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=pad_id)
-        new_tokens = self._new_tokens(output, inputs)
+        return self.decode(self._new_tokens(output, inputs), return_raw=return_raw)
+
+    def decode(self, new_tokens: Any, *, return_raw: bool = False) -> list[str] | list[tuple[str, str]]:
+        """Generated ids ``[B, T]`` -> answers: special tokens dropped, whitespace and a leading reasoning block
+        stripped (``(answer, raw)`` pairs with ``return_raw``, ``raw`` keeping the reasoning block)."""
         raw = [text.strip() for text in self.tokenizer.batch_decode(new_tokens, skip_special_tokens=True)]
         answers = [chat.strip_reasoning(text) for text in raw]
         return list(zip(answers, raw, strict=True)) if return_raw else answers

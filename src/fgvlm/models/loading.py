@@ -70,9 +70,12 @@ def resolve_source(name: str) -> ModelSource:
     if name in presets:
         preset = presets[name]
         if preset.get("tiny"):
-            from fgvlm.models.tiny import cached_tiny_model
+            from fgvlm.models.tiny import cached_like_model, cached_tiny_model
 
-            path = cached_tiny_model(name, preset["family"], preset.get("size", "tiny"), preset.get("seed", 0))
+            if preset.get("like"):
+                path = cached_like_model(name, preset["like"], preset.get("seed", 0))
+            else:
+                path = cached_tiny_model(name, preset["family"], preset.get("size", "tiny"), preset.get("seed", 0))
             return ModelSource(name, local_path=path, family=preset["family"], dtype=preset.get("dtype"))
         return ModelSource(name, hub_id=preset["hub_id"], family=preset.get("family"), dtype=preset.get("dtype"))
     path = Path(name).expanduser()

@@ -3,7 +3,9 @@
 They are first-class models, not test doubles: ``build_tiny_model`` saves a checkpoint folder that loads through
 the same ``AutoProcessor`` + ``AutoModelForImageTextToText`` path as a hub checkpoint, so every fgvlm command
 (zero-shot, SFT, heads) runs on them offline in seconds. Registry names ``tiny-<family>`` (and
-``small-qwen3-vl``) are built on demand into the cache by ``cached_tiny_model``.
+``small-qwen3-vl``) are built on demand into the cache by ``cached_tiny_model``; ``tiny-like-<checkpoint>`` names
+by ``cached_like_model``: a real checkpoint's config shrunk, with its real tokenizer and processor files
+(``fgvlm.models.tiny.like``).
 
 Example::
 
@@ -19,6 +21,7 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -88,10 +91,25 @@ def build_tiny_model(family: str, out_dir: str | Path, seed: int = 0, size: str 
         "family": family,
         "size": size,
         "seed": seed,
-        "builder_version": BUILDER_VERSION,
         "num_parameters": sum(p.numel() for p in model.parameters()),
     }
-    (out / MARKER).write_text(json.dumps(marker, indent=2) + "\n")
+    return write_marker(out, marker)
+
+
+def build_like_model(like: str | Path, out_dir: str | Path, seed: int = 0) -> Path:
+    """Build a random model shaped like the real checkpoint whose hub files are in folder ``like``.
+
+    ``like`` is a path or a folder name under ``fgvlm.models.tiny.like.hub_configs_root()``; see that module.
+    """
+    from fgvlm.models.tiny import like as like_module
+
+    out, marker = like_module.build_like_model(like, out_dir, seed=seed)
+    return write_marker(out, {**marker, "size": "like"})
+
+
+def write_marker(out: Path, marker: dict[str, Any]) -> Path:
+    """Write ``MARKER`` (what was built, with the builder version) last into a built folder; returns the folder."""
+    (out / MARKER).write_text(json.dumps({**marker, "builder_version": BUILDER_VERSION}, indent=2) + "\n")
     return out
 
 
@@ -113,19 +131,33 @@ def cached_model_dir(name: str, family: str, size: str = "tiny", seed: int = 0) 
 
 
 def cached_tiny_model(name: str, family: str, size: str = "tiny", seed: int = 0) -> Path:
-    """The cached folder of a tiny registry model, building it on first use.
+    """The cached folder of a tiny registry model, building it on first use (see ``build_cached``)."""
+    check_family_size(family, size)
+    final = cached_model_dir(name, family, size, seed)
+    return build_cached(final, lambda staging: build_tiny_model(family, staging, seed=seed, size=size))
+
+
+def cached_like_model(name: str, like: str, seed: int = 0) -> Path:
+    """The cached folder of a ``tiny-like-*`` registry model built from hub-config folder ``like``."""
+    from fgvlm.models.tiny.like import like_source
+
+    source = like_source(like)  # a missing source fails here, before any folder is made
+    final = cached_model_dir(name, f"like:{source.name}", "like", seed)
+    return build_cached(final, lambda staging: build_like_model(source, staging, seed=seed))
+
+
+def build_cached(final: Path, build: Callable[[Path], Path]) -> Path:
+    """``final`` if it holds a complete build, else ``build(staging)`` renamed into place.
 
     Built into a temporary sibling folder and renamed into place, so a half-built model is never visible. Two
     processes (e.g. under torchrun) may both build it: the first rename wins, the loser deletes its copy.
     """
-    check_family_size(family, size)
-    final = cached_model_dir(name, family, size, seed)
     if (final / MARKER).is_file():
         return final
     final.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".building", dir=final.parent))
     try:
-        build_tiny_model(family, staging, seed=seed, size=size)
+        build(staging)
         staging.chmod(0o755)  # mkdtemp makes it private; the cache is shared like any model folder
         try:
             os.rename(staging, final)  # atomic; fails if another process already put a complete folder there
@@ -142,7 +174,9 @@ __all__ = [
     "BUILDER_VERSION",
     "SIZES",
     "TinyModelError",
+    "build_like_model",
     "build_tiny_model",
+    "cached_like_model",
     "cache_root",
     "cached_model_dir",
     "cached_tiny_model",
