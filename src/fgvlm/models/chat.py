@@ -87,8 +87,8 @@ def answer_token_ids(tokenizer: Any, prompt_text: str, answer_text: str) -> list
     full_ids = tokenizer(prompt_text + answer_text, add_special_tokens=False)["input_ids"]
     if full_ids[: len(prompt_ids)] != prompt_ids or len(full_ids) == len(prompt_ids):
         raise ValueError(
-            f"answer {answer_text!r} merges with the end of prompt {prompt_text[-80:]!r} when tokenized (or adds "
-            "no token); the template's assistant turn must start on a token boundary"
+            f"answer {answer_text!r} merges with the end of prompt {prompt_text!r} when tokenized (or adds no "
+            "token); the template's assistant turn must start on a token boundary"
         )
     return full_ids[len(prompt_ids) :]
 
