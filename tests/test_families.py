@@ -104,10 +104,13 @@ def test_rank_on_a_lora_wrapped_model_equals_brute_force(family, tiny_model_dir)
 
     record = get_family(family)
     model = load(tiny_model_dir, family)
-    wrapped = peft.get_peft_model(model, peft.LoraConfig(r=2, target_modules=record.lora_target_modules))
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)  # LoRA's A matrices: the same draw whatever ran before
+        wrapped = peft.get_peft_model(model, peft.LoraConfig(r=2, target_modules=record.lora_target_modules))
     processor = AutoProcessor.from_pretrained(tiny_model_dir(family))
     backend = backend_class(family)(wrapped, processor, {"family": family})
     images = synth_flower_images(2)
+    scores = {}
     for step in ("zero-init B", "after one optimizer step"):
         if step != "zero-init B":
             one_optimizer_step(wrapped)
@@ -115,9 +118,12 @@ def test_rank_on_a_lora_wrapped_model_equals_brute_force(family, tiny_model_dir)
         cached = backend.rank(images, QUESTION, NAMES)
         brute = backend.rank(images, QUESTION, NAMES, reuse_prefix=False)
         assert wrapped.training, f"{family}: rank left the model in eval mode"
+        scores[step] = cached.sum
         for kind in ("sum", "prior"):
-            difference = (cached.get(kind) - brute.get(kind)).abs().max().item()
-            assert difference < 1e-4, f"{family} ({step}): {kind} differs by {difference}"
+            # 1e-4, widened by 1e-6 relative: tiny random InstructBLIP-T5 sums ~330 nats, where float32 steps 3e-5
+            # (the PEFT path bug this guards against moved scores by ~5e-2)
+            torch.testing.assert_close(cached.get(kind), brute.get(kind), atol=1e-4, rtol=1e-6, msg=f"{family} {step}")
+    assert (scores["zero-init B"] - scores["after one optimizer step"]).abs().max() > 1e-3  # the step did change it
     unwrapped = backend_class(family)(model, processor, {"family": family})  # same weights, adapters inside
     torch.testing.assert_close(unwrapped.rank(images, QUESTION, NAMES).sum, cached.sum, atol=1e-4, rtol=0)
 
