@@ -198,7 +198,8 @@ def given_keys(
 def config_differences(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
     """Dotted keys whose values differ between two config dicts (``resume`` ignored), as 'key: saved -> now'.
 
-    Used to refuse resuming a run directory with a different config (``fgvlm eval``, ``fgvlm cnn train``).
+    Used to refuse resuming a run directory with a different config (``fgvlm.runs.run_status``); ``resume`` is
+    ignored so that run directories written when it was a config key still compare equal.
     """
     a, b = _flatten(saved), _flatten(yaml.safe_load(yaml.safe_dump(current)))
     keys = sorted((set(a) | set(b)) - {"resume"})

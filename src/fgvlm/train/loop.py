@@ -67,7 +67,7 @@ class LoopSettings:
     max_steps: int | None = None
     """Stop after this many optimizer steps in total, even mid-epoch."""
     best_metric: str | None = None
-    """Evaluation metric to maximise for the ``best`` checkpoint (e.g. val_top1); None: no ``best``."""
+    """Evaluation metric to maximise for the ``best`` checkpoint (e.g. val_accuracy); None: no ``best``."""
     precision: str = "fp32"
     """fp32, or bf16/fp16 autocast (fp16 with a gradient scaler)."""
     grad_clip_norm: float | None = None
