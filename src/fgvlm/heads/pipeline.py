@@ -26,7 +26,7 @@ from fgvlm.heads.cache import FeatureCache
 from fgvlm.heads.config import HeadEvalConfig, HeadTrainConfig
 from fgvlm.heads.features import FeatureSpec, backbone_signature, split_features
 from fgvlm.models.base import ModelConfig, VLMBackend
-from fgvlm.runs import RunDir, TrainLogger, finish_run, limit_split, start_run
+from fgvlm.runs import RunDir, TrainLogger, finish_run, limit_split, say, start_run
 
 
 def model_source(cfg: ModelConfig) -> dict[str, Any]:
@@ -185,6 +185,8 @@ def train_run(
         run, stored = _open_run(out, cfg, resume, group)
         if stored is not None:
             return stored if group.is_main else None
+        if run is not None and run.status.state == "partial":
+            say(f"{run.path}: the head is trained again from step 0 (its features come from the cache)")
         ctx = open_context(cfg, progress, backend, group)
         if cfg.sweep:
             best = sweep_best(ctx, run)

@@ -328,13 +328,13 @@ def _train(
     }
     if not dist.is_main:
         return {}
-    metrics = write_results(run, setup, "cnn-train", cfg.eval_split, probs, extra)
+    metrics = write_split_results(run, setup, "cnn-train", cfg.eval_split, probs, extra)
     if result.finished:
         finish_run(run)
     return metrics
 
 
-def write_results(
+def write_split_results(
     run: RunDir, setup: CNNSetup, kind: str, split_name: str, probs: np.ndarray, extra: dict[str, Any]
 ) -> dict[str, Any]:
     """metrics.json (fixed header, shared schema, mode 'cnn'), predictions.jsonl and confusion.json for one split."""
@@ -380,7 +380,7 @@ def evaluate_run(cfg: CNNEvalConfig, out: str | Path, *, resume: bool = True) ->
         load_weights(checkpoints.weights_path(tag), setup.model)
         probs = setup.predict(setup.model, setup.split_data(cfg.split))
     extra = {"checkpoint": tag, "checkpoint_epoch": info.get("epoch"), "trained_run": str(trained)}
-    metrics = write_results(target, setup, "cnn-eval", cfg.split, probs, extra)
+    metrics = write_split_results(target, setup, "cnn-eval", cfg.split, probs, extra)
     target.write_meta(
         command="cnn eval",
         seed=train_cfg.seed,
