@@ -295,6 +295,20 @@ def test_resume_equals_an_uninterrupted_run(tmp_path):
     assert {k: v for k, v in straight.items() if k not in drop} == {k: v for k, v in resumed.items() if k not in drop}
 
 
+def test_partial_run_without_a_checkpoint_starts_over_in_place(tmp_path):
+    """Killed in its first epoch (config.yaml and a stray log line, no checkpoint): the rerun trains from scratch."""
+    from fgvlm.runs import start_run
+
+    cfg = tiny_config("epochs=1")
+    run = start_run(tmp_path / "run", cfg)
+    run.append_jsonl("train_log.jsonl", [{"step": 1, "epoch": 1, "train_loss": 9.9}])
+    assert run_status(run.path, cfg).state == "partial"
+    metrics = train_cnn(cfg, run.path)
+    log = [json.loads(line) for line in (run / "train_log.jsonl").read_text().splitlines()]
+    assert len(log) == 1 and log[0]["train_loss"] != 9.9 and metrics["n"] == 16
+    assert run_status(run.path, cfg).state == "complete"
+
+
 def test_resume_with_a_changed_config_is_refused(tmp_path, capsys):
     """The run's own config.yaml resumes it; a --set that changes it is refused, naming the key (one CLI line)."""
     from fgvlm.cli import main

@@ -256,6 +256,11 @@ def test_head_train_writes_the_run_and_reuses_the_cache(tmp_path):
     # the same command again: complete, skipped, the stored metrics
     again = run_head("train", *common, "--out", str(tmp_path / "a"))
     assert again == summary and json.loads((run / "metrics.json").read_text()) == metrics
+    # a partial run (no done.json) is trained again, from the cached features, to the same head
+    (run / "done.json").unlink()
+    weights = (run / "head.safetensors").read_bytes()
+    assert run_head("train", *common, "--out", str(tmp_path / "a")) == summary
+    assert (run / "done.json").is_file() and (run / "head.safetensors").read_bytes() == weights
     # head eval reproduces the test metrics from the saved head
     result = CliRunner().invoke(app, ["eval", "--run", str(run), "--split", "test", "--json"])
     assert result.exit_code == 0, result.output
