@@ -153,9 +153,10 @@ class TaskScorer:
     def _ranked(self, sample: Sample, prompt: Prompt, scores: Any, row: int) -> dict[str, Any]:
         import torch
 
+        from fgvlm.eval.results import top_k
+
         _, labels = self.candidates(prompt)
-        chosen = scores.get(self.score)[row]
-        order = torch.sort(chosen, descending=True, stable=True).indices.tolist()
+        ranked = top_k(scores.get(self.score)[row : row + 1], TOPK)[0]
         by_score = {kind: labels[int(torch.argmax(scores.get(kind)[row]))] for kind in SCORES}
-        topk = [[labels[i], round(float(chosen[i]), 6)] for i in order[:TOPK]]
-        return {**self._base(sample, prompt), "pred": labels[order[0]], "topk": topk, "pred_by_score": by_score}
+        topk = [[labels[i], round(value, 6)] for i, value in ranked]
+        return {**self._base(sample, prompt), "pred": labels[ranked[0][0]], "topk": topk, "pred_by_score": by_score}
