@@ -374,3 +374,17 @@ def test_two_processes_write_one_result_equal_to_single(
     assert sorted(p.name for p in (tmp_path / "dp").iterdir()) == sorted(
         p.name for p in (tmp_path / "single").iterdir()
     )
+
+
+def test_reasoning_block_is_stripped_before_matching_and_kept_raw(flowers_mini: Path, tmp_path: Path) -> None:
+    # The real Qwen3 tokenizer keeps <think>/</think> under skip_special_tokens: the answer is matched without the
+    # block, and the raw reply stays in the predictions file.
+    samples = images(flowers_mini, 2)
+    names = create_dataset(dataset="flowers102", root=str(flowers_mini)).class_names
+    replies = [f"<think>\n\n</think>\n\n{names[samples[0].label]}", names[samples[1].label]]
+    backend = DummyBackend(answers={image_key(s.image): r for s, r in zip(samples, replies, strict=True)})
+    metrics = evaluate(make_cfg(flowers_mini, limit=2), tmp_path, backend=backend)
+    lines = [json.loads(line) for line in (tmp_path / "predictions.jsonl").read_text().splitlines()]
+    assert [r["answer"] for r in lines] == [names[samples[0].label], names[samples[1].label]]
+    assert lines[0]["raw_answer"] == replies[0] and "raw_answer" not in lines[1]
+    assert metrics["accuracy"] == 1.0

@@ -117,11 +117,16 @@ class TaskScorer:
 
     def generate(self, backend: VLMBackend, samples: list[Sample], max_new_tokens: int) -> list[dict[str, Any]]:
         prompts = [self.prompt(s) for s in samples]
-        answers = backend.generate([s.image for s in samples], [p.text for p in prompts], max_new_tokens)
+        replies = backend.generate(
+            [s.image for s in samples], [p.text for p in prompts], max_new_tokens, return_raw=True
+        )
         records = []
-        for sample, prompt, answer in zip(samples, prompts, answers, strict=True):
+        for sample, prompt, (answer, raw) in zip(samples, prompts, replies, strict=True):
             strict, lenient = self.parse(answer, prompt)
-            records.append({**self._base(sample, prompt), "pred": strict, "pred_lenient": lenient, "answer": answer})
+            record = {**self._base(sample, prompt), "pred": strict, "pred_lenient": lenient, "answer": answer}
+            if raw.strip() != answer:  # e.g. a reasoning block was stripped before matching: keep what was said
+                record["raw_answer"] = raw
+            records.append(record)
         return records
 
     # -- rank -----------------------------------------------------------------------------------------------------
