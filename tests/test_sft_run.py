@@ -106,6 +106,7 @@ def test_resume_after_interruption_gives_the_same_weights(finished_run, use_tiny
 
 
 def test_classify_objective_writes_a_head_that_predict_and_head_eval_use(use_tiny_cache, tmp_path):
+    from fgvlm.heads.config import HeadEvalConfig
     from fgvlm.heads.pipeline import eval_run
     from fgvlm.heads.predict import predict_images
     from fgvlm.models.base import ModelConfig
@@ -127,5 +128,6 @@ def test_classify_objective_writes_a_head_that_predict_and_head_eval_use(use_tin
     sample.image.save(image)
     (top,) = predict_images(backend, [image], head_dir=out)
     assert top.top[0][0] == create_dataset(cfg.data).class_names[predictions[sample.id]["pred"]]
-    again = eval_run(out / "head", "test", progress=False, backend=backend)
-    assert again["accuracy"] == metrics["accuracy"]
+    head_cfg = HeadEvalConfig(head_run=str(out / "head"), split="test")
+    again = eval_run(head_cfg, tmp_path / "head-eval", progress=False, backend=backend)
+    assert again["accuracy"] == metrics["accuracy"] and again["n"] == metrics["n"]
