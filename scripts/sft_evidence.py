@@ -3,6 +3,7 @@ on the base model vs on the SFT model, and the classify objective. CPU, a few mi
 
     python scripts/sft_evidence.py --out runs/sft-evidence
     python scripts/sft_evidence.py --families qwen3-vl --steps 600 --out runs/sft-evidence-quick
+    # families in parallel (one thread each), one table: run the script once per family with the same --out
 
 Writes ``OUT/results.json`` and ``OUT/results.md`` (one row per family) and every run directory under ``OUT``.
 Accuracies are on the test split (48 images of 6 classes by default; chance 16.7 %). The tiny models are random
@@ -140,9 +141,11 @@ def main() -> None:
 
     torch.set_num_threads(1)
     args.out.mkdir(parents=True, exist_ok=True)
-    rows = []
     for family in args.families.split(","):
-        rows.append(family_row(family.strip(), args, args.out))
+        row = family_row(family.strip(), args, args.out)
+        (args.out / family.strip() / "row.json").write_text(json.dumps(row, indent=2) + "\n")
+        # every family's row found under OUT (families may run as separate processes, in parallel)
+        rows = [json.loads(path.read_text()) for path in sorted(args.out.glob("*/row.json"))]
         (args.out / "results.json").write_text(json.dumps(rows, indent=2) + "\n")
         (args.out / "results.md").write_text(markdown(rows, args))
         print(markdown(rows, args), flush=True)

@@ -166,3 +166,18 @@ def test_packed_batch_gives_the_padded_batch_loss(dataset, use_tiny_cache):
         assert answer_loss(backend.model, packed).item() == pytest.approx(
             answer_loss(backend.model, padded).item(), abs=1e-5
         )
+
+
+def test_a_model_that_does_not_reload_to_the_trained_one_is_refused(dataset, use_tiny_cache):
+    import copy
+
+    from fgvlm.sft.modeling import SFTSaveError, verify_reload
+
+    backend, _, records, collator = _setup("qwen3-vl", dataset)
+    batch = collator(records[:1])
+    same = copy.deepcopy(backend.model)
+    assert verify_reload(backend.model, same, batch) < 1e-6
+    with torch.no_grad():
+        same.lm_head.weight.add_(0.5)
+    with pytest.raises(SFTSaveError, match="does not reload"):
+        verify_reload(backend.model, same, batch)

@@ -180,9 +180,12 @@ def run_sft(cfg: SFTConfig, out: str | Path, *, resume: bool = True) -> dict[str
     one continues from its newest checkpoint, another config is refused naming the keys, ``resume=False`` moves an
     old directory aside and starts over.
     """
+    from fgvlm.distributed import is_main_process
+
     started = time.time()
     cfg = dataclasses.replace(cfg, resume=resume)
-    run = start_run(out, cfg, resume=resume)
+    # Under torchrun only rank 0 may move an old run aside (--no-resume); the others open the same folder.
+    run = start_run(out, cfg, resume=resume or not is_main_process())
     if run.complete:
         return run.read_results()
     setup = _load(cfg, run)
