@@ -49,7 +49,7 @@ def setup_classify(setup: Setup) -> None:
     if setup.val_records:
         val_limit = len(setup.val_records)
         val_records = instruction_records(cfg, dataset, cfg.val_split, setup.family, val_limit)
-    head_lr = cfg.classify.head_lr or 100 * cfg.train.lr
+    head_lr = cfg.classify.head_lr or max(cfg.train.lr, 1e-3)
     setup.classify = ClassifySetup(model, collator, val_records, prompt, head_lr)
 
 
