@@ -24,10 +24,9 @@ from fgvlm.config import DataConfig, from_dict
 from fgvlm.models.base import ModelConfig
 
 
-def data_config(classes: int, train_per_class: int) -> DataConfig:
-    return DataConfig(
-        dataset="synthflowers", options={"num_classes": classes, "images_per_class": [train_per_class, 8, 8]}
-    )
+def data_config(classes: int, train_per_class: int, image_size: int) -> DataConfig:
+    options = {"num_classes": classes, "image_size": image_size, "images_per_class": [train_per_class, 8, 8]}
+    return DataConfig(dataset="synthflowers", options=options)
 
 
 def sft_config(model: str, data: DataConfig, args: argparse.Namespace, **changes: Any):
