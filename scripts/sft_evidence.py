@@ -80,7 +80,8 @@ def family_row(family: str, args: argparse.Namespace, out: Path) -> dict[str, An
     """Every measurement for one family; each run directory lands under ``out/family``."""
     from fgvlm.sft.run import run_sft
 
-    model, data, root = f"tiny-{family}", data_config(args.classes, args.train_per_class, args.image_size, args.eval_per_class), out / family
+    model, root = f"tiny-{family}", out / family
+    data = data_config(args.classes, args.train_per_class, args.image_size, args.eval_per_class)
     began = time.perf_counter()
     row: dict[str, Any] = {"family": family, "model": model, "steps": args.steps, "lr": args.lr}
     row["zero_shot"] = zero_shot(model, data, root / "zero-shot")
@@ -118,8 +119,8 @@ def markdown(rows: list[dict[str, Any]], args: argparse.Namespace) -> str:
 
     lines = [
         f"SynthFlowers, {args.classes} classes, {args.image_size} px ({args.train_per_class} train and "
-        f"{args.eval_per_class} test images per class), test accuracy (chance {100 / args.classes:.1f} %); SFT {args.steps} steps (classify {args.classify_steps}), "
-        f"lr {args.lr}, freeze none, CPU 1 thread.",
+        f"{args.eval_per_class} test images per class), test accuracy (chance {100 / args.classes:.1f} %); "
+        f"SFT {args.steps} steps (classify {args.classify_steps}), lr {args.lr}, freeze none, CPU 1 thread.",
         "",
         "| " + " | ".join(title for _, title in COLUMNS) + " |",
         "|" + " --- |" * len(COLUMNS),
