@@ -111,7 +111,8 @@ def build_detail(run: RunInfo, split: str | None, seed: int = 0) -> RunDetail:
     confused = []
     for i, j in pairs[:CONFUSED_PAIRS]:
         members = [p for p in preds if p["label"] == i and p.get("pred") == j][:IMAGES_PER_PAIR]
-        confused.append(ConfusedPair(names[i], names[j], int(matrix[i, j]), [_example(p, names, images) for p in members]))
+        examples = [_example(p, names, images) for p in members]
+        confused.append(ConfusedPair(names[i], names[j], int(matrix[i, j]), examples))
     rng = random.Random(seed)
     right = [p for p in preds if p.get("pred") == p["label"]]
     wrong = [p for p in preds if p.get("pred") != p["label"]]

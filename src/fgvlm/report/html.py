@@ -81,7 +81,8 @@ def provenance(runs: list[RunInfo]) -> dict[str, Any]:
         "generated": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
         "fgvlm_version": metadata.version("fgvlm") if _installed("fgvlm") else "source",
         "git_revision": git_revision() or "unknown",
-        "machine": f"{platform.node()} · {platform.machine()} · {os.cpu_count()} CPUs · Python {platform.python_version()}",
+        "machine": f"{platform.node()} · {platform.machine()} · {os.cpu_count()} CPUs · "
+        f"Python {platform.python_version()}",
         "run_versions": distinct([(r.meta.get("versions") or {}).get("fgvlm") for r in runs]),
         "run_revisions": distinct([r.meta.get("git_revision") for r in runs]),
         "run_machines": distinct(machines),
@@ -133,9 +134,7 @@ def build_report(
         "provenance": provenance(runs),
         "rows": rows,
         "bars": figures.accuracy_bars(rows),
-        "curves": [
-            {"run_id": r.run_id, "image": figures.training_curves(r.train_log)} for r in runs if r.train_log
-        ],
+        "curves": [{"run_id": r.run_id, "image": figures.training_curves(r.train_log)} for r in runs if r.train_log],
         "details": best_detail,
         "runs": [{"run_id": r.run_id, "path": str(r.path), "config": _config_text(r), "state": r.state} for r in runs],
         "problems": [f"{r.run_id}: {p}" for r in runs for p in r.problems],

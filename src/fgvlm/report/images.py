@@ -34,8 +34,7 @@ class ImageFinder:
         data = self.run.config.get("data")
         if not isinstance(data, dict):
             described = self.run.meta.get("dataset") or {}
-            data = {k: described.get(f) for k, f in (("dataset", "dataset"), ("root", "root"), ("protocol", "protocol"))}
-            data = {k: v for k, v in data.items() if v is not None}
+            data = {k: described[k] for k in ("dataset", "root", "protocol") if described.get(k) is not None}
         if not data.get("dataset") or not self.split:
             self.note = "images not shown: the run records no dataset or split"
             return
