@@ -147,7 +147,12 @@ def _split(run: RunInfo) -> str | None:
 
 
 def _data(run: RunInfo) -> Any:
-    """The data settings that decide which image an id names (dataset, root, protocol, options)."""
+    """What decides which image an id names: meta.json's dataset description (name, root, protocol, generator
+    settings) without its bad-image bookkeeping, else config.yaml's data section."""
+    described = run.meta.get("dataset")
+    if isinstance(described, dict):
+        ignored = ("on_bad_image", "skipped", "skipped_images", "splits", "protocol_description")
+        return {k: v for k, v in described.items() if k not in ignored}
     data = run.config.get("data")
     return {k: v for k, v in data.items() if k != "on_bad_image"} if isinstance(data, dict) else None
 
