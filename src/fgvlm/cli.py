@@ -32,6 +32,7 @@ COMMANDS = [
     ("fgvlm.commands.predict", "predict"),
     ("fgvlm.commands.cnn", "cnn"),
     ("fgvlm.commands.report", "report"),
+    ("fgvlm.commands.export", "export"),
 ]
 
 for module_name, cli_name in COMMANDS:
