@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import re
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -43,7 +44,7 @@ def test_export_follows_lm_eval_schema_and_matches_the_runs(report_study, tmp_pa
     assert {p.split("/")[-2] for p in written} == {"tiny-qwen3-vl", "test_resnet"}
     results_path = next(p for p in written if "/tiny-qwen3-vl/" in p)
     assert re.search(r"results_\d{4}-\d\d-\d\dT\d\d-\d\d-\d\d\.\d+\.json$", results_path)
-    results = json.loads(open(results_path).read())
+    results = json.loads(Path(results_path).read_text())
     for key in ("results", "configs", "versions", "n-shot", "higher_is_better", "n-samples", "config"):
         assert set(results[key]) if key != "config" else results[key], key
     tasks = {
