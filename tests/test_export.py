@@ -59,7 +59,7 @@ def test_export_follows_lm_eval_schema_and_matches_the_runs(report_study, tmp_pa
         entry = results["results"][task]
         assert entry["acc,none"] == metrics["accuracy"] and entry["acc_stderr,none"] == metrics["accuracy_stderr"]
         assert entry["alias"] == task and entry["sample_len"] == metrics["n"]
-        assert results["n-samples"][task] == {"original": 96, "effective": metrics["n"]}
+        assert results["n-samples"][task] == {"original": 48, "effective": metrics["n"]}
         samples_path = tmp_path / "lmms" / "tiny-qwen3-vl" / f"samples_{task}_{date}.jsonl"
         samples = [json.loads(line) for line in samples_path.read_text().splitlines()]
         assert len(samples) == metrics["n"] and [s["doc_id"] for s in samples] == list(range(metrics["n"]))

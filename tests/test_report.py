@@ -92,7 +92,7 @@ def test_rows_carry_each_runs_metrics_and_paired_deltas(report_study):
     expected = sum(rank[i] - head[i] for i in shared) / len(shared)
     assert by_id["eval-rank"].delta == pytest.approx(expected)
     assert by_id["eval-rank"].delta_low <= expected <= by_id["eval-rank"].delta_high
-    assert by_id["cnn"].delta_n == 96
+    assert by_id["cnn"].delta_n == 48
 
 
 def test_paired_bootstrap_by_hand():
@@ -246,3 +246,13 @@ def test_cli_report_and_its_errors(report_study, tmp_path, capsys):
         assert message in capsys.readouterr().err
     with pytest.raises(ReportError):
         collect_rows([report_study], reference="nope")
+
+
+def test_a_study_folder_with_its_own_config_is_expanded(report_study, tmp_path):
+    study = copy_study(report_study, tmp_path, "eval-rank", "head")
+    (study / "config.yaml").write_text("runs: 2\n")
+    (study / "results.csv").write_text("run_id\n")
+    assert [r.run_id for r in collect_rows([study])] == ["eval-rank", "head"]
+    (study / "head" / "eval-test").mkdir()  # a run's own evaluation folders are not expanded
+    shutil.copy(study / "head" / "metrics.json", study / "head" / "eval-test" / "metrics.json")
+    assert [r.run_id for r in collect_rows([study / "head"])] == ["head"]

@@ -73,24 +73,28 @@ def is_run_dir(path: Path) -> bool:
 
 
 def find_run_dirs(paths: list[str | Path]) -> list[Path]:
-    """Run directories named directly, and the run directories inside study directories (one level down)."""
+    """Run directories named directly, and the run directories inside study directories (one level down).
+
+    A folder with its own meta.json / metrics.json / done.json is a run (its ``eval-*`` subfolders are not
+    expanded); a folder whose subfolders are runs is a study, even if it holds a study-level config.yaml.
+    """
     found: list[Path] = []
     for raw in paths:
         path = Path(raw)
         if not path.is_dir():
             raise ReportError(f"{path}: no such directory")
-        if is_run_dir(path):
-            found.append(path)
-            continue
         inside = sorted(p for p in path.iterdir() if is_run_dir(p))
-        if not inside:
+        produced = any((path / name).is_file() for name in RUN_FILES[1:])
+        if produced or (is_run_dir(path) and not inside):
+            found.append(path)
+        elif inside:
+            found.extend(inside)
+        else:
             raise ReportError(
                 f"{path}: neither a run directory (no {', '.join(RUN_FILES)}) nor a study directory "
                 "(no subfolder holding them)"
             )
-        found.extend(inside)
-    unique = list(dict.fromkeys(p.resolve() for p in found))
-    return unique
+    return list(dict.fromkeys(p.resolve() for p in found))
 
 
 def _read_json(path: Path, problems: list[str]) -> Any:
