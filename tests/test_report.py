@@ -163,6 +163,7 @@ def test_text_from_results_is_escaped(report_study, tmp_path):
     lines = [json.loads(line) for line in (run / "predictions.jsonl").read_text().splitlines()]
     for line in lines:
         line["answer"] = "<script>alert('answer')</script>"
+        line["raw_answer"] = "<think></think><script>alert('raw')</script>"
     (run / "predictions.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
     confusion = json.loads((run / "confusion.json").read_text())
     confusion["rows"][0] = "<img src=x onerror=alert(1)>"
@@ -174,7 +175,7 @@ def test_text_from_results_is_escaped(report_study, tmp_path):
     text = result.html.read_text()
     page = parse(result.html)
     assert "script" not in page.tags and "b" not in page.tags
-    assert "<script>" not in text and "&lt;script&gt;alert(" in text
+    assert "<script>" not in text and "&lt;script&gt;alert(" in text and "&lt;think&gt;&lt;/think&gt;" in text
     assert "<img src=x" not in text and "&lt;img src=x onerror=alert(1)&gt;" in text
     assert "&lt;/pre&gt;&lt;b&gt;model&lt;/b&gt;" in text
 

@@ -22,7 +22,8 @@ SAMPLE_EACH = 6
 
 @dataclass
 class Example:
-    """One image in a gallery: thumbnail (may be None), true and predicted names, raw answer (generate mode)."""
+    """One image in a gallery: thumbnail (may be None), true and predicted names, and in generate mode the answer
+    as matched plus the raw reply when a reasoning block was stripped from it."""
 
     image_id: str
     thumbnail: str | None
@@ -30,6 +31,7 @@ class Example:
     predicted_name: str
     correct: bool
     answer: str | None = None
+    raw_answer: str | None = None
     top5: list[str] = field(default_factory=list)
 
 
@@ -78,6 +80,7 @@ def _example(p: dict[str, Any], names: list[str], images: ImageFinder) -> Exampl
         predicted_name="unmatched" if pred is None else names[pred],
         correct=pred == p["label"],
         answer=p.get("answer") if isinstance(p.get("answer"), str) else None,
+        raw_answer=p.get("raw_answer") if isinstance(p.get("raw_answer"), str) else None,
         top5=[names[c] if 0 <= c < len(names) else f"class {c}" for c in ranked[:5]],
     )
 
