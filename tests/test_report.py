@@ -83,6 +83,7 @@ def test_rows_carry_each_runs_metrics_and_paired_deltas(report_study):
         assert row.accuracy == metrics["accuracy"] and row.n == metrics["n"]
         assert [row.ci_low, row.ci_high] == metrics["ci95"]
         assert row.chance == pytest.approx(1 / 12)
+        assert row.state == "complete" and row.kind == metrics["kind"] and row.wall_time_s > 0
     assert by_id["head"].is_reference and by_id["head"].delta is None
     assert by_id["eval-generate"].top5 is None and by_id["eval-rank"].top5 is not None
     # the delta is the mean difference over the ids both runs predicted (the eval runs saw only the first images)
@@ -204,15 +205,18 @@ def test_malformed_and_missing_files_are_named_and_the_page_still_renders(report
     assert "images not shown: the run records no dataset" in text  # no config.yaml or meta.json to find its data
 
 
-def test_a_run_without_done_json_is_incomplete_once_runs_write_it(report_study, tmp_path):
+def test_done_json_marks_complete_runs_and_gives_the_wall_time(report_study, tmp_path):
     study = copy_study(report_study, tmp_path, "eval-rank")
-    metrics_path = study / "eval-rank" / "metrics.json"
-    metrics = json.loads(metrics_path.read_text())
-    metrics_path.write_text(json.dumps({"kind": "eval", **metrics}))
-    assert load_run(study / "eval-rank").state == "incomplete"
-    (study / "eval-rank" / "done.json").write_text(json.dumps({"finished": "now", "wall_time_s": 12.5}))
-    run = load_run(study / "eval-rank")
-    assert run.state == "complete" and collect_rows([run])[0].wall_time_s == 12.5
+    run_dir = study / "eval-rank"
+    done = json.loads((run_dir / "done.json").read_text())
+    row = collect_rows([run_dir])[0]
+    assert row.state == "complete" and row.wall_time_s == done["wall_time_s"] > 0
+    (run_dir / "done.json").unlink()  # metrics written, marker not yet: a run killed at the very end
+    assert load_run(run_dir).state == "incomplete"
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    older = {k: v for k, v in metrics.items() if k not in ("kind", "seconds")}  # written before done.json existed
+    (run_dir / "metrics.json").write_text(json.dumps(older))
+    assert load_run(run_dir).state == "complete" and collect_rows([run_dir])[0].wall_time_s is None
 
 
 def test_images_that_cannot_be_found_leave_a_note(report_study, tmp_path):

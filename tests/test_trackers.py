@@ -83,6 +83,6 @@ def test_cnn_training_feeds_each_epoch_to_the_trackers(tmp_path, monkeypatch):
     cfg = resolve_config(CNNTrainConfig, None, {"data.dataset": "synthflowers"}, overrides)
     train_cnn(cfg, tmp_path / "cnn")
     assert [step for _, step in logged] == [3, 6, -1]
-    assert {"train_loss", "lr", "val_top1"} <= set(logged[0][0])
+    assert {"train_loss", "lr", "val_accuracy"} <= set(logged[0][0])  # the shared train_log.jsonl keys
     with pytest.raises(ConfigError, match="report_to"):
         resolve_config(CNNTrainConfig, None, {"data.dataset": "synthflowers"}, ["report_to=all"])
