@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import typer
+
+from fgvlm.commands.common import out_option
 
 app = typer.Typer(help="Export run results in other tools' formats.", no_args_is_help=True)
 
@@ -10,7 +14,7 @@ app = typer.Typer(help="Export run results in other tools' formats.", no_args_is
 @app.command("lmms-eval")
 def lmms_eval(
     paths: list[str] = typer.Argument(..., help="Run directories, or study directories holding run directories."),
-    out: str = typer.Option(..., "--out", "-o", help="Output folder (one subfolder per model, as lmms-eval writes)."),
+    out: Path = out_option("Output folder (one subfolder per model, as lmms-eval writes)."),
 ) -> None:
     """Write results_<date>.json and samples_<task>_<date>.jsonl in lm-evaluation-harness / lmms-eval's schema.
 

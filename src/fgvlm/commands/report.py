@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import typer
+
+from fgvlm.commands.common import out_option
 
 
 def command(
     paths: list[str] = typer.Argument(..., help="Run directories, or study directories holding run directories."),
-    out: str = typer.Option(..., "--out", "-o", help="Folder to write report.html, results.csv and results.md."),
+    out: Path = out_option("Folder to write report.html, results.csv and results.md."),
     detail: list[str] = typer.Option(
         None, "--detail", help="Also show this run (by id = folder name) in detail; repeatable. The best is shown."
     ),
