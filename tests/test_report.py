@@ -96,6 +96,17 @@ def test_rows_carry_each_runs_metrics_and_paired_deltas(report_study):
     assert by_id["cnn"].delta_n == 48
 
 
+def test_reference_study_numbers_from_the_run_or_the_caller(report_study, tmp_path):
+    study = copy_study(report_study, tmp_path, "eval-rank", "head")
+    meta = json.loads((study / "head" / "meta.json").read_text())
+    (study / "head" / "meta.json").write_text(json.dumps({**meta, "reference": {"accuracy": 0.62, "source": "x"}}))
+    rows = collect_rows([study], reference_values={"eval-rank": 0.051, "head": 0.9})
+    assert [r.reference_value for r in rows] == [0.051, 0.62]  # what the run records wins
+    assert collect_rows([study])[0].reference_value is None
+    result = build_report([study], tmp_path / "report", reference_values={"eval-rank": 0.051})
+    assert ">5.1<" in result.html.read_text() and ">62.0<" in result.html.read_text()
+
+
 def test_paired_bootstrap_by_hand():
     a = {"x": True, "y": True, "z": False, "w": False}
     b = {"x": True, "y": False, "z": False, "w": False, "only-b": True}

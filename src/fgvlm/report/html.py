@@ -120,11 +120,20 @@ def _details(runs: list[RunInfo], rows: list[ResultRow], detail: list[str]) -> l
 
 
 def build_report(
-    paths: list[str | Path], out_dir: str | Path, *, detail: list[str] | None = None, reference: str | None = None
+    paths: list[str | Path],
+    out_dir: str | Path,
+    *,
+    detail: list[str] | None = None,
+    reference: str | None = None,
+    reference_values: dict[str, float] | None = None,
 ) -> ReportResult:
-    """Read the run (or study) directories in ``paths`` and write ``out_dir/report.html`` and the results tables."""
+    """Read the run (or study) directories in ``paths`` and write ``out_dir/report.html`` and the results tables.
+
+    ``detail``: run ids shown in detail besides the best run; ``reference``: the run id deltas compare against;
+    ``reference_values``: the reference study's accuracy per run id (see ``collect_rows``).
+    """
     runs = load_runs(paths)
-    rows = collect_rows(runs, reference)
+    rows = collect_rows(runs, reference, reference_values)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     csv_path, md_path = write_results_table(rows, out)

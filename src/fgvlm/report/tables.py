@@ -13,8 +13,9 @@
 - ``chance``: accuracy of a uniform guess among the answer choices;
 - ``delta``: accuracy minus the reference row's on the images both evaluated, ``delta_low``/``delta_high`` its paired
   bootstrap 95 % interval and ``delta_n`` the number of shared images (empty on the reference row itself);
-- ``reference_value``: the reference study's published number for this configuration, when the run records one
-  (a ``reference`` value in metrics.json, meta.json or config.yaml: a number, or a mapping with ``accuracy``);
+- ``reference_value``: the reference study's published number for this configuration: a ``reference`` value the run
+  records (in metrics.json, meta.json or config.yaml: a number, or a mapping with ``accuracy``), else the caller's
+  ``reference_values[run_id]``;
 - ``top5``, ``macro_f1``, ``unmatched_rate`` (answers matching no class / n), ``n`` (images);
 - ``wall_time_s``: ``done.json``'s wall time, else the metrics header's ``seconds``;
 - ``is_reference``: whether this row is the one the deltas compare against.
@@ -82,17 +83,19 @@ def model_name(run: RunInfo) -> str | None:
 def describe_run(run: RunInfo) -> str:
     """What distinguishes this run, e.g. 'tiny-qwen3-vl · rank · open-qa' or 'test_resnet · pretrained none'."""
     metrics = run.metrics or {}
-    parts = [model_name(run) if run.kind not in ("cnn-train", "cnn-eval") else None]
-    parts += [run.value("arch"), run.value("mode") if run.kind == "eval" else None, run.value("task")]
+    cnn = run.kind.startswith("cnn")
+    parts = [None if cnn else model_name(run), run.value("arch")]
+    parts += [run.value("mode") if run.kind == "eval" else None, run.value("task")]
     if run.kind.startswith("head"):
-        parts += [metrics.get("pooling") or run.config.get("pooling"), f"layer {run.value('layer')}"]
-    if run.kind.startswith("cnn"):
+        layer = run.value("layer")
+        parts += [metrics.get("pooling") or run.config.get("pooling"), None if layer is None else f"layer {layer}"]
+    if cnn:
         pretrained = metrics.get("pretrained")
-        parts += [f"pretrained {pretrained}" if pretrained is not None else None]
-        parts += ["mixup" if run.config.get("mixup") else None, "cutmix" if run.config.get("cutmix") else None]
-    options = run.config.get("task_options") or {}
+        parts += [None if pretrained is None else f"pretrained {pretrained}"]
+        parts += [name for name in ("mixup", "cutmix") if run.config.get(name)]
+    options = run.config.get("task_options")
     parts += [f"{k}={v}" for k, v in sorted(options.items())] if isinstance(options, dict) else []
-    return " · ".join(str(p) for p in parts if p not in (None, "", "layer None"))
+    return " · ".join(str(p) for p in parts if p not in (None, ""))
 
 
 def reference_value(run: RunInfo) -> float | None:
@@ -167,8 +170,15 @@ def pick_reference(runs: list[RunInfo], reference: str | None = None) -> RunInfo
     return next((r for r in runs if r.metrics is not None), None)
 
 
-def collect_rows(run_dirs: list[str | Path] | list[RunInfo], reference: str | None = None) -> list[ResultRow]:
+def collect_rows(
+    run_dirs: list[str | Path] | list[RunInfo],
+    reference: str | None = None,
+    reference_values: dict[str, float] | None = None,
+) -> list[ResultRow]:
     """One ``ResultRow`` per run directory (study directories are expanded), deltas against ``reference``.
+
+    ``reference_values`` (run id -> the reference study's accuracy, a fraction) fills ``reference_value`` for runs
+    that do not record one themselves; a study runner passes the numbers of its study definition here.
 
     Deltas are computed only between runs on the same data (dataset, root, protocol, options) and split, over the
     image ids both predicted.
@@ -178,6 +188,9 @@ def collect_rows(run_dirs: list[str | Path] | list[RunInfo], reference: str | No
     else:
         runs = load_runs(list(run_dirs))  # type: ignore[arg-type]
     rows = [build_row(run) for run in runs]
+    for row in rows:
+        if row.reference_value is None and reference_values and row.run_id in reference_values:
+            row.reference_value = float(reference_values[row.run_id])
     ref = pick_reference(runs, reference)
     if ref is None:
         return rows
