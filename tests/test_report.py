@@ -272,3 +272,13 @@ def test_a_study_folder_with_its_own_config_is_expanded(report_study, tmp_path):
     (study / "head" / "eval-test").mkdir()  # a run's own evaluation folders are not expanded
     shutil.copy(study / "head" / "metrics.json", study / "head" / "eval-test" / "metrics.json")
     assert [r.run_id for r in collect_rows([study / "head"])] == ["head"]
+
+
+def test_cli_names_broken_files_on_stderr(report_study, tmp_path, capsys):
+    from report_fixtures import run_cli
+
+    study = copy_study(report_study, tmp_path, "eval-rank", "cnn")
+    (study / "cnn" / "metrics.json").write_text("[1, 2")
+    run_cli(["report", str(study), "--out", str(tmp_path / "r")])
+    captured = capsys.readouterr()
+    assert "warning: cnn: metrics.json: unreadable" in captured.err and "2 runs ->" in captured.out
