@@ -85,3 +85,16 @@ def test_report_renders_in_chromium(report_study, tmp_path, browser):
     assert severe == []
     screenshot = result.html.with_name("report.png")
     assert browser.save_screenshot(str(screenshot)) and screenshot.stat().st_size > 10_000
+
+
+def test_a_missing_browser_skips_for_developers_and_fails_in_ci(tmp_path, monkeypatch):
+    import sys
+
+    module = sys.modules[__name__]
+    monkeypatch.setattr(module, "CHROMIUM", tmp_path / "no-chromium")
+    monkeypatch.delenv("CI", raising=False)
+    with pytest.raises(pytest.skip.Exception, match="no-chromium"):
+        require_browser()
+    monkeypatch.setenv("CI", "true")
+    with pytest.raises(pytest.fail.Exception, match="CI is set but browser test needs .*no-chromium"):
+        require_browser()
