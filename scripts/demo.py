@@ -103,16 +103,13 @@ def summary(rows: list[tuple[str, str, float]]) -> None:
     for column in ("step", "dataset", "n", "accuracy", "95 % CI", "top-5", "chance", "seconds"):
         table.add_column(column, justify="left" if column in ("step", "dataset") else "right")
     for what, run, seconds in rows:
-        metrics = json.loads((OUT / run / "metrics.json").read_text())
-        meta = json.loads((OUT / run / "meta.json").read_text())
+        metrics = json.loads((OUT / run / "metrics.json").read_text())  # fixed header: kind, dataset, ...
         lo, hi = metrics["ci95"]
         top5 = metrics.get("top5_accuracy")
-        dataset_meta = meta.get("dataset") or {}
-        classes = dataset_meta.get("num_classes") or 1
-        dataset = dataset_meta.get("dataset", "?")
+        classes = metrics["num_classes"]
         table.add_row(
             what,
-            dataset,
+            metrics["dataset"],
             str(metrics["n"]),
             f"{100 * metrics['accuracy']:.1f} %",
             f"{100 * lo:.1f}–{100 * hi:.1f}",
@@ -121,7 +118,7 @@ def summary(rows: list[tuple[str, str, float]]) -> None:
             f"{seconds:.0f}",
         )
     Console(width=140).print(table)
-    print(f"Run directories (config.yaml, meta.json, predictions.jsonl, metrics.json, …): {OUT}")
+    print(f"Run directories (config.yaml, meta.json, predictions.jsonl, metrics.json, …, done.json): {OUT}")
 
 
 def main() -> int:

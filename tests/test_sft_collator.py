@@ -26,10 +26,10 @@ def dataset():
     return create_dataset(DATA)
 
 
-def _setup(family: str, dataset, task: str = "open-qa", **cfg_changes):
+def _setup(family: str, dataset, task: str = "open-qa", limit: int = 3, **cfg_changes):
     backend = load_backend(ModelConfig(name=f"tiny-{family}"))
     cfg = SFTConfig(model=ModelConfig(name=f"tiny-{family}"), data=DATA, task=task, **cfg_changes)
-    records = instruction_records(cfg, dataset, "train", backend.family, limit=3)
+    records = instruction_records(cfg, dataset, "train", backend.family, limit=limit)
     collator = SFTCollator(
         backend.processor, backend.family, encoder_decoder=family == "instructblip-t5", mix_loss=cfg.mixcut.loss
     )
@@ -65,8 +65,13 @@ def test_loss_tokens_are_the_answer_and_prompt_is_the_eval_prompt(family, datase
 
 @pytest.mark.parametrize("family", FAMILIES)
 def test_answer_positions_loss_equals_full_logits_loss(family, dataset, use_tiny_cache):
-    backend, _, records, collator = _setup(family, dataset, task="closed-qa")  # answers of different lengths
-    batch = collator(records[:2])
+    mix = {"open-qa": 0.5, "closed-negative-qa": 0.5}  # prompts and answers of different lengths: padding
+    backend, _, records, collator = _setup(family, dataset, limit=4, mix=mix)
+    pair = [next(r for r in records if r.task == task) for task in mix]
+    batch = collator(pair)
+    assert (batch["attention_mask"] == 0).any()
+    if family != "instructblip-t5":  # decoder-only: the prompt is masked in every row
+        assert (batch["labels"] == IGNORE).any(dim=1).all()
     assert batch["input_ids"].shape[0] == 2
     model = backend.model
     with torch.no_grad():
@@ -137,3 +142,16 @@ def test_lmms_engine_format_has_system_turn_and_newline_after_image(dataset, use
     assert backend.render_prompt(records[0].question) == text  # evaluation sees the same format
     with pytest.raises(ConfigError, match="lmms-engine"):
         apply_prompt_format(backend.processor, "idefics2", "lmms-engine")
+
+
+def test_packed_batch_gives_the_padded_batch_loss(dataset, use_tiny_cache):
+    """``packing: true`` wiring: the collator packs Qwen samples padding-free and the weighted loss is unchanged."""
+    backend, _, records, collator = _setup("qwen3-vl", dataset, task="open-qa-mixcut")
+    padded = collator(records[:2])  # two mixed images -> four weighted sequences
+    collator.packing_model = backend.model
+    packed = collator(records[:2])
+    assert packed["input_ids"].shape[0] == 1 and packed["attention_mask"] is None
+    with torch.no_grad():
+        assert answer_loss(backend.model, packed).item() == pytest.approx(
+            answer_loss(backend.model, padded).item(), abs=1e-5
+        )

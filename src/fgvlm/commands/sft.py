@@ -58,6 +58,7 @@ def command(
     """
     from fgvlm.config import ConfigError, resolve_config
     from fgvlm.distributed import is_main_process
+    from fgvlm.prompts.instructions import parse_mix
     from fgvlm.sft.config import SFTConfig
     from fgvlm.sft.run import run_sft
 
@@ -88,17 +89,3 @@ def command(
             + (f" (top-5 {top5:.4f})" if top5 is not None else "")
             + f" on {metrics['n']} images"
         )
-
-
-def parse_mix(text: str) -> dict[str, float]:
-    """``open-qa=0.5,closed-qa=0.3`` -> {"open-qa": 0.5, "closed-qa": 0.3}."""
-    from fgvlm.config import ConfigError
-
-    mix = {}
-    for part in text.split(","):
-        name, _, weight = part.partition("=")
-        try:
-            mix[name.strip()] = float(weight)
-        except ValueError:
-            raise ConfigError(f"--mix {text!r}: expected TASK=WEIGHT,..., e.g. open-qa=0.5,closed-qa=0.5") from None
-    return mix

@@ -87,6 +87,9 @@ class TrainOptions:
     """Which weights become RUN/model: 'last' (the reference recipe) or 'best' (best validation accuracy)."""
     num_workers: int = 0
     """DataLoader worker processes (images are decoded and processed in the collator)."""
+    num_threads: int | None = None
+    """torch CPU threads (None = torch's default). On a busy or small CPU, 1 thread can be many times faster for
+    small models than oversubscribed threads."""
 
     def __post_init__(self) -> None:
         positive = {
@@ -109,6 +112,8 @@ class TrainOptions:
             raise ConfigError(f"train.scheduler must be one of {', '.join(SCHEDULERS)}, got {self.scheduler!r}")
         if self.final not in FINAL_WEIGHTS:
             raise ConfigError(f"train.final must be one of {', '.join(FINAL_WEIGHTS)}, got {self.final!r}")
+        if self.num_threads is not None and self.num_threads < 1:
+            raise ConfigError(f"train.num_threads must be >= 1 (or null), got {self.num_threads}")
         if self.eval_limit is not None and self.eval_limit < 1:
             raise ConfigError(f"train.eval_limit must be >= 1 (or null for all), got {self.eval_limit}")
 
@@ -121,6 +126,10 @@ class MixcutOptions:
     """lambda ~ Beta(alpha, alpha)."""
     mode: str = "both"
     """mixup, cutmix, or both (each record picks one at random)."""
+    prob: float = 1.0
+    """Probability that an image is mixed at all (an unmixed one trains on its own name)."""
+    switch_prob: float = 0.5
+    """With mode both: probability of CutMix instead of MixUp."""
     loss: str = "lambda-nll"
     """lambda-nll: lambda * NLL(name_a) + (1 - lambda) * NLL(name_b) on the same mixed image (the soft-label
     analogue); dominant: the name of the class with the larger share only; both-names: one answer naming both
@@ -131,6 +140,8 @@ class MixcutOptions:
             raise ConfigError(f"mixcut.alpha must be > 0, got {self.alpha}")
         if self.mode not in MIX_MODES:
             raise ConfigError(f"mixcut.mode must be one of {', '.join(MIX_MODES)}, got {self.mode!r}")
+        if not (0.0 <= self.prob <= 1.0 and 0.0 <= self.switch_prob <= 1.0):
+            raise ConfigError(f"mixcut.prob and switch_prob must be in [0, 1], got {self.prob}, {self.switch_prob}")
         if self.loss not in MIX_LOSSES:
             raise ConfigError(f"mixcut.loss must be one of {', '.join(MIX_LOSSES)}, got {self.loss!r}")
 
@@ -168,8 +179,9 @@ class SFTConfig:
     mix: dict[str, float] | None = None
     """A mixture of tasks instead of one, e.g. {open-qa: 0.5, closed-qa: 0.3, closed-negative-qa: 0.2}: each image
     gets one task drawn with these weights (seeded per image)."""
-    task_options: dict[str, Any] = dataclasses.field(default_factory=dict)
-    """Options of the prompt tasks (e.g. num_options for closed-qa), as ``fgvlm eval``."""
+    task_options: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
+    """Options per prompt task, as ``fgvlm eval``'s task_options, e.g. {closed-qa: {num_options: 10}}
+    (open-qa-mixcut asks the open-qa question with open-qa's options)."""
     method: str = "full"
     """full (every trainable part updated) or lora (PEFT adapters on the language model)."""
     lora: LoraOptions = dataclasses.field(default_factory=LoraOptions)
@@ -214,23 +226,15 @@ class SFTConfig:
             if value not in allowed:
                 raise ConfigError(f"{key} must be one of {', '.join(allowed)}, got {value!r}")
         frozen_parts(self.freeze)
-        from fgvlm.prompts import task_names
+        from fgvlm.prompts.instructions import check_tasks
 
-        known = [*task_names(), MIXCUT_TASK]
-        for task in self.tasks:
-            if task not in known:
-                raise ConfigError(f"task {task!r} is not an instruction task; choose one of {', '.join(known)}")
+        check_tasks(self.tasks)
         if self.objective == "classify" and MIXCUT_TASK in self.tasks:
             raise ConfigError("objective classify trains on plain images; use task open-qa (not open-qa-mixcut)")
         if self.max_length < 16:
             raise ConfigError(f"max_length must be >= 16, got {self.max_length}")
         if self.limit is not None and self.limit < 1:
             raise ConfigError(f"limit must be >= 1 (or unset), got {self.limit}")
-        if self.mix is not None:
-            if not self.mix or any(w < 0 for w in self.mix.values()) or sum(self.mix.values()) <= 0:
-                raise ConfigError(f"mix: expected task -> weight with positive weights, got {self.mix!r}")
-            if MIXCUT_TASK in self.mix:
-                raise ConfigError("mix: open-qa-mixcut cannot be mixed with other tasks; use task: open-qa-mixcut")
 
     @property
     def tasks(self) -> dict[str, float]:

@@ -81,7 +81,7 @@ def part_of(name: str, parts: FamilyParts) -> str | None:
 
 
 def prepare_model(model: Any, cfg: SFTConfig, family: str) -> Any:
-    """Set ``requires_grad`` by the freeze setting; wrap in PEFT LoRA for ``method: lora``. Returns the model to train."""
+    """Set ``requires_grad`` by the freeze setting; wrap in PEFT LoRA for ``method: lora``; the model to train."""
     parts = family_parts(family)
     frozen = set(frozen_parts(cfg.freeze))
     if cfg.method == "lora":

@@ -113,7 +113,7 @@ def evaluate_generate(setup: Setup, backend: Any, model_cfg: ModelConfig, is_mai
         split=cfg.eval_split,
         mode="rank",
         task=cfg.eval_task,
-        task_options=cfg.task_options if cfg.eval_task != "open-qa" else {},
+        task_options=cfg.task_options.get(cfg.eval_task, {}),
         limit=cfg.eval_limit or cfg.limit,
         seed=cfg.seed,
         resume=False,

@@ -23,14 +23,14 @@ from typing import Any
 
 from fgvlm.config import ConfigError, config_differences, load_yaml, to_dict
 from fgvlm.runs import RunDir, write_json
-from fgvlm.sft.config import SFTConfig
+from fgvlm.sft.config import MIXCUT_TASK, SFTConfig
 
 CHECKPOINTS = "checkpoints"
 MODEL_DIR = "model"
 TRAIN_LOG = "train_log.jsonl"
 DONE = "done.json"
 RESULT_FILES = ("metrics.json", "predictions.jsonl", "confusion.json")
-STATE_PATHS = (CHECKPOINTS, "best", MODEL_DIR, "tb", "head", TRAIN_LOG, DONE, *RESULT_FILES)
+STATE_PATHS = (CHECKPOINTS, "best", MODEL_DIR, "tb", "head", "instructions", TRAIN_LOG, DONE, *RESULT_FILES)
 """What a fresh start (``--no-resume``) removes from the run directory."""
 
 
@@ -134,6 +134,8 @@ def _load(cfg: SFTConfig, run: RunDir) -> Setup:
     from fgvlm.sft.modeling import base_model, prepare_model
 
     torch.manual_seed(cfg.train.seed)
+    if cfg.train.num_threads is not None:
+        torch.set_num_threads(cfg.train.num_threads)
     dataset = create_dataset(cfg.data)
     model, processor, info = load_model(cfg.model)
     family = info["family"]
@@ -146,13 +148,20 @@ def _load(cfg: SFTConfig, run: RunDir) -> Setup:
         max_length=cfg.max_length,
         model_name=cfg.model.name,
     )
-    train_records = instruction_records(cfg, dataset, cfg.train_split, family, cfg.limit)
+    mixed = MIXCUT_TASK in cfg.tasks  # mixed images go to files, not memory (thousands of full-size images)
+    out_dir = run / "instructions" if mixed else None
+    train_records = instruction_records(cfg, dataset, cfg.train_split, family, cfg.limit, out_dir)
     val_split = cfg.val_split if cfg.val_split in dataset.split_names else None
     val_limit = min(x for x in (cfg.limit, cfg.train.eval_limit, 1 << 62) if x is not None)
     val_records = dataset.split(val_split).records[:val_limit] if val_split else []
     if cfg.objective == "generate":
         check_lengths(collator, train_records)
     model = prepare_model(model, cfg, family)
+    if cfg.packing and cfg.objective == "generate":
+        from fgvlm.sft.packing import supports_packing
+
+        if supports_packing(family):  # other families pad (their attention needs a padding mask)
+            collator.packing_model = model
     backend = backend_class(family)(base_model(model), processor, info)
     return Setup(cfg, run, model, processor, info, family, dataset, backend, train_records, val_records, collator)
 
@@ -171,7 +180,7 @@ def generate_validator(setup: Setup) -> Any:
     from fgvlm.prompts import object_word
 
     cfg = setup.cfg
-    options = {"object": object_word(cfg.data.dataset), **(cfg.task_options if cfg.eval_task != "open-qa" else {})}
+    options = {"object": object_word(cfg.data.dataset), **cfg.task_options.get(cfg.eval_task, {})}
     scorer = TaskScorer(cfg.eval_task, setup.dataset, setup.family, options, cfg.seed, "mean")
     split = setup.dataset.split(cfg.val_split) if setup.val_records else None
 

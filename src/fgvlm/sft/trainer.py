@@ -33,7 +33,7 @@ BEST_DIR = "best"
 BEST_WEIGHTS = "trainable.safetensors"
 BEST_INFO = "best.json"
 TRAINABLE_WEIGHTS = "trainable.safetensors"
-"""Checkpoint file of models that are not PreTrainedModel/PeftModel (the classify model): trainable tensors only."""
+"""A checkpoint's weights: the trainable tensors by name."""
 
 
 def answer_positions(labels: torch.Tensor) -> torch.Tensor:
@@ -122,8 +122,8 @@ class SFTTrainer(Trainer):
         return (loss, None) if return_outputs else loss
 
     def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
-        if not self.classify:
-            return super()._save(output_dir, state_dict)
+        """Checkpoints hold the trainable tensors only (adapters AND fully trained parts such as the projector,
+        which a PEFT adapter file would miss); the run's final model is written separately, merged."""
         from safetensors.torch import save_file
 
         output_dir = Path(output_dir or self.args.output_dir)
@@ -133,8 +133,6 @@ class SFTTrainer(Trainer):
         return None
 
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model: Any = None) -> None:
-        if not self.classify:
-            return super()._load_from_checkpoint(resume_from_checkpoint, model)
         load_trainable(model or self.model, Path(resume_from_checkpoint) / TRAINABLE_WEIGHTS)
         return None
 
