@@ -186,17 +186,16 @@ def load_variants(tmp: str) -> tuple[list[Variant], list[Any], Any, dict[str, in
     for record in setup.train_records:  # decode once: both sides then pay only for the processor, not the JPEG
         record.image = record.load_image()
     args = training_arguments(cfg, RunDir(Path(tmp) / "sft"), "cpu")
-    packed = _load(cfg, RunDir(Path(tmp) / "sft-packed")).model
-    from fgvlm.sft.collator import SFTCollator
-
-    packed_collator = SFTCollator(setup.processor, setup.family, model_name=model_dir, packing_model=packed)
+    packed = _load(dataclasses.replace(cfg, packing=True), RunDir(Path(tmp) / "sft-packed"))
+    if packed.collator.packing_model is None:
+        raise RuntimeError("fgvlm sft did not switch packing on for small-qwen3-vl")
     reference = prepare_model(
         AutoModelForImageTextToText.from_pretrained(model_dir, dtype=torch.float32), cfg, "qwen3-vl"
     )
     variants = [
         Variant("reference", reference, NaiveCollator(setup.processor), Trainer),
         Variant("fgvlm-sft", setup.model, setup.collator, SFTTrainer),
-        Variant("fgvlm-sft-packed", packed, packed_collator, SFTTrainer),
+        Variant("fgvlm-sft-packed", packed.model, packed.collator, SFTTrainer),
     ]
     return variants, setup.train_records, args, parameter_counts(setup.model)
 
