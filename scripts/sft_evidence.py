@@ -3,6 +3,7 @@ on the base model vs on the SFT model, and the classify objective. CPU, a few mi
 
     python scripts/sft_evidence.py --out runs/sft-evidence
     python scripts/sft_evidence.py --families qwen3-vl --steps 600 --out runs/sft-evidence-quick
+    # families in parallel (one thread each), one table: run the script once per family with the same --out
 
 Writes ``OUT/results.json`` and ``OUT/results.md`` (one row per family) and every run directory under ``OUT``.
 Accuracies are on the test split (48 images of 6 classes by default; chance 16.7 %). The tiny models are random
@@ -79,7 +80,7 @@ def family_row(family: str, args: argparse.Namespace, out: Path) -> dict[str, An
     """Every measurement for one family; each run directory lands under ``out/family``."""
     from fgvlm.sft.run import run_sft
 
-    model, data, root = f"tiny-{family}", data_config(args.classes, args.train_per_class), out / family
+    model, data, root = f"tiny-{family}", data_config(args.classes, args.train_per_class, args.image_size), out / family
     began = time.perf_counter()
     row: dict[str, Any] = {"family": family, "model": model, "steps": args.steps, "lr": args.lr}
     row["zero_shot"] = zero_shot(model, data, root / "zero-shot")
@@ -91,7 +92,9 @@ def family_row(family: str, args: argparse.Namespace, out: Path) -> dict[str, An
     row["head_base"] = head_accuracy(model, data, root / "head-base")
     row["head_sft"] = head_accuracy(str((root / "sft-open-qa" / "model").resolve()), data, root / "head-sft")
     if not args.skip_classify:
-        cls = run_sft(sft_config(model, data, args, objective="classify"), root / "sft-classify")
+        classify_train = {"max_steps": args.classify_steps, "eval_every": max(1, args.classify_steps // 5)}
+        cls_cfg = sft_config(model, data, args, objective="classify", train=classify_train)
+        cls = run_sft(cls_cfg, root / "sft-classify")
         row["sft_classify"] = cls["accuracy"]
     row["minutes"] = round((time.perf_counter() - began) / 60, 1)
     return row
@@ -114,8 +117,9 @@ def markdown(rows: list[dict[str, Any]], args: argparse.Namespace) -> str:
         return f"{100 * value:.1f} %" if isinstance(value, float) and value <= 1 else str(value)
 
     lines = [
-        f"SynthFlowers, {args.classes} classes ({args.train_per_class} train images per class), test accuracy "
-        f"(chance {100 / args.classes:.1f} %); SFT {args.steps} steps, lr {args.lr}, freeze none, CPU 1 thread.",
+        f"SynthFlowers, {args.classes} classes, {args.image_size} px ({args.train_per_class} train images per class), "
+        f"test accuracy (chance {100 / args.classes:.1f} %); SFT {args.steps} steps (classify {args.classify_steps}), "
+        f"lr {args.lr}, freeze none, CPU 1 thread.",
         "",
         "| " + " | ".join(title for _, title in COLUMNS) + " |",
         "|" + " --- |" * len(COLUMNS),
@@ -128,7 +132,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, default=Path("runs/sft-evidence"))
     parser.add_argument("--families", default="qwen3-vl,idefics2")
-    parser.add_argument("--steps", type=int, default=1000)
+    parser.add_argument("--steps", type=int, default=3000)
+    parser.add_argument("--classify-steps", type=int, default=1500)
+    parser.add_argument("--image-size", type=int, default=128)
     parser.add_argument("--lr", type=float, default=3e-3)
     parser.add_argument("--classes", type=int, default=6)
     parser.add_argument("--train-per-class", type=int, default=96)
@@ -140,9 +146,11 @@ def main() -> None:
 
     torch.set_num_threads(1)
     args.out.mkdir(parents=True, exist_ok=True)
-    rows = []
     for family in args.families.split(","):
-        rows.append(family_row(family.strip(), args, args.out))
+        row = family_row(family.strip(), args, args.out)
+        (args.out / family.strip() / "row.json").write_text(json.dumps(row, indent=2) + "\n")
+        # every family's row found under OUT (families may run as separate processes, in parallel)
+        rows = [json.loads(path.read_text()) for path in sorted(args.out.glob("*/row.json"))]
         (args.out / "results.json").write_text(json.dumps(rows, indent=2) + "\n")
         (args.out / "results.md").write_text(markdown(rows, args))
         print(markdown(rows, args), flush=True)

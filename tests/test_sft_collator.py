@@ -10,14 +10,17 @@ from fgvlm.config import ConfigError, DataConfig
 from fgvlm.data import create_dataset
 from fgvlm.eval.scoring import TaskScorer
 from fgvlm.models.base import ModelConfig
+from fgvlm.models.chat import render_prompt
 from fgvlm.models.loading import load_backend
 from fgvlm.prompts import object_word
-from fgvlm.sft.collator import IGNORE, SFTCollator, SFTDataError, apply_prompt_format, render_prompt
+from fgvlm.sft.collator import IGNORE, SFTCollator, SFTDataError, apply_prompt_format
 from fgvlm.sft.config import SFTConfig
 from fgvlm.sft.data import instruction_records
 from fgvlm.sft.trainer import answer_loss
 
 FAMILIES = ["qwen3-vl", "qwen2.5-vl", "idefics2", "smolvlm", "instructblip", "instructblip-t5"]
+MODELS = [f"tiny-{family}" for family in FAMILIES] + ["tiny-like-qwen3-vl-4b", "tiny-like-qwen2.5-vl-3b"]
+"""Every tiny family, and the shrunken real Qwen checkpoints (real tokenizer, processor and chat template)."""
 DATA = DataConfig(dataset="synthflowers", options={"num_classes": 4, "images_per_class": [2, 1, 1]})
 
 
@@ -27,18 +30,25 @@ def dataset():
 
 
 def _setup(family: str, dataset, task: str = "open-qa", limit: int = 3, **cfg_changes):
-    backend = load_backend(ModelConfig(name=f"tiny-{family}"))
-    cfg = SFTConfig(model=ModelConfig(name=f"tiny-{family}"), data=DATA, task=task, **cfg_changes)
+    """``family`` is a tiny family or a registry model name."""
+    name = family if family.startswith("tiny-") else f"tiny-{family}"
+    backend = load_backend(ModelConfig(name=name))
+    cfg = SFTConfig(model=ModelConfig(name=name), data=DATA, task=task, **cfg_changes)
     records = instruction_records(cfg, dataset, "train", backend.family, limit=limit)
     collator = SFTCollator(
-        backend.processor, backend.family, encoder_decoder=family == "instructblip-t5", mix_loss=cfg.mixcut.loss
+        backend.processor, backend.family, encoder_decoder=is_t5(backend.family), mix_loss=cfg.mixcut.loss
     )
     return backend, cfg, records, collator
 
 
-@pytest.mark.parametrize("family", FAMILIES)
-def test_loss_tokens_are_the_answer_and_prompt_is_the_eval_prompt(family, dataset, use_tiny_cache):
-    backend, cfg, records, collator = _setup(family, dataset)
+def is_t5(family: str) -> bool:
+    return family == "instructblip-t5"
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_loss_tokens_are_the_answer_and_prompt_is_the_eval_prompt(model, dataset, use_tiny_cache):
+    backend, cfg, records, collator = _setup(model, dataset)
+    family = backend.family
     scorer = TaskScorer("open-qa", dataset, backend.family, {"object": object_word("synthflowers")}, 0)
     record = records[0]
     sample = collator.encode_sample(record)
@@ -63,10 +73,11 @@ def test_loss_tokens_are_the_answer_and_prompt_is_the_eval_prompt(family, datase
         assert sample["qformer_input_ids"].tolist() == eval_q.tolist()
 
 
-@pytest.mark.parametrize("family", FAMILIES)
-def test_answer_positions_loss_equals_full_logits_loss(family, dataset, use_tiny_cache):
+@pytest.mark.parametrize("model", MODELS)
+def test_answer_positions_loss_equals_full_logits_loss(model, dataset, use_tiny_cache):
     mix = {"open-qa": 0.5, "closed-negative-qa": 0.5}  # prompts and answers of different lengths: padding
-    backend, _, records, collator = _setup(family, dataset, limit=4, mix=mix)
+    backend, _, records, collator = _setup(model, dataset, limit=4, mix=mix)
+    family = backend.family
     pair = [next(r for r in records if r.task == task) for task in mix]
     batch = collator(pair)
     assert (batch["attention_mask"] == 0).any()
@@ -155,3 +166,18 @@ def test_packed_batch_gives_the_padded_batch_loss(dataset, use_tiny_cache):
         assert answer_loss(backend.model, packed).item() == pytest.approx(
             answer_loss(backend.model, padded).item(), abs=1e-5
         )
+
+
+def test_a_model_that_does_not_reload_to_the_trained_one_is_refused(dataset, use_tiny_cache):
+    import copy
+
+    from fgvlm.sft.modeling import SFTSaveError, verify_reload
+
+    backend, _, records, collator = _setup("qwen3-vl", dataset)
+    batch = collator(records[:1])
+    same = copy.deepcopy(backend.model)
+    assert verify_reload(backend.model, same, batch) < 1e-6
+    with torch.no_grad():
+        same.lm_head.weight.add_(0.5)
+    with pytest.raises(SFTSaveError, match="does not reload"):
+        verify_reload(backend.model, same, batch)

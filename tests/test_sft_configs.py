@@ -13,7 +13,8 @@ from fgvlm.sft.config import SFTConfig
 from fgvlm.sft.run import run_sft
 
 CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs" / "sft").glob("*.yaml"))
-TWIN = "tiny-qwen3-vl"
+TWIN = "tiny-like-qwen3-vl-4b"
+"""The shipped configs name Qwen3-VL-4B: its shrunken twin has the real tokenizer, processor and chat template."""
 SMALL = [
     f"model.name={TWIN}",
     "model.dtype=float32",

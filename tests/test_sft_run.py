@@ -23,6 +23,7 @@ def tiny_cfg(**changes) -> SFTConfig:
         "method": "lora",
         "train": {"max_steps": 4, "lr": 1e-3, "eval_every": 2, "save_every": 2, "log_every": 1, "warmup_ratio": 0.0},
         "report_to": "none",
+        "prompt_format": "lmms-engine",  # the reference framework's format: saved with the model, evaluated in it
     }
     for key, value in changes.items():
         if isinstance(value, dict) and isinstance(data.get(key), dict):
@@ -59,7 +60,8 @@ def test_run_writes_the_contract_files_and_a_reloadable_model(finished_run, use_
     assert log[1]["val_accuracy"] is not None and log[0]["val_accuracy"] is None
     model = AutoModelForImageTextToText.from_pretrained(out / "model")
     assert not any("lora" in name for name, _ in model.named_parameters())  # merged
-    assert AutoProcessor.from_pretrained(out / "model").chat_template
+    template = AutoProcessor.from_pretrained(out / "model").chat_template
+    assert "You are a helpful assistant." in template and "<|vision_end|>\n" in template  # lmms-engine format
     meta = json.loads((out / "meta.json").read_text())
     assert meta["reload_max_logit_diff"] < 1e-4 and meta["model"]["trainable"] < meta["model"]["parameters"]
 
@@ -106,6 +108,7 @@ def test_resume_after_interruption_gives_the_same_weights(finished_run, use_tiny
 
 
 def test_classify_objective_writes_a_head_that_predict_and_head_eval_use(use_tiny_cache, tmp_path):
+    from fgvlm.heads.config import HeadEvalConfig
     from fgvlm.heads.pipeline import eval_run
     from fgvlm.heads.predict import predict_images
     from fgvlm.models.base import ModelConfig
@@ -127,5 +130,6 @@ def test_classify_objective_writes_a_head_that_predict_and_head_eval_use(use_tin
     sample.image.save(image)
     (top,) = predict_images(backend, [image], head_dir=out)
     assert top.top[0][0] == create_dataset(cfg.data).class_names[predictions[sample.id]["pred"]]
-    again = eval_run(out / "head", "test", progress=False, backend=backend)
-    assert again["accuracy"] == metrics["accuracy"]
+    head_cfg = HeadEvalConfig(head_run=str(out / "head"), split="test")
+    again = eval_run(head_cfg, tmp_path / "head-eval", progress=False, backend=backend)
+    assert again["accuracy"] == metrics["accuracy"] and again["n"] == metrics["n"]

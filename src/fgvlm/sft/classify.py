@@ -14,7 +14,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from fgvlm.sft.collator import NESTED_IMAGE_FAMILIES, check_chat_template, render_prompt
+from fgvlm.models.chat import render_prompt
+from fgvlm.sft.collator import check_chat_template, nested_images
 from fgvlm.sft.data import InstructionRecord
 
 
@@ -25,11 +26,12 @@ class ClassifyCollator:
         check_chat_template(processor, family, model_name)
         self.processor = processor
         self.family = family
-        self.prompt_text = render_prompt(processor, prompt)
+        self.nested = nested_images(family)
+        self.prompt_text = render_prompt(processor, prompt, family=family)
 
     def __call__(self, records: list[InstructionRecord]) -> dict[str, Any]:
         images = [record.load_image() for record in records]
-        images_arg = [[image] for image in images] if self.family in NESTED_IMAGE_FAMILIES else images
+        images_arg = [[image] for image in images] if self.nested else images
         texts = [self.prompt_text] * len(records)
         batch = dict(
             self.processor(images=images_arg, text=texts, return_tensors="pt", padding=True, padding_side="left")

@@ -17,14 +17,13 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from fgvlm.config import ConfigError
+from fgvlm.models.chat import answer_token_ids, render_answer, render_prompt
 from fgvlm.sft.data import InstructionRecord
 
 if TYPE_CHECKING:
     import torch
 
 IGNORE = -100
-NESTED_IMAGE_FAMILIES = ("idefics2", "smolvlm")
-"""Families whose processor takes one list of images per sample."""
 QFORMER_KEYS = ("qformer_input_ids", "qformer_attention_mask")
 TEXT_PADS = {"attention_mask": 0, "mm_token_type_ids": 0, "token_type_ids": 0}
 """Per-token keys besides input_ids and labels, with their padding values."""
@@ -46,7 +45,6 @@ class SFTDataError(ConfigError):
     """A training sample that cannot be built as configured (no chat template, too long, merging tokens)."""
 
 
-# -- chat rendering: the functions ranking uses ------------------------------------------------------------------
 def _template_owner(processor: Any) -> Any:
     tokenizer = getattr(processor, "tokenizer", processor)
     return processor if getattr(processor, "chat_template", None) else tokenizer
@@ -61,40 +59,12 @@ def check_chat_template(processor: Any, family: str, model_name: str) -> None:
         )
 
 
-def build_messages(question: str, answer: str | None = None, *, with_image: bool = True) -> list[dict]:
-    content = ([{"type": "image"}] if with_image else []) + [{"type": "text", "text": question}]
-    messages = [{"role": "user", "content": content}]
-    if answer is not None:
-        messages.append({"role": "assistant", "content": [{"type": "text", "text": answer}]})
-    return messages
+def nested_images(family: str) -> bool:
+    """Whether the family's processor takes one list of images per sample (the backend's ``nested_images``)."""
+    from fgvlm.models.families import get_family
+    from fgvlm.registry import import_object
 
-
-def render_prompt(processor: Any, question: str, *, with_image: bool = True) -> str:
-    """The user turn + generation prompt, as ``HFBackend.render_prompt`` renders it for ``fgvlm eval``."""
-    messages = build_messages(question, with_image=with_image)
-    return _template_owner(processor).apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-
-
-def render_answer(processor: Any, question: str, answer: str, *, with_image: bool = True) -> str:
-    """The assistant turn (end-of-turn included) as the suffix of the conversation after the prompt."""
-    prompt = render_prompt(processor, question, with_image=with_image)
-    messages = build_messages(question, answer, with_image=with_image)
-    full = _template_owner(processor).apply_chat_template(messages, add_generation_prompt=False, tokenize=False)
-    if not full.startswith(prompt):
-        raise SFTDataError(f"the rendered conversation does not start with the prompt:\n{prompt!r}\n{full!r}")
-    return full[len(prompt) :].rstrip("\n")
-
-
-def answer_token_ids(tokenizer: Any, prompt_text: str, answer_text: str) -> list[int]:
-    """Ids of ``answer_text`` tokenized after ``prompt_text``; the prompt's ids must be a prefix of the whole."""
-    prompt_ids = tokenizer(prompt_text, add_special_tokens=False)["input_ids"]
-    full_ids = tokenizer(prompt_text + answer_text, add_special_tokens=False)["input_ids"]
-    if full_ids[: len(prompt_ids)] != prompt_ids or len(full_ids) == len(prompt_ids):
-        raise SFTDataError(
-            f"the answer {answer_text!r} merges with the end of the prompt {prompt_text[-40:]!r} when tokenized; "
-            "the template's assistant turn must start on a token boundary"
-        )
-    return full_ids[len(prompt_ids) :]
+    return bool(getattr(import_object(get_family(family).backend), "nested_images", False))
 
 
 def apply_prompt_format(processor: Any, family: str, prompt_format: str) -> None:
@@ -139,6 +109,7 @@ class SFTCollator:
         """A model given here makes ``__call__`` pack the sequences padding-free (``fgvlm.sft.packing``)."""
         pad = self.tokenizer.pad_token_id
         self.pad_id = pad if pad is not None else (self.tokenizer.eos_token_id or 0)
+        self.nested = nested_images(family)
         qformer = getattr(processor, "qformer_tokenizer", None)
         self.qformer_pad_id = (qformer.pad_token_id or 0) if qformer is not None else 0
 
@@ -161,7 +132,7 @@ class SFTCollator:
         return [self.encode_sample(record, answer, weight, image) for answer, weight in self.answers(record)]
 
     def _processor_inputs(self, image: Any, text: str) -> dict[str, Any]:
-        images = [[image]] if self.family in NESTED_IMAGE_FAMILIES else [image]
+        images = [[image]] if self.nested else [image]
         return dict(self.processor(images=images, text=[text], return_tensors="pt"))
 
     def encode_sample(
@@ -172,9 +143,12 @@ class SFTCollator:
 
         answer = record.answer if answer is None else answer
         image = record.load_image() if image is None else image
-        prompt_text = render_prompt(self.processor, record.question)
-        answer_text = render_answer(self.processor, record.question, answer)
-        answer_ids = answer_token_ids(self.tokenizer, prompt_text, answer_text)
+        prompt_text = render_prompt(self.processor, record.question, family=self.family)
+        answer_text = render_answer(self.processor, record.question, answer, family=self.family)
+        try:
+            answer_ids = answer_token_ids(self.tokenizer, prompt_text, answer_text)
+        except ValueError as err:
+            raise SFTDataError(f"training sample {record.id}: {err}") from None
         if self.encoder_decoder:
             inputs = self._processor_inputs(image, prompt_text)
             labels = torch.tensor(answer_ids)

@@ -1,6 +1,6 @@
 """Which parameters train (LoRA or full, frozen parts), and the saved model: LoRA merged, reloadable, verified.
 
-Parts are module-name prefixes per family (vision tower, projector/connector, language model). ``method: full``
+Parts are the family record's module-name prefixes (vision tower, projector/connector, language model). ``method: full``
 trains every parameter outside the frozen parts; ``method: lora`` puts PEFT adapters on the language model's
 linear layers only (the family's pattern; PEFT's ``all-linear`` would also adapt the vision tower) and trains the
 other unfrozen parts fully (the projector, by default).
@@ -8,7 +8,6 @@ other unfrozen parts fully (the projector, by default).
 
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 from typing import Any
 
@@ -17,72 +16,16 @@ import torch
 from fgvlm.config import ConfigError
 from fgvlm.sft.config import SFTConfig, frozen_parts
 
-QWEN_LM_LORA = r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)$"
-IDEFICS_LM_LORA = r".*text_model.*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)$"
-T5_LM_LORA = r".*language_model.*\.(q|k|v|o|wi|wi_0|wi_1|wo)$"
-
-
-@dataclasses.dataclass(frozen=True)
-class FamilyParts:
-    """Module-name prefixes of a family's trainable parts (as in ``model.named_parameters()``) and its LoRA regex."""
-
-    vision: tuple[str, ...]
-    projector: tuple[str, ...]
-    language: tuple[str, ...]
-    lora_target_modules: str
-
-
-_INSTRUCTBLIP = {
-    "vision": ("vision_model",),
-    "projector": ("qformer", "query_tokens", "language_projection"),
-    "language": ("language_model",),
-}
-FAMILY_PARTS = {
-    "qwen3-vl": FamilyParts(
-        ("model.visual",),
-        ("model.visual.merger", "model.visual.deepstack_merger_list"),
-        ("model.language_model", "lm_head"),
-        QWEN_LM_LORA,
-    ),
-    "qwen2.5-vl": FamilyParts(
-        ("model.visual",), ("model.visual.merger",), ("model.language_model", "lm_head"), QWEN_LM_LORA
-    ),
-    "idefics2": FamilyParts(
-        ("model.vision_model",), ("model.connector",), ("model.text_model", "lm_head"), IDEFICS_LM_LORA
-    ),
-    "smolvlm": FamilyParts(
-        ("model.vision_model",), ("model.connector",), ("model.text_model", "lm_head"), IDEFICS_LM_LORA
-    ),
-    "instructblip": FamilyParts(**_INSTRUCTBLIP, lora_target_modules=QWEN_LM_LORA),
-    "instructblip-t5": FamilyParts(**_INSTRUCTBLIP, lora_target_modules=T5_LM_LORA),
-}
-
 
 class SFTSaveError(ConfigError):
     """A fine-tuned model that does not reload to the same function: the run refuses to call it done."""
 
 
-def family_parts(family: str) -> FamilyParts:
-    if family not in FAMILY_PARTS:
-        raise ConfigError(
-            f"fine-tuning does not know the parts of model family {family!r}; known: {list(FAMILY_PARTS)}"
-        )
-    return FAMILY_PARTS[family]
-
-
-def part_of(name: str, parts: FamilyParts) -> str | None:
-    """vision / projector / language for a parameter name (the longest matching prefix wins), or None."""
-    best, best_len = None, -1
-    for part in ("vision", "projector", "language"):
-        for prefix in getattr(parts, part):
-            if (name == prefix or name.startswith(prefix + ".")) and len(prefix) > best_len:
-                best, best_len = part, len(prefix)
-    return best
-
-
 def prepare_model(model: Any, cfg: SFTConfig, family: str) -> Any:
     """Set ``requires_grad`` by the freeze setting; wrap in PEFT LoRA for ``method: lora``; the model to train."""
-    parts = family_parts(family)
+    from fgvlm.models.families import get_family
+
+    record = get_family(family)
     frozen = set(frozen_parts(cfg.freeze))
     if cfg.method == "lora":
         from peft import LoraConfig, get_peft_model
@@ -91,7 +34,7 @@ def prepare_model(model: Any, cfg: SFTConfig, family: str) -> Any:
             r=cfg.lora.r,
             lora_alpha=cfg.lora.alpha,
             lora_dropout=cfg.lora.dropout,
-            target_modules=cfg.lora.target_modules or parts.lora_target_modules,
+            target_modules=cfg.lora.target_modules or record.lora_target_modules,
         )
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(cfg.train.seed)
@@ -106,12 +49,12 @@ def prepare_model(model: Any, cfg: SFTConfig, family: str) -> Any:
     for name, param in base.named_parameters():
         if "lora_" in name:
             continue
-        part = part_of(name, parts)
+        part = record.part_of(name)
         if part is None:
             unknown.append(name)
         param.requires_grad = part is not None and part not in frozen
     if unknown:
-        raise ConfigError(f"{family}: parameters outside the known parts: {unknown[:3]} (update FAMILY_PARTS)")
+        raise ConfigError(f"{family}: parameters outside the family record's parts: {unknown[:3]}")
     return model
 
 

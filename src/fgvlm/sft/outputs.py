@@ -18,7 +18,7 @@ from typing import Any
 
 from fgvlm.config import to_dict
 from fgvlm.models.base import ModelConfig
-from fgvlm.runs import RunDir, write_json
+from fgvlm.runs import RunDir
 from fgvlm.sft.run import MODEL_DIR, Setup
 
 
@@ -49,7 +49,7 @@ def setup_classify(setup: Setup) -> None:
     if setup.val_records:
         val_limit = len(setup.val_records)
         val_records = instruction_records(cfg, dataset, cfg.val_split, setup.family, val_limit)
-    head_lr = cfg.classify.head_lr or 100 * cfg.train.lr
+    head_lr = cfg.classify.head_lr or max(cfg.train.lr, 1e-3)
     setup.classify = ClassifySetup(model, collator, val_records, prompt, head_lr)
 
 
@@ -61,7 +61,7 @@ def finish(setup: Setup, trainer: Any, best: dict[str, Any] | None, started: flo
     from fgvlm.sft.trainer import BEST_DIR, BEST_WEIGHTS, load_trainable
 
     cfg, run = setup.cfg, setup.run
-    trained_seconds = time.perf_counter() - started
+    trained_seconds = time.time() - started
     summary = trainable_summary(trainer.model)
     if cfg.train.final == "best" and best is not None:
         load_trainable(trainer.model, run / BEST_DIR / BEST_WEIGHTS)
@@ -83,7 +83,7 @@ def finish(setup: Setup, trainer: Any, best: dict[str, Any] | None, started: flo
         metrics = evaluate_generate(setup, reloaded, model_cfg, group.is_main)
     if not group.is_main:
         return metrics
-    metrics = write_metrics(setup, metrics, model_dir, time.perf_counter() - started)
+    metrics = write_metrics(setup, metrics, model_dir, time.time() - started)
     run.write_meta(
         command="sft",
         seed=cfg.train.seed,
@@ -116,10 +116,9 @@ def evaluate_generate(setup: Setup, backend: Any, model_cfg: ModelConfig, is_mai
         task_options=cfg.task_options.get(cfg.eval_task, {}),
         limit=cfg.eval_limit or cfg.limit,
         seed=cfg.seed,
-        resume=False,
     )
     out = run / f"eval-{cfg.eval_split}"
-    metrics = evaluate(eval_cfg, out, backend=backend)
+    metrics = evaluate(eval_cfg, out, resume=False, backend=backend)
     if is_main:
         for name in ("predictions.jsonl", "confusion.json"):
             shutil.copyfile(out / name, run / name)
@@ -148,10 +147,10 @@ def evaluate_classify(
     head = ctx.model.head.eval().cpu()
     if not is_main:
         return {}
-    extra = {"split": cfg.eval_split, "pooling": cfg.classify.pooling, "layer": cfg.classify.layer}
-    metrics = write_evaluation(
-        run.path, head, features, split.labels[:total], split.ids[:total], dataset.class_names, extra
-    )
+    extra = {"pooling": cfg.classify.pooling, "layer": cfg.classify.layer}
+    header = results_header(setup, model_cfg.name, 0.0)
+    labels, ids = split.labels[:total], split.ids[:total]
+    metrics = write_evaluation(run.path, header, head, features, labels, ids, dataset.class_names, extra)
     info = {
         "class_names": dataset.class_names,
         "prompt_names": dataset.prompt_names,
@@ -186,19 +185,29 @@ def evaluate_classify(
     return metrics
 
 
-def write_metrics(setup: Setup, metrics: dict[str, Any], model_dir: Path, seconds: float) -> dict[str, Any]:
-    """metrics.json with the shared header (kind, dataset, protocol, split, model, num_classes, seconds) first."""
-    cfg, dataset = setup.cfg, setup.dataset
-    header = {
+def results_header(setup: Setup, model: str, seconds: float) -> dict[str, Any]:
+    """The shared metrics.json header of this run (``fgvlm.runs.HEADER_KEYS``)."""
+    dataset = setup.dataset
+    return {
         "kind": "sft",
         "dataset": dataset.name,
         "protocol": dataset.protocol,
-        "split": cfg.eval_split,
-        "model": str(model_dir),
+        "split": setup.cfg.eval_split,
+        "model": model,
         "num_classes": dataset.num_classes,
         "seconds": round(seconds, 3),
     }
-    body = {k: v for k, v in metrics.items() if k not in header}
-    result = {**header, **body, "objective": cfg.objective, "base_model": cfg.model.name}
-    write_json(setup.run / "metrics.json", result)
-    return result
+
+
+def write_metrics(setup: Setup, metrics: dict[str, Any], model_dir: Path, seconds: float) -> dict[str, Any]:
+    """metrics.json through ``fgvlm.runs.write_results``: the shared header, then the evaluation's metrics."""
+    from fgvlm.runs import HEADER_KEYS, write_results
+
+    cfg = setup.cfg
+    body = {k: v for k, v in metrics.items() if k not in HEADER_KEYS}
+    body.update(
+        objective=cfg.objective,
+        base_model=cfg.model.name,
+        mix_loss=cfg.mixcut.loss if cfg.tasks.get("open-qa-mixcut") else None,
+    )
+    return write_results(setup.run, results_header(setup, str(model_dir), seconds), body)

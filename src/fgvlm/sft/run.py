@@ -15,23 +15,16 @@ changed config is refused naming the keys; a finished run is reported, not retra
 from __future__ import annotations
 
 import dataclasses
-import json
-import shutil
 import time
 from pathlib import Path
 from typing import Any
 
-from fgvlm.config import ConfigError, config_differences, load_yaml, to_dict
-from fgvlm.runs import RunDir, write_json
+from fgvlm.runs import RunDir, finish_run, start_run
 from fgvlm.sft.config import MIXCUT_TASK, SFTConfig
 
 CHECKPOINTS = "checkpoints"
 MODEL_DIR = "model"
 TRAIN_LOG = "train_log.jsonl"
-DONE = "done.json"
-RESULT_FILES = ("metrics.json", "predictions.jsonl", "confusion.json")
-STATE_PATHS = (CHECKPOINTS, "best", MODEL_DIR, "tb", "head", "instructions", TRAIN_LOG, DONE, *RESULT_FILES)
-"""What a fresh start (``--no-resume``) removes from the run directory."""
 
 
 class RecordList:
@@ -45,30 +38,6 @@ class RecordList:
 
     def __getitem__(self, index: int) -> Any:
         return self.records[index]
-
-
-def config_hash(cfg: SFTConfig) -> str:
-    import hashlib
-
-    data = {k: v for k, v in to_dict(cfg).items() if k != "resume"}
-    return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
-def prepare_run_dir(run: RunDir, cfg: SFTConfig, resume: bool) -> bool:
-    """Check or reset the run directory; True when it already holds this config's finished run."""
-    saved = run / "config.yaml"
-    if not resume:
-        for name in STATE_PATHS:
-            path = run / name
-            shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
-    elif saved.is_file() and ((run / CHECKPOINTS).is_dir() or (run / DONE).is_file()):
-        differences = config_differences(load_yaml(saved), to_dict(cfg))
-        if differences:
-            raise ConfigError(
-                f"{run.path} holds a fine-tuning run with a different config; cannot resume. Differing keys: "
-                f"{'; '.join(differences)}. Use another --out, or --no-resume to start over."
-            )
-    return resume and (run / DONE).is_file() and (run / "metrics.json").is_file()
 
 
 def training_arguments(cfg: SFTConfig, run: RunDir, device: str) -> Any:
@@ -205,14 +174,21 @@ def generate_validator(setup: Setup) -> Any:
 
 
 def run_sft(cfg: SFTConfig, out: str | Path, *, resume: bool = True) -> dict[str, Any]:
-    """Fine-tune ``cfg.model`` into run directory ``out``; returns the final evaluation's metrics."""
-    started = time.perf_counter()
-    run = RunDir(out)
+    """Fine-tune ``cfg.model`` into run directory ``out``; returns the final evaluation's metrics.
+
+    The run lifecycle is ``fgvlm.runs.start_run``'s: a complete run's metrics are returned as they are, a partial
+    one continues from its newest checkpoint, another config is refused naming the keys, ``resume=False`` moves an
+    old directory aside and starts over.
+    """
+    from fgvlm.distributed import is_main_process
+
+    started = time.time()
     cfg = dataclasses.replace(cfg, resume=resume)
-    if prepare_run_dir(run, cfg, resume):
-        return json.loads((run / "metrics.json").read_text())
+    # Under torchrun only rank 0 may move an old run aside (--no-resume); the others open the same folder.
+    run = start_run(out, cfg, resume=resume or not is_main_process())
+    if run.complete:
+        return run.read_results()
     setup = _load(cfg, run)
-    run.write_config(cfg)
     if cfg.objective == "classify":
         from fgvlm.sft.outputs import setup_classify
 
@@ -221,14 +197,8 @@ def run_sft(cfg: SFTConfig, out: str | Path, *, resume: bool = True) -> dict[str
     from fgvlm.sft.outputs import finish
 
     metrics = finish(setup, trainer, best, started)
-    write_json(
-        run / DONE,
-        {
-            "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-            "wall_time_s": round(time.perf_counter() - started, 3),
-            "config_hash": config_hash(cfg),
-        },
-    )
+    if trainer.is_world_process_zero():
+        finish_run(run, started)
     return metrics
 
 
@@ -261,10 +231,8 @@ def train(setup: Setup, resume: bool) -> tuple[Any, dict[str, Any] | None]:
     for callback in trainer.callback_handler.callbacks:
         if isinstance(callback, TensorBoardCallback):
             callback.logging_dir = str(run / "tb")
-    checkpoint = get_last_checkpoint(str(run / CHECKPOINTS)) if resume and (run / CHECKPOINTS).is_dir() else None
-    if checkpoint is not None:
-        truncate_log(run / TRAIN_LOG, int(Path(checkpoint).name.rsplit("-", 1)[1]))
-    else:
-        (run / TRAIN_LOG).unlink(missing_ok=True)
+    checkpoint = get_last_checkpoint(str(run / CHECKPOINTS)) if (run / CHECKPOINTS).is_dir() else None
+    if trainer.is_world_process_zero():
+        truncate_log(run / TRAIN_LOG, int(Path(checkpoint).name.rsplit("-", 1)[1]) if checkpoint else 0)
     trainer.train(resume_from_checkpoint=checkpoint)
     return trainer, monitor.best

@@ -19,6 +19,7 @@ numbers to TensorBoard, and keeps the trainable weights of the best validation s
 from __future__ import annotations
 
 import json
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,7 @@ from typing import Any
 import torch
 from transformers import Trainer, TrainerCallback
 
+from fgvlm.runs import RunDir, TrainLogger
 from fgvlm.sft.collator import IGNORE
 
 TRAIN_LOG = "train_log.jsonl"
@@ -172,7 +174,6 @@ class SFTMonitor(TrainerCallback):
         self.run_dir = Path(run_dir)
         self.validate = validate
         self.eval_every = eval_every
-        self.log_path = self.run_dir / log_name
         self.pending: dict[str, Any] | None = None
         info = self.run_dir / BEST_DIR / BEST_INFO
         self.best = json.loads(info.read_text()) if info.is_file() else None
@@ -202,29 +203,22 @@ class SFTMonitor(TrainerCallback):
         logs = logs if logs is not None else {}
         if "loss" not in logs and self.pending is None:
             return control  # the end-of-training summary (train_runtime, ...)
-        record = {
-            "step": state.global_step,
-            "epoch": state.epoch,
-            "train_loss": logs.get("loss"),
-            "lr": logs.get("learning_rate"),
-            "val_accuracy": None,
-            "val_top5": None,
-            "val_loss": None,
-            "grad_norm": logs.get("grad_norm"),
-        }
+        values = {"epoch": state.epoch, "train_loss": logs.get("loss"), "lr": logs.get("learning_rate")}
         if self.pending is not None:
-            record.update(self.pending)
+            values.update(self.pending)
             logs.update({k: v for k, v in self.pending.items() if isinstance(v, (int, float))})
             self.pending = None
-        if state.is_world_process_zero:
-            with self.log_path.open("a") as fh:
-                fh.write(json.dumps(record) + "\n")
+        values["grad_norm"] = logs.get("grad_norm")
+        TrainLogger(RunDir(self.run_dir), enabled=state.is_world_process_zero).log(state.global_step, **values)
         return control
 
 
 def truncate_log(path: Path, step: int) -> None:
-    """Drop ``train_log.jsonl`` lines after ``step`` (a resume from that checkpoint logs them again)."""
+    """Drop ``train_log.jsonl`` lines after ``step`` (a resume from that checkpoint logs them again; 0: all)."""
     if not path.is_file():
         return
     kept = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= step]
     path.write_text("".join(line + "\n" for line in kept))
+    info = path.parent / BEST_DIR / BEST_INFO
+    if info.is_file() and json.loads(info.read_text())["step"] > step:  # the best step was not checkpointed
+        shutil.rmtree(path.parent / BEST_DIR)
