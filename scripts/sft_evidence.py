@@ -6,7 +6,7 @@ on the base model vs on the SFT model, and the classify objective. CPU, a few mi
     # families in parallel (one thread each), one table: run the script once per family with the same --out
 
 Writes ``OUT/results.json`` and ``OUT/results.md`` (one row per family) and every run directory under ``OUT``.
-Accuracies are on the test split (48 images of 6 classes by default; chance 16.7 %). The tiny models are random
+Accuracies are on the test split (6 classes x --eval-per-class images; chance 16.7 %). The tiny models are random
 (hidden size 64, 2 layers): they must learn the vision features too, so the runs train every part (``freeze: none``)
 with a learning rate far above the reference 2e-5, and one torch thread (many times faster than oversubscribed
 threads for models this small on a busy machine).
@@ -24,10 +24,10 @@ from fgvlm.config import DataConfig, from_dict
 from fgvlm.models.base import ModelConfig
 
 
-def data_config(classes: int, train_per_class: int) -> DataConfig:
-    return DataConfig(
-        dataset="synthflowers", options={"num_classes": classes, "images_per_class": [train_per_class, 8, 8]}
-    )
+def data_config(classes: int, train_per_class: int, image_size: int, eval_per_class: int = 8) -> DataConfig:
+    per_class = [train_per_class, eval_per_class, eval_per_class]
+    options = {"num_classes": classes, "image_size": image_size, "images_per_class": per_class}
+    return DataConfig(dataset="synthflowers", options=options)
 
 
 def sft_config(model: str, data: DataConfig, args: argparse.Namespace, **changes: Any):
@@ -41,7 +41,7 @@ def sft_config(model: str, data: DataConfig, args: argparse.Namespace, **changes
             "max_steps": args.steps,
             "lr": args.lr,
             "eval_every": max(1, args.steps // 5),
-            "eval_limit": 48,
+            "eval_limit": 96,
             "save_every": args.steps,
             "log_every": 50,
             "num_threads": 1,
@@ -80,7 +80,8 @@ def family_row(family: str, args: argparse.Namespace, out: Path) -> dict[str, An
     """Every measurement for one family; each run directory lands under ``out/family``."""
     from fgvlm.sft.run import run_sft
 
-    model, data, root = f"tiny-{family}", data_config(args.classes, args.train_per_class, args.image_size), out / family
+    model, root = f"tiny-{family}", out / family
+    data = data_config(args.classes, args.train_per_class, args.image_size, args.eval_per_class)
     began = time.perf_counter()
     row: dict[str, Any] = {"family": family, "model": model, "steps": args.steps, "lr": args.lr}
     row["zero_shot"] = zero_shot(model, data, root / "zero-shot")
@@ -117,9 +118,9 @@ def markdown(rows: list[dict[str, Any]], args: argparse.Namespace) -> str:
         return f"{100 * value:.1f} %" if isinstance(value, float) and value <= 1 else str(value)
 
     lines = [
-        f"SynthFlowers, {args.classes} classes, {args.image_size} px ({args.train_per_class} train images per class), "
-        f"test accuracy (chance {100 / args.classes:.1f} %); SFT {args.steps} steps (classify {args.classify_steps}), "
-        f"lr {args.lr}, freeze none, CPU 1 thread.",
+        f"SynthFlowers, {args.classes} classes, {args.image_size} px ({args.train_per_class} train and "
+        f"{args.eval_per_class} test images per class), test accuracy (chance {100 / args.classes:.1f} %); "
+        f"SFT {args.steps} steps (classify {args.classify_steps}), lr {args.lr}, freeze none, CPU 1 thread.",
         "",
         "| " + " | ".join(title for _, title in COLUMNS) + " |",
         "|" + " --- |" * len(COLUMNS),
@@ -138,6 +139,7 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=3e-3)
     parser.add_argument("--classes", type=int, default=6)
     parser.add_argument("--train-per-class", type=int, default=96)
+    parser.add_argument("--eval-per-class", type=int, default=8, help="validation and test images per class")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--skip-mixcut", action="store_true")
     parser.add_argument("--skip-classify", action="store_true")

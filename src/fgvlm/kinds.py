@@ -52,6 +52,11 @@ KINDS: dict[str, Kind] = {
 }
 
 
+TOOL_CONFIG_FOLDERS: tuple[str, ...] = ("accelerate",)
+"""Folders under ``configs/`` holding other tools' configs, not fgvlm kinds (``accelerate launch --config_file``;
+their own test is ``tests/test_accelerate_configs.py``)."""
+
+
 def get_kind(name: str) -> Kind:
     """The kind called ``name``; an unknown name lists the close ones."""
     if name not in KINDS:
