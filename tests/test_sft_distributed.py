@@ -141,6 +141,7 @@ def launch(command: list[str], out: Path) -> dict:
 def sft_args(out: Path) -> list[str]:
     """``fgvlm sft`` on tiny Qwen3-VL: 4 steps at a constant lr, logging every step, validation only at the end."""
     sets = ["train.eval_every=100", "train.log_every=1", "train.warmup_ratio=0", "train.scheduler=constant"]
+    sets += ["train.eval_limit=2", "eval_limit=2"]  # validation and final evaluation: run, written once, kept short
     args = ["-m", "fgvlm", "sft", "--model", "tiny-qwen3-vl", "--dataset", "synthflowers", "--limit", str(SAMPLES)]
     args += ["--max-steps", str(STEPS), "--lr", "2e-3", "--set", "report_to=none", "--out", str(out)]
     return args + [item for pair in (("--set", x) for x in sets) for item in pair]

@@ -8,6 +8,8 @@ dropped: the cache switches packed-sequence detection off and the samples attend
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 
@@ -137,3 +139,52 @@ def test_mm_token_types_derived_when_missing(tiny_model_dir, synth_images) -> No
     without = pack_samples([{k: v for k, v in s.items() if k != "mm_token_type_ids"} for s in samples], model)
     assert torch.equal(with_types["position_ids"], without["position_ids"])
     assert "mm_token_type_ids" not in without
+
+
+def test_fgvlm_sft_with_packing_trains_the_padded_curve(use_tiny_cache, tmp_path, monkeypatch) -> None:
+    """``packing: true`` end to end (Trainer, collator, answer-only loss): the same per-step losses as padding,
+    with 4 samples of different lengths per step."""
+    import fgvlm.sft.packing
+    from fgvlm.config import from_dict
+    from fgvlm.sft.config import SFTConfig
+    from fgvlm.sft.run import run_sft
+
+    def train_losses(packing: bool) -> list[float]:
+        cfg = from_dict(
+            SFTConfig,
+            {
+                "model": {"name": "tiny-qwen3-vl"},
+                "data": {"dataset": "synthflowers", "options": {"num_classes": 4, "images_per_class": [4, 1, 1]}},
+                "task": "closed-qa",  # answers and prompts of several lengths
+                "packing": packing,
+                "train": {
+                    "max_steps": 3,
+                    "lr": 2e-3,
+                    "per_device_batch_size": 4,
+                    "log_every": 1,
+                    "warmup_ratio": 0.0,
+                    "eval_every": 100,
+                    "eval_limit": 1,
+                },  # fmt: skip
+                "eval_limit": 1,
+                "report_to": "none",
+            },
+        )
+        out = tmp_path / f"packing-{packing}"
+        run_sft(cfg, out)
+        return [json.loads(line)["train_loss"] for line in (out / "train_log.jsonl").read_text().splitlines()]
+
+    packed_rows = []
+
+    def counting_pack(samples: list, model) -> dict:
+        packed_rows.append(len(samples))
+        return pack_samples(samples, model)
+
+    monkeypatch.setattr(fgvlm.sft.packing, "pack_samples", counting_pack)
+    padded = train_losses(False)
+    assert packed_rows == []
+    packed = train_losses(True)
+    assert packed_rows[:3] == [4, 4, 4]  # every training batch went through pack_samples
+    assert len(packed) == 3
+    assert packed == pytest.approx(padded, rel=1e-4)
+    assert packed[-1] < packed[0]

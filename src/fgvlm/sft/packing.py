@@ -36,8 +36,6 @@ if TYPE_CHECKING:
 PACKING_FAMILIES = ("qwen3-vl", "qwen2.5-vl")
 PACKING_MODEL_TYPES = ("qwen3_vl", "qwen2_5_vl")
 IGNORE_INDEX = -100
-TOKEN_KEYS = ("input_ids", "labels", "mm_token_type_ids")
-"""Per-token tensors: ``[L]`` or ``[1, L]`` per sample, concatenated into ``[1, T]``."""
 LOSS_KEYS = ("token_weights", "loss_weights")
 """Batch entries for the loss, not for the model's forward."""
 VISUAL_KEYS = ("pixel_values", "image_grid_thw", "pixel_values_videos", "video_grid_thw", "second_per_grid_ts")
