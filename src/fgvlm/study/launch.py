@@ -8,6 +8,7 @@ on Linux), so no orphan keeps writing the run.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import os
 import signal
@@ -74,10 +75,8 @@ def run_process(
 
         def forward(signum: int, frame: object) -> None:
             received.append(signum)
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.killpg(child.pid, signum)
-            except ProcessLookupError:
-                pass
 
         previous = {signum: signal.signal(signum, forward) for signum in FORWARDED}
         try:
