@@ -78,7 +78,7 @@ def submit_jobs(
         argv.append(str(script))
         if dry_run:
             echo(f"{step.line()}\n    would submit: {shlex.join(argv)}")
-            jobs[step.run.id] = f"<{step.run.id}>"
+            jobs[step.run.id] = f"@{step.run.id}"  # stands for the job id of that run
             continue
         jobs[step.run.id] = _sbatch(argv)
         echo(f"{step.line()}\n    job {jobs[step.run.id]}: {shlex.join(argv)}")
