@@ -3,7 +3,8 @@ and write BENCHMARKS-latest.json (BENCHMARKS.md is written by hand from it, with
 
 A benchmark module is ``benchmarks/bench_*.py`` with ``run() -> list[dict]``; each dict has
 ``name``, ``value``, ``op`` (">=" or "<="), ``target`` and optionally ``detail`` (free text). A row without a
-target is a plain measurement, printed as ``INFO <name> <value>``.
+target is a plain measurement, printed as ``INFO <name> <value>``. The exit status is 1 when any target is missed,
+so ``make bench`` fails then.
 """
 
 from __future__ import annotations
@@ -57,7 +58,10 @@ def main(argv: list[str]) -> int:
             print(f"INFO {row['name']} {row['value']:.3g}")
         else:
             print(f"BENCH {row['name']} {row['value']:.3g} target {row['op']} {row['target']:g} {row['verdict']}")
-    return 0
+    missed = [row["name"] for row in results if row["verdict"] == "MISS"]
+    targets = sum(row["verdict"] is not None for row in results)
+    print(f"{targets - len(missed)}/{targets} targets PASS" + (f"; MISS: {', '.join(missed)}" if missed else ""))
+    return 1 if missed else 0
 
 
 if __name__ == "__main__":

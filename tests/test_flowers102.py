@@ -1,4 +1,5 @@
-"""Flowers102 on the real data: protocols and sizes (mini images + full official metadata), names, bad images."""
+"""Flowers102 on the real data: protocols and sizes (mini images + full official metadata), slicing, names, bad images;
+and that missing shared data fails under CI."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import shutil
 import pytest
 import scipy.io
 
-from fgvlm.data import BadImageError, DatasetError, create_dataset
+from fgvlm.data import BadImageError, DatasetError, Split, create_dataset
 
 
 @pytest.mark.parametrize(
@@ -34,6 +35,28 @@ def test_records_labels_and_images_are_the_official_ones(flowers_mini):
     assert sample.image.mode == "RGB" and min(sample.image.size) == 192
     assert ds.class_names == json.loads((flowers_mini / "class_names.json").read_text())
     assert ds.num_classes == 102 and ds.per_class_counts("train") == {"min": 4, "median": 4.0, "max": 4}
+
+
+def test_a_split_slices_like_a_sequence(flowers_mini):
+    test = create_dataset(dataset="flowers102", root=flowers_mini).split("test")
+    first_two = test[:2]
+    assert isinstance(first_two, Split) and len(first_two) == 2 and first_two.ids == test.ids[:2]
+    assert [s.id for s in first_two] == test.ids[:2] and [s.label for s in first_two] == test.labels[:2]
+    assert first_two[1].image.tobytes() == test[1].image.tobytes()
+    assert test[100:110:3].records == test.records[100:110:3] and test[-1:][0].id == test.ids[-1]
+
+
+def test_missing_shared_data_fails_under_ci_and_skips_with_a_reason_otherwise(monkeypatch, tmp_path):
+    from conftest import require_shared
+
+    monkeypatch.setenv("CI", "true")
+    with pytest.raises(pytest.fail.Exception, match=r"mini set not found at .*; CI is set"):
+        require_shared(tmp_path / "setid.mat", "real Flowers102 mini set")
+    monkeypatch.delenv("CI")
+    with pytest.raises(pytest.skip.Exception, match=r"mini set not found at .*shared/data beside the repo"):
+        require_shared(tmp_path / "setid.mat", "real Flowers102 mini set")
+    (tmp_path / "setid.mat").write_bytes(b"")
+    require_shared(tmp_path / "setid.mat", "real Flowers102 mini set")
 
 
 def test_display_names_and_aliases():

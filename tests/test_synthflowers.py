@@ -1,18 +1,17 @@
-"""SynthFlowers: stable classes and names, byte-identical drawing per seed, speed, options, and that it is learnable."""
+"""SynthFlowers: stable classes and names, byte-identical drawing per seed, slicing, options, learnability."""
 
 from __future__ import annotations
 
 import hashlib
 import json
 import re
-import time
 
 import numpy as np
 import pytest
 from typer.testing import CliRunner
 
 from fgvlm.config import DataConfig
-from fgvlm.data import DatasetError, create_dataset
+from fgvlm.data import DatasetError, Split, create_dataset
 from fgvlm.data.synthflowers import SynthFlowers, class_table
 from fgvlm.registry import resource_json
 
@@ -66,16 +65,6 @@ def test_same_seed_same_bytes_other_seed_other_images():
     train, test = first.split("train"), first.split("test")
     assert len({digest(train[i].image) for i in range(24)}) == 24  # nuisances vary within a class
     assert digest(train[0].image) != digest(test[0].image)  # the split enters the seed
-
-
-def test_drawing_is_fast():
-    train = SynthFlowers(seed=1).split("train")
-    train[0]
-    start = time.perf_counter()
-    for index in range(100):
-        train[index]
-    per_image_ms = (time.perf_counter() - start) * 10
-    assert per_image_ms < 5, f"{per_image_ms:.2f} ms per 64-px image"
 
 
 def test_options_and_their_errors():
@@ -150,3 +139,15 @@ def test_a_tiny_cnn_learns_it(one_torch_thread):
         accuracy = (model(x_test).argmax(1) == y_test).float().mean().item()
     print(f"synthflowers tiny-CNN test accuracy {accuracy:.3f} (chance {1 / ds.num_classes:.3f})")
     assert accuracy > 6 / ds.num_classes  # six times chance
+
+
+def test_a_split_slices_like_a_sequence():
+    test = create_dataset(dataset="synthflowers").split("test")
+    first_two = test[:2]
+    assert isinstance(first_two, Split) and first_two.dataset is test.dataset and first_two.name == "test"
+    assert len(first_two) == 2 and first_two.ids == test.ids[:2] and first_two.labels == test.labels[:2]
+    assert [digest(s.image) for s in first_two] == [digest(test[0].image), digest(test[1].image)]
+    assert test[-3:].ids == test.ids[-3:] and test[::24].labels == test.labels[::24] and len(test[5:5]) == 0
+    assert first_two[1].id == test[1].id and first_two[:1].ids == test.ids[:1]
+    with pytest.raises(IndexError):
+        first_two[2]

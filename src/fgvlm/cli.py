@@ -31,6 +31,7 @@ COMMANDS = [
     ("fgvlm.commands.head", "head"),
     ("fgvlm.commands.predict", "predict"),
     ("fgvlm.commands.cnn", "cnn"),
+    ("fgvlm.commands.prompts", "prompts"),
     ("fgvlm.commands.study", "study"),
 ]
 

@@ -12,7 +12,7 @@ import statistics
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, overload
 
 from PIL import Image
 
@@ -56,7 +56,11 @@ def load_rgb(path: Path, dataset: str) -> Image.Image:
 
 
 class Split(Sequence[Sample]):
-    """The samples of one split, in a fixed order; ``records`` gives ids and labels without decoding."""
+    """The samples of one split, in a fixed order; ``records`` gives ids and labels without decoding.
+
+    A full ``Sequence``: ``split[i]`` decodes one sample, ``split[a:b:c]`` is a ``Split`` of the same dataset and
+    name holding the sliced records (nothing decoded), so ``ids``, ``labels`` and cache keys follow the slice.
+    """
 
     def __init__(self, dataset: Dataset, name: str, records: list[Record]):
         self.dataset = dataset
@@ -66,9 +70,20 @@ class Split(Sequence[Sample]):
     def __len__(self) -> int:
         return len(self.records)
 
-    def __getitem__(self, index: int) -> Sample:  # type: ignore[override]
+    @overload
+    def __getitem__(self, index: int) -> Sample: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> Split: ...
+
+    def __getitem__(self, index: int | slice) -> Sample | Split:
+        if isinstance(index, slice):
+            return Split(self.dataset, self.name, self.records[index])
         record = self.records[index]
         return Sample(record.id, record.label, self.dataset.load_image(record))
+
+    def __repr__(self) -> str:
+        return f"Split({self.dataset.name!r}, {self.name!r}, {len(self)} samples)"
 
     def __iter__(self) -> Iterator[Sample]:
         for index in range(len(self)):
@@ -192,3 +207,14 @@ class Dataset:
             "skipped_images": len(self.skipped),
             "skipped": self.skipped,
         }
+
+
+NOT_IDENTITY = ("splits", "skipped", "skipped_images")
+"""``Dataset.describe()`` entries that are counts or lists derived from the records, not what the pixels come from."""
+
+
+def dataset_identity(dataset: Dataset) -> dict[str, Any]:
+    """Where a dataset's images and labels come from, for cache keys: its ``describe()`` (name, protocol, root or
+    source, and each dataset's own options) without the derived split sizes and skip lists. Two image folders with
+    the same file names under different roots, or two hub datasets of the same size, get different identities."""
+    return {k: v for k, v in dataset.describe().items() if k not in NOT_IDENTITY}

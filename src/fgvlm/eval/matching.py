@@ -1,8 +1,9 @@
 """Answer matching: a model's free-text answer -> a class id, or None when it names no class or several.
 
-Both the answer and every class name are normalised the same way (Unicode NFKC, accents and case folded,
-apostrophes dropped so "colt's" = "colts", hyphens and other punctuation -> space, simple plurals -> singular,
-an immediately repeated word collapsed so "lotus lotus" = "lotus"), then names are found as whole-word runs:
+Both the answer and every class name are normalised the same way (``fgvlm.text.normalize_words``: Unicode NFKC,
+accents and case folded, apostrophes dropped so "colt's" = "colts", hyphens and other punctuation -> space, simple
+plurals -> singular, an immediately repeated word collapsed so "lotus lotus" = "lotus"), then names are found as
+whole-word runs:
 
 - the longest name wins, and a name inside a longer matched name does not count ("rose" in "lenten rose");
 - two different classes left standing -> None (ambiguous), so "a rose or a tulip" never scores;
@@ -26,11 +27,8 @@ import re
 import unicodedata
 from collections.abc import Mapping, Sequence
 
-_APOSTROPHES = re.compile(r"['\u2019\u02bc`\u00b4]")
-_NON_WORD = re.compile(r"[\W_]+")
-# Endings whose final "s" is not a plural (iris, lotus, crocus, grass, cosmos) and plural endings that add "es".
-_NOT_PLURAL = ("ss", "us", "is", "os")
-_ES_PLURAL = ("sses", "shes", "ches", "xes", "zes", "uses", "ises")
+from fgvlm.text import normalize, normalize_words
+
 IGNORED_HEAD_WORDS = ("flower", "plant", "bloom", "blossom")
 """Head words too general to signal a second class ("balloon flower" and "cape flower" share "flower")."""
 FUZZY_CUTOFF = 90.0
@@ -52,37 +50,6 @@ _NEGATED_OPENINGS = tuple(
 # Words that may follow a leading "not" for it to read as a denial ("Not a rose", "Not."), unlike "not sure".
 _AFTER_NOT = {"a", "an", "the", "it", "this", "that", "one"}
 _ANSWER_OPENING = re.compile(r"^(?:the\s+)?(?:final\s+)?answer(?:\s+is)?\b", re.IGNORECASE)
-
-
-def singular(word: str) -> str:
-    """A crude but consistent singular: lilies -> lily, irises -> iris, roses -> rose; iris, lotus stay."""
-    if len(word) <= 3:
-        return word
-    if word.endswith("ies") and len(word) > 4:
-        return word[:-3] + "y"
-    if word.endswith(_ES_PLURAL):
-        return word[:-2]
-    if word.endswith(_NOT_PLURAL) or not word.endswith("s"):
-        return word
-    return word[:-1]
-
-
-def normalize_words(text: str) -> tuple[str, ...]:
-    """The normalised word sequence that both answers and names are compared as (see the module docstring)."""
-    text = unicodedata.normalize("NFKC", text).casefold()
-    text = "".join(ch for ch in unicodedata.normalize("NFKD", text) if not unicodedata.combining(ch))
-    words: list[str] = []
-    for raw in _NON_WORD.split(_APOSTROPHES.sub("", text)):
-        if raw:
-            word = singular(raw)
-            if not words or words[-1] != word:
-                words.append(word)
-    return tuple(words)
-
-
-def normalize(text: str) -> str:
-    """``normalize_words`` joined by single spaces."""
-    return " ".join(normalize_words(text))
 
 
 def option_key(text: str) -> str | None:

@@ -34,17 +34,6 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get("FGVLM_CACHE") or "~/.cache/fgvlm").expanduser()
 
 
-NOT_IDENTITY = ("splits", "skipped", "skipped_images")
-"""``Dataset.describe()`` entries that are counts or lists derived from the records, not what the pixels come from."""
-
-
-def dataset_identity(dataset: Any) -> dict[str, Any]:
-    """Where a dataset's images and labels come from, for cache keys: its ``describe()`` (name, protocol, root or
-    source, and each dataset's own options) without the derived split sizes and skip lists. Two image folders with
-    the same file names under different roots, or two hub datasets of the same size, get different identities."""
-    return {k: v for k, v in dataset.describe().items() if k not in NOT_IDENTITY}
-
-
 def ids_digest(ids: list[str]) -> str:
     """A digest of the split's ids in order: a different subset or order is a different entry."""
     return hashlib.sha256("\n".join(ids).encode()).hexdigest()[:16]

@@ -11,8 +11,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from fgvlm.data.base import dataset_identity
 from fgvlm.distributed import ProcessGroup
-from fgvlm.heads.cache import CachedFeatures, FeatureCache, dataset_identity, feature_key, ids_digest
+from fgvlm.heads.cache import CachedFeatures, FeatureCache, feature_key, ids_digest
 
 if TYPE_CHECKING:
     import torch

@@ -21,7 +21,7 @@ import numpy as np
 def _name_similarity(names: tuple[str, ...]) -> np.ndarray:
     from rapidfuzz import fuzz, process
 
-    from fgvlm.eval.matching import normalize_words
+    from fgvlm.text import normalize_words
 
     words = [set(normalize_words(name)) for name in names]
     document_frequency: dict[str, int] = {}

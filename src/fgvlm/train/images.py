@@ -20,8 +20,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from fgvlm.data.base import Split
-from fgvlm.heads.cache import dataset_identity
+from fgvlm.data.base import Split, dataset_identity
 
 CACHE_FORMAT = 1  # bump when the stored arrays change meaning
 
