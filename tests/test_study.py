@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import yaml
 
@@ -11,6 +13,7 @@ from fgvlm.study import load_study, plan_study
 from fgvlm.study.record import finish_record, start_record
 from fgvlm.study.runner import StudyRefusedError, check_refusals
 
+REPO = Path(__file__).resolve().parents[1]
 EVAL = {"data": {"dataset": "synthflowers"}, "model": {"name": "tiny-qwen3-vl"}, "mode": "rank", "limit": 4}
 
 
@@ -150,3 +153,48 @@ def test_cli_dry_run_prints_the_plan_and_refusal(tmp_path, capsys):
         main(["study", "run", str(path), "--out", str(out)])
     assert code.value.code == 2
     assert "refusing to change existing runs (a: config changed: limit: 9 -> 4)" in capsys.readouterr().err
+
+
+STUDIES = REPO / "configs" / "studies"
+TINY_TWINS = [
+    "--swap=qwen3-vl-4b=tiny-qwen3-vl",
+    "--swap=qwen3-vl-8b=tiny-qwen3-vl",
+    "--swap=idefics2-8b=tiny-idefics2",
+    "--swap=instructblip-flan-t5-xl=tiny-instructblip-t5",
+    "--swap=resnet50=test_resnet",
+]
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in STUDIES.glob("*.yaml")))
+def test_shipped_studies_resolve(tmp_path, name):
+    study = load_study(STUDIES / name, tmp_path / "out")
+    assert study.spec.reference in study.runs
+    assert all(step.action in ("run", "unavailable") for step in plan_study(study))
+
+
+def test_reference_study_on_tiny_twins_dry_runs(tmp_path, flowers_mini, capsys):
+    path = STUDIES / "flowers102-reference.yaml"
+    study = load_study(path, tmp_path / "out")
+    published = {run.id: run.spec.published for run in study.runs.values() if run.spec.published is not None}
+    assert published == {
+        "zs-qwen3-vl-4b": 20.78,
+        "zs-qwen3-vl-8b": 16.08,
+        "zs-instructblip-flan-t5-xl": 21.18,
+        "zs-idefics2-8b": 22.65,
+        "resnet50": 93.24,
+        "resnet50-mixup-cutmix": 90.59,
+        "head-qwen3-vl-4b": 64.60,
+    }
+    assert {run.config.data.protocol for run in study.runs.values()} == {"swapped"}
+    overrides = [f"*.data.root={flowers_mini}", "*.limit=4"]
+    tiny = load_study(path, tmp_path / "out", overrides=overrides, swaps=[s.split("=", 1)[1] for s in TINY_TWINS])
+    names = {getattr(run.config, "model", None) and run.config.model.name for run in tiny.runs.values()}
+    assert names - {None} == {"tiny-qwen3-vl", "tiny-idefics2", "tiny-instructblip-t5"}
+    assert {run.config.arch for run in tiny.runs.values() if run.spec.kind == "cnn-train"} == {"test_resnet"}
+    assert {run.config.data.root for run in tiny.runs.values()} == {str(flowers_mini)}
+    args = ["study", "run", str(path), "--out", str(tmp_path / "out"), "--dry-run", *TINY_TWINS]
+    with pytest.raises(SystemExit) as code:
+        main([*args, *(f"--set={text}" for text in overrides)])
+    assert code.value.code == 0
+    lines = capsys.readouterr().out.splitlines()[1:]
+    assert [line.split()[:2] for line in lines] == [["run", run_id] for run_id in tiny.runs]
