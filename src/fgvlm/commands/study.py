@@ -40,6 +40,7 @@ def run(
 
       fgvlm study run configs/studies/flowers102-reference.yaml --out runs/tiny --swap qwen3-vl-4b=tiny-qwen3-vl
     """
+    from fgvlm.study.launch import Interrupted
     from fgvlm.study.plan import plan_study
     from fgvlm.study.resolve import load_study
     from fgvlm.study.runner import check_refusals, execute, study_lines
@@ -52,7 +53,11 @@ def run(
     if dry_run:
         check_refusals(steps)
         return 0
-    outcome = execute(loaded, steps, keep_going=keep_going, wait=wait, echo=lambda line: typer.echo(line))
+    try:
+        outcome = execute(loaded, steps, keep_going=keep_going, wait=wait, echo=lambda line: typer.echo(line))
+    except Interrupted as stop:
+        typer.echo(f"stopped by {stop}: the interrupted run is partial; the same command resumes it", err=True)
+        return 128 + stop.signum
     for line in study_lines(outcome):
         typer.echo(line)
     if only is None:

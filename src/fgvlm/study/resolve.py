@@ -63,64 +63,61 @@ def load_study(
 ) -> Study:
     """Parse, check and resolve a whole study; raises ConfigError naming the file, run and key on any mistake."""
     path = Path(path).resolve()
-    out = Path(out).resolve()
     spec = parse_study(path)
     by_id = {run.id: run for run in spec.runs}
-    targeted = _parse_overrides(overrides or [], by_id, path)
-    replacements = _parse_swaps(swaps or [])
-    known_default_keys: set[str] = set(KINDS)
-    runs: dict[str, ResolvedRun] = {}
+    resolver = _Resolver(spec, path, Path(out).resolve(), _parse_overrides(overrides or [], by_id, path))
+    resolver.replacements = _parse_swaps(swaps or [])
     for run_id in topological_order(spec, path):
-        run = by_id[run_id]
-        cls = kind_config_class(run.kind)
-        known_default_keys.update(field.name for field in dataclasses.fields(cls))
-        context = {"study.dir": str(path.parent), "study.out": str(out)}
-        context.update({f"runs.{need}.out": str(out / need) for need in run.needs})
-        runs[run_id] = _resolve_run(run, cls, spec, path, out, context, targeted, replacements, runs)
-    unknown = sorted(set(spec.defaults) - known_default_keys)
+        resolver.resolve(by_id[run_id])
+    unknown = sorted(set(spec.defaults) - resolver.known_default_keys)
     if unknown:
         raise ConfigError(f"{path}: defaults key(s) {', '.join(map(repr, unknown))} match no run's config or kind")
-    return Study(spec=spec, path=path, out=out, runs=runs)
+    return Study(spec=spec, path=path, out=resolver.out, runs=resolver.runs)
 
 
-def _resolve_run(
-    run: RunSpec,
-    cls: type,
-    spec: StudySpec,
-    path: Path,
-    out: Path,
-    context: dict[str, str],
-    targeted: dict[str, list[tuple[list[str], Any]]],
-    replacements: dict[str, str],
-    done: dict[str, ResolvedRun],
-) -> ResolvedRun:
-    where = f"{path}: run {run.id!r}"
-    fields = {field.name for field in dataclasses.fields(cls)}
-    data = _defaults_for(spec.defaults, run.kind, fields)
-    if run.config is not None:
-        config_file = path.parent / run.config
-        where += f" (config {config_file})"
-        _deep_merge(data, load_yaml(config_file))
-    for key, value in _run_sets(run, where):
-        _set_path(data, key, value, where)
-    for key, value in targeted.get(run.id, []) + [kv for kv in targeted.get("*", []) if kv[0][0] in fields]:
-        _set_path(data, key, value, where)
-    data = _substitute(data, context, run, where)
-    data = _swap(data, replacements)
-    config = from_dict(cls, data, where=where)
-    config_data = yaml.safe_load(yaml.safe_dump(to_dict(config), sort_keys=False))
-    upstream = {need: done[need].identity for need in run.needs}
-    requires = [Path(_substitute(p, context, run, where)) for p in run.requires]
-    missing = [str(p) for p in (path.parent / p for p in requires) if not p.exists()]
-    return ResolvedRun(
-        spec=run,
-        out=out / run.id,
-        config=config,
-        config_data=config_data,
-        identity=run_identity(run.kind, config_data, upstream),
-        upstream=upstream,
-        missing=missing,
-    )
+@dataclasses.dataclass
+class _Resolver:
+    """Resolves runs in dependency order, so each run sees the identities of the runs it needs."""
+
+    spec: StudySpec
+    path: Path
+    out: Path
+    targeted: dict[str, list[tuple[list[str], Any]]]
+    replacements: dict[str, str] = dataclasses.field(default_factory=dict)
+    runs: dict[str, ResolvedRun] = dataclasses.field(default_factory=dict)
+    known_default_keys: set[str] = dataclasses.field(default_factory=lambda: set(KINDS))
+
+    def resolve(self, run: RunSpec) -> None:
+        cls = kind_config_class(run.kind)
+        fields = {field.name for field in dataclasses.fields(cls)}
+        self.known_default_keys |= fields
+        where = f"{self.path}: run {run.id!r}"
+        data = _defaults_for(self.spec.defaults, run.kind, fields)
+        if run.config is not None:
+            config_file = self.path.parent / run.config
+            where += f" (config {config_file})"
+            _deep_merge(data, load_yaml(config_file))
+        for key, value in _run_sets(run, where):
+            _set_path(data, key, value, where)
+        everywhere = [(key, value) for key, value in self.targeted.get("*", []) if key[0] in fields]
+        for key, value in self.targeted.get(run.id, []) + everywhere:
+            _set_path(data, key, value, where)
+        context = {"study.dir": str(self.path.parent), "study.out": str(self.out)}
+        context.update({f"runs.{need}.out": str(self.out / need) for need in run.needs})
+        data = _swap(_substitute(data, context, run, where), self.replacements)
+        config = from_dict(cls, data, where=where)
+        config_data = yaml.safe_load(yaml.safe_dump(to_dict(config), sort_keys=False))
+        upstream = {need: self.runs[need].identity for need in run.needs}
+        requires = [self.path.parent / _substitute(p, context, run, where) for p in run.requires]
+        self.runs[run.id] = ResolvedRun(
+            spec=run,
+            out=self.out / run.id,
+            config=config,
+            config_data=config_data,
+            identity=run_identity(run.kind, config_data, upstream),
+            upstream=upstream,
+            missing=[str(p) for p in requires if not p.exists()],
+        )
 
 
 def run_identity(kind: str, config_data: dict[str, Any], upstream: dict[str, str]) -> str:
