@@ -41,3 +41,13 @@ def use_tiny_cache(monkeypatch: pytest.MonkeyPatch, tiny_cache: Path) -> Path:
     """Point ``$FGVLM_CACHE`` at the session cache for one test, so registry names reuse the session's builds."""
     monkeypatch.setenv("FGVLM_CACHE", str(tiny_cache))
     return tiny_cache
+
+
+def synth_flower_images(count: int = 3, size: int = 160) -> list:
+    """``count`` SynthFlowers images of different classes (drawn, no files): the numerical backend tests' inputs."""
+    import numpy as np
+
+    from fgvlm.data.synthflowers import class_table, draw_flower
+
+    classes = class_table()
+    return [draw_flower(classes[7 * i], np.random.default_rng(i), size) for i in range(count)]

@@ -1,4 +1,4 @@
-"""The VLM backends on real tiny models of every family and real Flowers102 images.
+"""The VLM backends on real tiny models of every family and drawn SynthFlowers images.
 
 What is pinned: prefix-cached ranking equals brute-force ranking (one full forward per candidate), candidates are
 scored as the template renders the assistant turn, batched generation equals one-at-a-time generation, pooled
@@ -7,14 +7,13 @@ embeddings match a hand computation from ``output_hidden_states`` and do not dep
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
+from models_fixtures import synth_flower_images
 
 torch = pytest.importorskip("torch")
 
 from fgvlm.models.base import POOLINGS, ModelConfig, RankScores  # noqa: E402
-from fgvlm.models.families import FAMILIES, backend_class  # noqa: E402
+from fgvlm.models.families import backend_class, family_names  # noqa: E402
 from fgvlm.registry import UnknownNameError  # noqa: E402
 
 QUESTION = "What is the name of the flower in this image?"
@@ -41,14 +40,13 @@ def one_thread():
 
 
 @pytest.fixture(scope="session")
-def images(flowers_mini: Path) -> list:
-    from PIL import Image
+def images() -> list:
+    """Drawn SynthFlowers images: the numerical checks need any images, not ../shared (one resized non-square)."""
+    drawn = synth_flower_images()
+    return [drawn[0], drawn[1].resize((200, 150)), drawn[2]]
 
-    files = sorted((flowers_mini / "jpg").glob("*.jpg"))[:3]
-    return [Image.open(path).convert("RGB") for path in files]
 
-
-@pytest.fixture(scope="module", params=list(FAMILIES))
+@pytest.fixture(scope="module", params=family_names())
 def backend(request, tmp_path_factory):
     from fgvlm.models.loading import load_backend
     from fgvlm.models.tiny import build_tiny_model
@@ -59,7 +57,7 @@ def backend(request, tmp_path_factory):
 
 
 def test_backend_class_table_names_every_family_and_rejects_unknown():
-    for family in FAMILIES:
+    for family in family_names():
         assert backend_class(family).family == family
     with pytest.raises(UnknownNameError, match="qwen3-vl"):
         backend_class("qwen3vl")
@@ -142,14 +140,18 @@ def test_rank_scores_by_hand(qwen, images):
     assert scores.mean.item() == pytest.approx(with_image / len(answer_ids), abs=1e-5)
     assert scores.prior_subtracted.item() == pytest.approx(with_image - text_only, abs=1e-4)
     # The prior is computed once per (prompt, candidates) and kept.
-    assert (QUESTION, ("pink primrose",)) in qwen._prior_cache
+    assert (QUESTION, ("pink primrose",), qwen._weights_version()) in qwen._prior_cache
 
 
 def test_embed_pooling_by_hand(qwen, images):
     """Left-padded batch of two differently sized images: pool the hidden states by hand."""
     texts = [qwen.render_prompt(QUESTION)] * 2
     inputs = qwen.processor(
-        images=[images[0], images[2].resize((64, 200))], text=texts, return_tensors="pt", padding=True
+        images=[images[0], images[2].resize((64, 200))],
+        text=texts,
+        return_tensors="pt",
+        padding=True,
+        padding_side="left",
     )
     mask = inputs["attention_mask"]
     assert mask[:, 0].tolist().count(0) == 1, "the batch must contain left padding for this test to mean anything"
@@ -181,7 +183,7 @@ def test_bad_pooling_and_layer_are_named(qwen, images):
 def test_qwen3_vision_speed_ups_compute_the_same_features(qwen, images):
     """The matmul patch embedding and the one-call batched vision attention equal transformers' own forwards; the
     batched attention runs only when every image has the same number of patches (else the original per-image one)."""
-    from fgvlm.models.families.qwen_vl import speed_up_qwen3_vision
+    from fgvlm.models.families.qwen3_vl import speed_up_qwen3_vision
 
     changed = [m for m in qwen.model.modules() if "_fgvlm_original_forward" in m.__dict__]
     assert len(changed) == 1 + qwen.model.config.vision_config.depth  # patch embedding + every block's attention

@@ -134,7 +134,7 @@ def test_predict_with_model_and_head_keeps_the_heads_model_settings(dummy_head, 
     """--model replaces only the name: the head's recorded max_pixels reaches the backend."""
     from PIL import Image
 
-    import fgvlm.eval.zeroshot as zeroshot
+    import fgvlm.models.loading as zeroshot
 
     loaded = []
     real = zeroshot.create_backend

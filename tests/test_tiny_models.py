@@ -4,15 +4,14 @@ from __future__ import annotations
 
 import json
 import os
-from pathlib import Path
 
 import pytest
+from models_fixtures import synth_flower_images
 
 from fgvlm.models.base import ModelConfig
+from fgvlm.models.families import all_families, family_names
 from fgvlm.models.loading import load_backend, load_model
 from fgvlm.models.tiny import (
-    FAMILIES,
-    POST_INIT,
     TinyModelError,
     build_tiny_model,
     cached_model_dir,
@@ -60,14 +59,11 @@ def messages(answer: str | None = None) -> list[dict]:
 
 
 @pytest.fixture(scope="module")
-def flower_image(flowers_mini: Path):
-    from PIL import Image
-
-    with Image.open(flowers_mini / "jpg" / "image_00002.jpg") as image:
-        return image.convert("RGB")
+def flower_image():
+    return synth_flower_images()[0].resize((500, 375))
 
 
-@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("family", family_names())
 def test_loads_by_registry_name_and_by_path(family, tiny_model_dir, use_tiny_cache):
     path = tiny_model_dir(family)
     by_name = load_model(ModelConfig(name=f"tiny-{family}"))
@@ -84,7 +80,7 @@ def test_loads_by_registry_name_and_by_path(family, tiny_model_dir, use_tiny_cac
     assert json.loads((path / "fgvlm_tiny.json").read_text())["family"] == family
 
 
-@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("family", family_names())
 def test_forward_on_a_real_image_through_the_chat_template(family, tiny_model_dir, flower_image):
     import torch
 
@@ -109,17 +105,14 @@ def test_forward_on_a_real_image_through_the_chat_template(family, tiny_model_di
     assert logits.shape == (1, length, len(processor.tokenizer)) and torch.isfinite(logits).all()
 
 
-@pytest.mark.parametrize("family", FAMILIES)
-def test_the_image_changes_what_the_language_model_sees(family, tiny_model_dir, flower_image, flowers_mini):
+@pytest.mark.parametrize("family", family_names())
+def test_the_image_changes_what_the_language_model_sees(family, tiny_model_dir, flower_image):
     """Two real flowers must give clearly different scores and features, or image-handling bugs go unseen.
 
     Before builder version 2, tiny InstructBLIP ranked every image the same to ~3e-5 (features to ~3e-7) and tiny
     Idefics2 moved scores by ~5e-4; every family now moves them by > 5e-2 (features by > 1e-1).
     """
-    from PIL import Image
-
-    with Image.open(flowers_mini / "jpg" / "image_00017.jpg") as image:
-        other = image.convert("RGB")
+    other = synth_flower_images()[1]
     backend = load_backend(ModelConfig(name=str(tiny_model_dir(family))))
     names = resource_json("flowers102_classes.json")[:6]
     first, second = (backend.rank([img], QUESTION, names).sum for img in (flower_image, other))
@@ -128,7 +121,7 @@ def test_the_image_changes_what_the_language_model_sees(family, tiny_model_dir, 
     assert ((features[0] - features[1]).norm() / features[0].norm()).item() > 1e-2
 
 
-@pytest.mark.parametrize("family", sorted(POST_INIT))
+@pytest.mark.parametrize("family", sorted(n for n, r in all_families().items() if r.post_init))
 def test_re_initialised_image_path_is_seeded_and_not_degenerate(family, tmp_path):
     import torch
     from safetensors.torch import load_file
@@ -147,7 +140,7 @@ def image_token_id(config) -> int:
     return config.image_token_index if config.model_type == "instructblip" else config.image_token_id
 
 
-@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("family", family_names())
 def test_tokenizer_round_trips_class_names_and_any_text(family, tiny_model_dir):
     from transformers import AutoProcessor
 
@@ -290,13 +283,8 @@ def test_cli_builds_a_model_that_info_reads_back(tmp_path, capsys):
 def test_small_qwen3_vl_has_benchmark_size(tmp_path, monkeypatch, flower_image):
     from transformers import AutoProcessor
 
-    import fgvlm.registry
     from fgvlm.models.loading import resolve_source
 
-    # The preset the lead adds to models.json; patched in here so the test does not depend on it.
-    presets = {**fgvlm.registry.model_presets()}
-    presets["small-qwen3-vl"] = {"tiny": True, "family": "qwen3-vl", "size": "small", "dtype": "float32"}
-    monkeypatch.setattr(fgvlm.registry, "model_presets", lambda: presets)
     monkeypatch.setenv("FGVLM_CACHE", str(tmp_path))
     path = resolve_source("small-qwen3-vl").local_path
     assert path.parent == tmp_path / "models" and path.name.startswith("small-qwen3-vl-")

@@ -12,7 +12,13 @@ app = typer.Typer(help="Build tiny offline models and inspect model names.", no_
 @app.command()
 def tiny(
     family: str = typer.Option(
-        ..., "--family", "-f", help="qwen3-vl, qwen2.5-vl, idefics2, smolvlm, instructblip-t5 or instructblip."
+        None, "--family", "-f", help="qwen3-vl, qwen2.5-vl, idefics2, smolvlm, instructblip-t5 or instructblip."
+    ),
+    like: str = typer.Option(
+        None,
+        "--like",
+        help="A folder of a real checkpoint's hub files (config, tokenizer, processor; no weights): build a shrunken "
+        "random model with its real tokenizer and processor instead of a family's tiny recipe.",
     ),
     out: str = typer.Option(..., "--out", "-o", help="Folder to write the model into (created if missing)."),
     seed: int = typer.Option(0, help="Weight seed: the same seed gives byte-identical weights."),
@@ -21,9 +27,11 @@ def tiny(
 ) -> None:
     """Build a randomly initialised model of a VLM family, loadable like a hub checkpoint.
 
-    The folder holds safetensors weights, a locally trained tokenizer with the family's special tokens and chat
-    template, and the family's real processor; load it with `--model DIR` in any fgvlm command, or with
-    AutoProcessor + AutoModelForImageTextToText.
+    With --family the folder holds safetensors weights, a locally trained tokenizer with the family's special tokens
+    and chat template, and the family's real processor. With --like DIR it holds a shrunken copy of the checkpoint
+    whose hub files are in DIR (fewer, narrower layers; the same vocabulary, special-token ids and vision patch/merge
+    geometry) with DIR's real tokenizer, processor, chat template and generation config. Load either with
+    `--model DIR` in any fgvlm command, or with AutoProcessor + AutoModelForImageTextToText.
 
     Examples:
 
@@ -31,17 +39,26 @@ def tiny(
 
       fgvlm models tiny --family qwen3-vl --size small --seed 1 --out models/small-qwen3-vl
 
+      fgvlm models tiny --like ../shared/data/hub-configs/Qwen__Qwen3-VL-4B-Instruct --out models/like-qwen3-vl-4b
+
       fgvlm eval --model models/tiny-qwen3-vl --dataset synthflowers --out runs/zs-tiny
     """
-    from fgvlm.models.tiny import build_tiny_model, read_marker
+    from fgvlm.config import ConfigError
+    from fgvlm.models.tiny import build_like_model, build_tiny_model, read_marker
     from fgvlm.runs import fingerprint_path
 
-    path = build_tiny_model(family, out, seed=seed, size=size)
+    if (family is None) == (like is None):
+        raise ConfigError("give exactly one of --family (a tiny recipe) or --like DIR (a real checkpoint's hub files)")
+    if like is not None:
+        path = build_like_model(like, out, seed=seed)
+    else:
+        path = build_tiny_model(family, out, seed=seed, size=size)
     summary = {**(read_marker(path) or {}), "path": str(path), "fingerprint": fingerprint_path(path)}
     if as_json:
         typer.echo(json.dumps(summary))
         return
-    typer.echo(f"built {size} {family} model (seed {seed}, {summary['num_parameters']:,} params) in {path}")
+    what = f"like {summary['like']}" if like is not None else f"{size} {family}"
+    typer.echo(f"built {what} model (seed {seed}, {summary['num_parameters']:,} params) in {path}")
     typer.echo(f"fingerprint: {summary['fingerprint']}")
 
 

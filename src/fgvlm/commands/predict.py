@@ -49,7 +49,7 @@ def command(
         from fgvlm.data import create_dataset
 
         class_names = create_dataset(dataset=dataset, root=root).prompt_names
-    from fgvlm.eval.zeroshot import create_backend
+    from fgvlm.models.loading import create_backend
 
     backend = create_backend(model_cfg)
     if head is not None:

@@ -24,12 +24,11 @@ from typing import Any
 from fgvlm.config import ConfigError, DataConfig, config_differences, load_yaml, to_dict
 from fgvlm.distributed import ProcessGroup
 from fgvlm.models.base import ModelConfig
+from fgvlm.models.loading import create_backend
 from fgvlm.runs import RunDir
 
 MODES = ("generate", "rank")
 PREDICTIONS = "predictions.jsonl"
-LOCAL_BACKENDS = {"dummy": "fgvlm.models.dummy:DummyBackend"}
-"""Backends that need no checkpoint, by model name; anything else goes through ``fgvlm.models.loading``."""
 
 
 @dataclasses.dataclass
@@ -78,22 +77,6 @@ class EvalConfig:
             check_options(self.task, self.task_options)
         except ValueError as err:
             raise ConfigError(f"task_options: {err}") from None
-
-
-def create_backend(cfg: ModelConfig, group: ProcessGroup | None = None) -> Any:
-    """The backend for ``cfg``; under data parallelism on GPUs each process takes the GPU of its local rank."""
-    from fgvlm.registry import import_object
-
-    if cfg.name in LOCAL_BACKENDS:
-        return import_object(LOCAL_BACKENDS[cfg.name])(**cfg.extra)
-    from fgvlm.models.loading import load_backend
-
-    if group is not None and group.world_size > 1 and cfg.device is None and cfg.device_map is None:
-        import torch
-
-        if torch.cuda.is_available():
-            cfg = dataclasses.replace(cfg, device=f"cuda:{group.local_rank}")
-    return load_backend(cfg)
 
 
 def _keep_lines(path: Path, count: int) -> None:

@@ -81,7 +81,7 @@ class HeadContext:
 
 def open_context(cfg: HeadTrainConfig, progress: bool = True, backend: VLMBackend | None = None) -> HeadContext:
     """Open the dataset and the backbone (``backend`` reuses one already loaded for ``cfg.model``)."""
-    from fgvlm.eval.zeroshot import create_backend
+    from fgvlm.models.loading import create_backend
 
     group = ProcessGroup.from_env()
     if group.world_size > 1 and cfg.online:

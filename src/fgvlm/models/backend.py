@@ -13,14 +13,17 @@ the brute-force reference (one full forward per candidate) that the tests and th
 
 from __future__ import annotations
 
+import contextlib
 import copy
-import functools
-import inspect
-from collections import OrderedDict
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from fgvlm.models import chat
 from fgvlm.models.base import POOLINGS, RankScores, VLMBackend
+from fgvlm.models.helpers import BoundedCache, forward_takes_logits_to_keep, unwrap_model
+
+__all__ = ["HFBackend", "Prefix", "BoundedCache", "forward_takes_logits_to_keep", "unwrap_model"]
 
 if TYPE_CHECKING:
     import torch
@@ -29,37 +32,6 @@ if TYPE_CHECKING:
 PACKED_ATTENTION = ("sdpa", "eager")
 """Attention implementations that honour the 4-D additive mask packed ranking relies on (flash attention and
 others take a padding mask only, so they fall back to the grouped path)."""
-RENDER_CACHE_SIZE = 256
-"""(prompt, candidates) entries kept by the rendering and prior caches: per-image prompts (shuffled options)
-would otherwise grow them by one entry per image."""
-
-
-class BoundedCache(OrderedDict):
-    """A dict that forgets its least recently stored or read (via ``recall``) entry beyond ``maxsize`` entries."""
-
-    def __init__(self, maxsize: int = RENDER_CACHE_SIZE):
-        super().__init__()
-        self.maxsize = maxsize
-
-    def __setitem__(self, key: Any, value: Any) -> None:
-        super().__setitem__(key, value)
-        self.move_to_end(key)
-        while len(self) > self.maxsize:
-            self.popitem(last=False)
-
-    def recall(self, key: Any) -> Any:
-        """The value for ``key`` (marked as just used), or None."""
-        if key not in self:
-            return None
-        self.move_to_end(key)
-        return super().__getitem__(key)
-
-
-@functools.cache
-def forward_takes_logits_to_keep(module_type: type) -> bool:
-    """Whether ``module_type.forward`` names ``logits_to_keep`` (decoder-only LMs and VLMs do; InstructBLIP's
-    wrapper and T5 do not), checked once per class."""
-    return "logits_to_keep" in inspect.signature(module_type.forward).parameters
 
 
 @dataclass
@@ -90,51 +62,47 @@ class HFBackend(VLMBackend):
     """Grouped path: candidates per forward (each holds its own copy of the prefix KV cache, so this bounds memory)."""
 
     def __init__(self, model: Any, processor: Any, info: dict[str, Any]):
-        self.model = model.eval()
+        # The model and processor may belong to a trainer: the backend changes neither (no eval(), no permanent
+        # padding side); each request switches to eval mode and back (``_inference``) and pads per call.
+        self.model = model
         self.processor = processor
         self.info = dict(info)
+        self.family = self.info.get("family") or type(self).family
         self.tokenizer = getattr(processor, "tokenizer", processor)
-        # Left padding keeps every prompt's last token at position -1: generation and `last` pooling rely on it.
-        self.tokenizer.padding_side = "left"
-        self._prior_cache: BoundedCache = BoundedCache()  # (prompt, candidates) -> [C] text-only scores
+        self._prior_cache: BoundedCache = BoundedCache()  # (prompt, candidates, weights) -> [C] text-only scores
         self._rendered: BoundedCache = BoundedCache()  # (prompt, candidates, with_image) -> text, answers, ids
 
-    # -- prompt rendering ------------------------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def _inference(self) -> Iterator[None]:
+        """Run under ``torch.inference_mode`` in eval mode (no dropout), restoring a training model's mode after."""
+        import torch
+
+        training = self.model.training
+        if training:
+            self.model.eval()
+        try:
+            with torch.inference_mode():
+                yield
+        finally:
+            if training:
+                self.model.train()
+
+    def _weights_version(self) -> int:
+        """Changes whenever a trainable parameter is updated in place (an optimiser step): keys the prior cache."""
+        return sum(p._version for p in self.model.parameters() if p.requires_grad)
+
+    # -- prompt rendering (``fgvlm.models.chat``) ------------------------------------------------------------------
     def build_messages(self, prompt: str, answer: str | None = None, with_image: bool = True) -> list[dict]:
         """The chat conversation for ``prompt`` (one image first, then the question), optionally answered."""
-        content = ([{"type": "image"}] if with_image else []) + [{"type": "text", "text": prompt}]
-        messages = [{"role": "user", "content": content}]
-        if answer is not None:
-            messages.append({"role": "assistant", "content": [{"type": "text", "text": answer}]})
-        return messages
-
-    def _apply_template(self, messages: list[dict], add_generation_prompt: bool) -> str:
-        template_owner = self.processor if getattr(self.processor, "chat_template", None) else self.tokenizer
-        if not getattr(template_owner, "chat_template", None):
-            raise ValueError(
-                f"{self.family}: the processor of {self.info.get('name', 'this model')} has no chat template; "
-                "set one on the processor (processor.chat_template) or its tokenizer"
-            )
-        return template_owner.apply_chat_template(messages, add_generation_prompt=add_generation_prompt, tokenize=False)
+        return chat.build_messages(prompt, answer, with_image=with_image)
 
     def render_prompt(self, prompt: str, with_image: bool = True) -> str:
         """The exact text the model sees for ``prompt`` (chat template, generation prompt added)."""
-        return self._apply_template(self.build_messages(prompt, with_image=with_image), add_generation_prompt=True)
+        return chat.render_prompt(self.processor, prompt, with_image=with_image, family=self.family)
 
     def render_answer(self, prompt: str, answer: str, with_image: bool = True) -> str:
-        """The assistant turn as the template renders it (e.g. ``'rose<|im_end|>'``, ``' rose<end_of_utterance>'``).
-
-        Taken as the suffix of the whole rendered conversation after the rendered prompt, so it is right for any
-        template without knowing its conventions.
-        """
-        prompt_text = self.render_prompt(prompt, with_image)
-        full = self._apply_template(self.build_messages(prompt, answer, with_image), add_generation_prompt=False)
-        if not full.startswith(prompt_text):
-            raise ValueError(
-                f"{self.family}: the rendered conversation does not start with the rendered prompt, so the answer "
-                f"cannot be isolated.\nprompt: {prompt_text!r}\nconversation: {full!r}"
-            )
-        return full[len(prompt_text) :].rstrip("\n")
+        """The assistant turn as the template renders it (e.g. ``'rose<|im_end|>'``, ``' rose<end_of_utterance>'``)."""
+        return chat.render_answer(self.processor, prompt, answer, with_image=with_image, family=self.family)
 
     def _render_candidates(
         self, prompt: str, candidates: tuple[str, ...], with_image: bool
@@ -146,22 +114,31 @@ class HFBackend(VLMBackend):
         if cached is not None:
             return cached
         prompt_text = self.render_prompt(prompt, with_image)
-        prompt_ids = self.tokenizer(prompt_text, add_special_tokens=False)["input_ids"]
         suffixes, ids = [], []
         for name in candidates:
             suffix = self.render_answer(prompt, name, with_image)
-            full_ids = self.tokenizer(prompt_text + suffix, add_special_tokens=False)["input_ids"]
-            if full_ids[: len(prompt_ids)] != prompt_ids or len(full_ids) == len(prompt_ids):
-                raise ValueError(
-                    f"{self.family}: answer {suffix!r} merges with the prompt's last tokens when tokenized; "
-                    "the template's assistant turn must start on a token boundary"
-                )
+            try:
+                ids.append(chat.answer_token_ids(self.tokenizer, prompt_text, suffix))
+            except ValueError as err:
+                raise ValueError(f"{self.family}: {err}") from None
             suffixes.append(suffix)
-            ids.append(full_ids[len(prompt_ids) :])
         self._rendered[key] = (prompt_text, suffixes, ids)
         return prompt_text, suffixes, ids
 
     # -- inputs ----------------------------------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def _padding(self) -> Iterator[None]:
+        """A pad token while batching: a tokenizer without one (Llama/Mistral-style) pads with eos, else unk, as
+        ``fgvlm.models.loading.ensure_pad_token`` does at load; restored after, since the tokenizer is not ours."""
+        missing = self.tokenizer.pad_token is None
+        if missing:
+            self.tokenizer.pad_token = self.tokenizer.eos_token or self.tokenizer.unk_token
+        try:
+            yield
+        finally:
+            if missing:
+                self.tokenizer.pad_token = None
+
     @property
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
@@ -181,31 +158,47 @@ class HFBackend(VLMBackend):
 
     def encode(self, images: list[Image.Image] | None, texts: list[str]) -> dict[str, Any]:
         """Processor inputs for rendered ``texts`` (one image each, or text only), left-padded, on the model."""
-        if images is None:
-            return self._to_model(self.tokenizer(texts, return_tensors="pt", padding=True))
-        if len(images) != len(texts):
-            raise ValueError(f"{self.family}: {len(images)} images but {len(texts)} prompts")
-        images_arg = [[image] for image in images] if self.nested_images else list(images)
-        batch = self.processor(images=images_arg, text=texts, return_tensors="pt", padding=True)
-        return self._to_model(batch)
+        # Left padding keeps every prompt's last token at position -1: generation and `last` pooling rely on it.
+        # Passed per call: the tokenizer's own padding side (a trainer may pad right) stays as it is.
+        padding = {"return_tensors": "pt", "padding": True, "padding_side": "left"}
+        with self._padding():
+            if images is None:
+                return self._to_model(self.tokenizer(texts, **padding))
+            if len(images) != len(texts):
+                raise ValueError(f"{self.family}: {len(images)} images but {len(texts)} prompts")
+            images_arg = [[image] for image in images] if self.nested_images else list(images)
+            return self._to_model(self.processor(images=images_arg, text=texts, **padding))
 
     # -- generate --------------------------------------------------------------------------------------------------
-    def generate(self, images: list[Image.Image], prompts: list[str], max_new_tokens: int = 32) -> list[str]:
+    def generate(
+        self, images: list[Image.Image], prompts: list[str], max_new_tokens: int = 32, *, return_raw: bool = False
+    ) -> list[str] | list[tuple[str, str]]:
         """Greedy answers, one per (image, prompt), batched with left padding; the new text only.
+
+        Special tokens are dropped and a leading ``<think>...</think>`` block is stripped (``chat.strip_reasoning``):
+        the answer is what answer matching sees. ``return_raw=True`` returns ``(answer, raw)`` pairs, ``raw`` being
+        the decoded text before stripping the reasoning block (equal to ``answer`` when there was none).
 
         Batched output equals one-at-a-time output for families whose processor pads the whole prompt
         (Qwen, Idefics2, SmolVLM). InstructBLIP's processor prepends its query tokens outside the padding, so only
         batches of identical prompts are guaranteed to match one-at-a-time answers there.
         """
-        import torch
-
         inputs = self.encode(images, [self.render_prompt(p) for p in prompts])
-        with torch.inference_mode():
-            output = self.model.generate(
-                **inputs, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=self.tokenizer.pad_token_id
+        pad_id = self.tokenizer.pad_token_id
+        if pad_id is None:  # as in _padding: eos, else unk
+            pad_id = (
+                self.tokenizer.eos_token_id if self.tokenizer.eos_token_id is not None else self.tokenizer.unk_token_id
             )
-        new_tokens = self._new_tokens(output, inputs)
-        return [text.strip() for text in self.tokenizer.batch_decode(new_tokens, skip_special_tokens=True)]
+        with self._inference():
+            output = self.model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=pad_id)
+        return self.decode(self._new_tokens(output, inputs), return_raw=return_raw)
+
+    def decode(self, new_tokens: Any, *, return_raw: bool = False) -> list[str] | list[tuple[str, str]]:
+        """Generated ids ``[B, T]`` -> answers: special tokens dropped, whitespace and a leading reasoning block
+        stripped (``(answer, raw)`` pairs with ``return_raw``, ``raw`` keeping the reasoning block)."""
+        raw = [text.strip() for text in self.tokenizer.batch_decode(new_tokens, skip_special_tokens=True)]
+        answers = [chat.strip_reasoning(text) for text in raw]
+        return list(zip(answers, raw, strict=True)) if return_raw else answers
 
     def _new_tokens(self, output: torch.Tensor, inputs: dict[str, Any]) -> torch.Tensor:
         """Generated ids without the prompt (decoder-only models echo the prompt; encoder-decoder ones do not)."""
@@ -225,7 +218,7 @@ class HFBackend(VLMBackend):
         With ``reuse_prefix`` (the default) the image+prompt runs once per image and its KV cache is shared by
         all candidates, ``candidate_batch`` continuations per forward; without it every candidate runs a full
         forward (the slow reference). ``prior_subtracted`` subtracts the text-only log-likelihood, computed once
-        per (prompt, candidates) and kept on the backend.
+        per (prompt, candidates) and kept on the backend until a trainable weight changes.
 
         Images are scored one prefix at a time: passing several images batches the candidates, not the image
         prefill (each image's cache is batch 1), so a larger eval ``batch_size`` groups images per progress and
@@ -251,7 +244,7 @@ class HFBackend(VLMBackend):
 
     def _prior(self, prompt: str, candidates: list[str], reuse_prefix: bool, candidate_batch: int) -> torch.Tensor:
         """``[C]`` log-likelihood of each candidate given the prompt without the image (cached per prompt+set)."""
-        key = (prompt, tuple(candidates))
+        key = (prompt, tuple(candidates), self._weights_version())
         prompt_text, suffixes, cont_ids = self._render_candidates(prompt, key[1], with_image=False)
         if not reuse_prefix:
             return self._score_brute_force(None, prompt_text, suffixes, cont_ids)
@@ -274,7 +267,7 @@ class HFBackend(VLMBackend):
         scores = torch.tensor([first[ids[0]].item() for ids in cont_ids])
         rest = [index for index, ids in enumerate(cont_ids) if len(ids) > 1]  # one-token candidates are done
         score = self._score_packed if self.uses_packed_rank else self._score_grouped
-        with torch.inference_mode():
+        with self._inference():
             for start in range(0, len(rest), candidate_batch):
                 chunk = rest[start : start + candidate_batch]
                 scores[chunk] += score(prefix, [cont_ids[i] for i in chunk]).cpu()
@@ -354,13 +347,12 @@ class HFBackend(VLMBackend):
     def _last_logits_only(self, inputs: dict[str, Any]) -> dict[str, Any]:
         """``logits_to_keep=1`` when the module ``_forward`` runs for ``inputs`` takes it: prefill and embed need
         the last position's logits at most, not ``[L, V]`` for the whole prompt."""
-        return {"logits_to_keep": 1} if forward_takes_logits_to_keep(type(self.model)) else {}
+        return {"logits_to_keep": 1} if forward_takes_logits_to_keep(type(unwrap_model(self.model))) else {}
 
     def _prefill(self, inputs: dict[str, Any]) -> Prefix:
         """Run the prompt (batch 1) once with the cache on."""
-        import torch
 
-        with torch.inference_mode():
+        with self._inference():
             out = self._forward(inputs, use_cache=True, **self._last_logits_only(inputs))
         return Prefix(out.logits[0, -1], out.cache, inputs["input_ids"].shape[1], {})
 
@@ -392,7 +384,7 @@ class HFBackend(VLMBackend):
         import torch
 
         scores = []
-        with torch.inference_mode():
+        with self._inference():
             for suffix, ids in zip(suffixes, cont_ids, strict=True):
                 inputs = self._encode_answered(images, prompt_text, suffix)
                 text = prompt_text + suffix
@@ -416,12 +408,11 @@ class HFBackend(VLMBackend):
         token; ``image-mean``: the image tokens only. ``layer`` indexes ``hidden_states`` (0 = embeddings,
         -1 = final, already normed).
         """
-        import torch
 
         if pooling not in POOLINGS:
             raise ValueError(f"unknown pooling {pooling!r}; choose one of {', '.join(POOLINGS)}")
         inputs = self.encode(images, [self.render_prompt(prompt)] * len(images))
-        with torch.inference_mode():
+        with self._inference():
             out = self._forward(inputs, output_hidden_states=True, use_cache=False, **self._last_logits_only(inputs))
         states = self._hidden_states(out)
         if not -len(states) <= layer < len(states):

@@ -68,8 +68,11 @@ class VLMBackend:
 
     family: str = "generic"
 
-    def generate(self, images: list[Image.Image], prompts: list[str], max_new_tokens: int = 32) -> list[str]:
-        """Greedy answers to one prompt per image, batched with left padding; answer text only."""
+    def generate(
+        self, images: list[Image.Image], prompts: list[str], max_new_tokens: int = 32, *, return_raw: bool = False
+    ) -> list[str] | list[tuple[str, str]]:
+        """Greedy answers to one prompt per image, batched with left padding; answer text only, a leading
+        ``<think>...</think>`` block stripped. ``return_raw``: ``(answer, raw decoded text)`` pairs instead."""
         raise NotImplementedError
 
     def rank(self, images: list[Image.Image], prompt: str, candidates: list[str]) -> RankScores:

@@ -14,6 +14,7 @@ from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from fgvlm.models.base import RankScores, VLMBackend
+from fgvlm.models.chat import strip_reasoning
 
 if TYPE_CHECKING:
     import torch
@@ -54,9 +55,12 @@ class DummyBackend(VLMBackend):
         self.seed = seed
         self.dim = dim
 
-    def generate(self, images: list[Image.Image], prompts: list[str], max_new_tokens: int = 32) -> list[str]:
+    def generate(
+        self, images: list[Image.Image], prompts: list[str], max_new_tokens: int = 32, *, return_raw: bool = False
+    ) -> list[str] | list[tuple[str, str]]:
         """The pinned answer for a known image, else a vocabulary entry picked by hash ("yes"/"no" for yes/no
-        questions); cut to ``max_new_tokens`` words."""
+        questions); cut to ``max_new_tokens`` words. A pinned ``<think>...</think>`` block is stripped as the real
+        backends do (``return_raw=True``: ``(answer, raw)`` pairs)."""
         if len(images) != len(prompts):
             raise ValueError(f"generate: {len(images)} images but {len(prompts)} prompts")
         time.sleep(self.delay_s * len(images))
@@ -70,7 +74,8 @@ class DummyBackend(VLMBackend):
             else:
                 reply = self.vocabulary[int(_unit(self.seed, key, prompt) * len(self.vocabulary))]
             replies.append(" ".join(reply.split(" ")[:max_new_tokens]))
-        return replies
+        answers = [strip_reasoning(reply) for reply in replies]
+        return list(zip(answers, replies, strict=True)) if return_raw else answers
 
     def rank(self, images: list[Image.Image], prompt: str, candidates: list[str]) -> RankScores:
         """Per-token log-probs in (-5, 0] from a hash of (image, prompt, candidate, token index)."""

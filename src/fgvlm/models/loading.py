@@ -15,6 +15,7 @@ Example::
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
@@ -24,21 +25,13 @@ from typing import TYPE_CHECKING, Any
 
 from fgvlm.config import ConfigError
 from fgvlm.models.base import ModelConfig
-from fgvlm.models.families import FAMILIES
+from fgvlm.models.families import UnknownFamilyError, all_families, family_for_config, get_family, read_template
 
 if TYPE_CHECKING:
     from fgvlm.models.base import VLMBackend
 
-# config.model_type -> family; InstructBLIP is split by its language model below.
-MODEL_TYPE_FAMILIES = {
-    "qwen3_vl": "qwen3-vl",
-    "qwen2_5_vl": "qwen2.5-vl",
-    "idefics2": "idefics2",
-    "idefics3": "smolvlm",  # HuggingFaceTB/SmolVLM-Instruct is an Idefics3 checkpoint
-    "smolvlm": "smolvlm",
-    "instructblip": "instructblip",
-}
-QWEN_FAMILIES = ("qwen3-vl", "qwen2.5-vl")
+LOCAL_BACKENDS = {"dummy": "fgvlm.models.dummy:DummyBackend"}
+"""Backends that need no checkpoint, by model name; anything else is loaded by ``load_backend``."""
 DTYPES = ("float32", "bfloat16", "float16")
 CHECKPOINT_DTYPE = "auto"
 """``dtype`` for from_pretrained meaning "as the checkpoint stores it" (its config's ``dtype``)."""
@@ -77,9 +70,12 @@ def resolve_source(name: str) -> ModelSource:
     if name in presets:
         preset = presets[name]
         if preset.get("tiny"):
-            from fgvlm.models.tiny import cached_tiny_model
+            from fgvlm.models.tiny import cached_like_model, cached_tiny_model
 
-            path = cached_tiny_model(name, preset["family"], preset.get("size", "tiny"), preset.get("seed", 0))
+            if preset.get("like"):
+                path = cached_like_model(name, preset["like"], preset.get("seed", 0))
+            else:
+                path = cached_tiny_model(name, preset["family"], preset.get("size", "tiny"), preset.get("seed", 0))
             return ModelSource(name, local_path=path, family=preset["family"], dtype=preset.get("dtype"))
         return ModelSource(name, hub_id=preset["hub_id"], family=preset.get("family"), dtype=preset.get("dtype"))
     path = Path(name).expanduser()
@@ -147,20 +143,11 @@ def revision_for(source: ModelSource, cfg: ModelConfig) -> str | None:
 
 
 def detect_family(config: Any) -> str:
-    """The fgvlm family of a transformers config (or its dict) from ``model_type``; InstructBLIP by its LM."""
-    raw = config if isinstance(config, dict) else config.to_dict()
-    model_type = raw.get("model_type")
-    family = MODEL_TYPE_FAMILIES.get(model_type)
-    if family is None:
-        raise ModelLoadError(
-            f"cannot tell the model family of model_type {model_type!r}; set model.family to one "
-            f"of {', '.join(FAMILIES)} (e.g. --set model.family=qwen3-vl) if it works like one"
-        )
-    if family == "instructblip":
-        text = raw.get("text_config") or {}
-        if text.get("is_encoder_decoder") or text.get("model_type") in ("t5", "mt5", "umt5"):
-            return "instructblip-t5"
-    return family
+    """The fgvlm family of a transformers config (or its dict), from the family records' ``model_types``."""
+    try:
+        return family_for_config(config).name
+    except UnknownFamilyError as err:
+        raise ModelLoadError(str(err)) from None
 
 
 def choose_family(cfg: ModelConfig, source: ModelSource, config: Any) -> str:
@@ -168,11 +155,7 @@ def choose_family(cfg: ModelConfig, source: ModelSource, config: Any) -> str:
     family = cfg.family or source.family
     if family is None:
         return detect_family(config)
-    if family not in FAMILIES:
-        from fgvlm.registry import unknown_name
-
-        raise unknown_name("model family", family, list(FAMILIES))
-    return family
+    return get_family(family).name  # unknown names raise, listing close matches
 
 
 def choose_dtype(asked: str | None, preset: str | None, on_gpu: bool) -> str:
@@ -201,9 +184,10 @@ def apply_pixel_bounds(cfg: ModelConfig, family: str, processor: Any) -> None:
     """Qwen's ``min_pixels`` / ``max_pixels`` -> the image processor's ``size`` (shortest/longest edge, in pixels)."""
     if cfg.min_pixels is None and cfg.max_pixels is None:
         return
-    if family not in QWEN_FAMILIES:
+    if not get_family(family).pixel_bounds:
+        bounded = [name for name, record in all_families().items() if record.pixel_bounds]
         raise ModelLoadError(
-            f"model.min_pixels / model.max_pixels apply to {', '.join(QWEN_FAMILIES)} only, not {family}; unset them"
+            f"model.min_pixels / model.max_pixels apply to {', '.join(bounded)} only, not {family}; unset them"
         )
     image_processor = processor.image_processor
     size = {"shortest_edge": image_processor.size.shortest_edge, "longest_edge": image_processor.size.longest_edge}
@@ -249,12 +233,13 @@ def load_model(cfg: ModelConfig) -> tuple[Any, Any, dict[str, Any]]:
         model = model.to(device)
     model.eval()
     ensure_chat_template(processor, family)
+    ensure_pad_token(processor)
     loaded = str(next(model.parameters()).dtype).removeprefix("torch.")
     return model, processor, describe(source, cfg, family, loaded, model)
 
 
 def ensure_chat_template(processor: Any, family: str) -> None:
-    """Give the processor a chat template when it has none.
+    """Give the processor a chat template when it has none: its tokenizer's, else the family record's file.
 
     The InstructBLIP processor drops its template on reload (the tokenizer keeps it), and the Salesforce
     checkpoints ship none at all: they take the instruction as plain text, which fgvlm's instructblip template
@@ -264,10 +249,9 @@ def ensure_chat_template(processor: Any, family: str) -> None:
         return
     tokenizer = getattr(processor, "tokenizer", None)
     template = getattr(tokenizer, "chat_template", None)
-    if template is None and family.startswith("instructblip"):
-        from fgvlm.models.tiny.recipes import chat_template
-
-        template = chat_template("instructblip")
+    record = get_family(family)
+    if template is None and record.template is not None:
+        template = read_template(record.template)
     processor.chat_template = template
     if tokenizer is not None and template is not None:
         tokenizer.chat_template = template
@@ -292,9 +276,53 @@ def describe(source: ModelSource, cfg: ModelConfig, family: str, dtype: str, mod
     }
 
 
+PAD_FALLBACKS = ("eos_token", "unk_token")
+"""Tokens a tokenizer without a pad token pads with, in this order (as Llama/Mistral-based processors do)."""
+
+
+def ensure_pad_token(processor: Any) -> str | None:
+    """Give a tokenizer without a pad token one, so batches can be padded; the name of the token used, or None.
+
+    Many Llama/Mistral-based checkpoints ship no pad token, and padding a batch then fails with "Asking to pad but
+    the tokenizer does not have a padding token". Padding is masked out by the attention mask, so any existing
+    token works; like the model's own processors, fgvlm uses the eos token, else the unk token. Only the processor
+    this loader just created is changed.
+    """
+    tokenizer = getattr(processor, "tokenizer", processor)
+    if tokenizer.pad_token is not None:
+        return None
+    for name in PAD_FALLBACKS:
+        token = getattr(tokenizer, name, None)
+        if token is not None:
+            tokenizer.pad_token = token
+            return name
+    raise ModelLoadError(
+        f"the tokenizer of this model has no pad, eos or unk token to pad batches with; set tokenizer.pad_token "
+        f"({type(tokenizer).__name__})"
+    )
+
+
 def load_backend(cfg: ModelConfig) -> VLMBackend:
     """``load_model`` wrapped in the family's backend (generate / rank / embed)."""
     from fgvlm.models.families import backend_class
 
     model, processor, info = load_model(cfg)
     return backend_class(info["family"])(model, processor, info)
+
+
+def create_backend(model_cfg: ModelConfig, group: Any = None) -> VLMBackend:
+    """The backend for ``model_cfg``: a checkpoint-free one by name (``dummy``), else ``load_backend``.
+
+    Under data parallelism on GPUs (``group``: a ``fgvlm.distributed.ProcessGroup`` of several processes) each
+    process takes the GPU of its local rank.
+    """
+    from fgvlm.registry import import_object
+
+    if model_cfg.name in LOCAL_BACKENDS:
+        return import_object(LOCAL_BACKENDS[model_cfg.name])(**model_cfg.extra)
+    if group is not None and group.world_size > 1 and model_cfg.device is None and model_cfg.device_map is None:
+        import torch
+
+        if torch.cuda.is_available():
+            model_cfg = dataclasses.replace(model_cfg, device=f"cuda:{group.local_rank}")
+    return load_backend(model_cfg)

@@ -1,4 +1,4 @@
-"""InstructBLIP with a decoder-only (OPT/Llama/Vicuna) or an encoder-decoder (Flan-T5) language model.
+"""InstructBLIP with a decoder-only (OPT/Llama/Vicuna) language model: record, backend and tiny recipe.
 
 The processor puts the Q-Former's query ``<image>`` tokens in front of the prompt, outside the padding, so a batch of
 different-length prompts does not generate like one-at-a-time (identical prompts do). The model's own outputs
@@ -10,11 +10,28 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from fgvlm.models.backend import HFBackend, Prefix, forward_takes_logits_to_keep
+from fgvlm.models.backend import HFBackend, Prefix, forward_takes_logits_to_keep, unwrap_model
+from fgvlm.models.families import FamilyRecord
+from fgvlm.models.tiny.parts import Dims, instructblip_parts, llama_text_config
+from fgvlm.models.tiny.tokenizer import train_bpe_tokenizer
 
 if TYPE_CHECKING:
-    import torch
     from PIL import Image
+    from torch import nn
+    from transformers import PreTrainedConfig, ProcessorMixin
+
+FAMILY = FamilyRecord(
+    name="instructblip",
+    model_types=("instructblip",),
+    backend="fgvlm.models.families.instructblip:InstructBlipBackend",
+    tiny_recipe="fgvlm.models.families.instructblip:tiny_recipe",
+    post_init="fgvlm.models.families.instructblip:post_init",
+    template="instructblip.jinja",
+    lora_target_modules=r"(.*\.)?language_model\.model\.layers\.\d+\.(self_attn|mlp)\.(q|k|v|o|gate|up|down)_proj",
+    vision_modules=("vision_model",),
+    projector_modules=("query_tokens", "qformer", "language_projection"),
+    language_modules=("language_model",),
+)
 
 
 class InstructBlipBackend(HFBackend):
@@ -25,14 +42,19 @@ class InstructBlipBackend(HFBackend):
     def _forward(self, inputs: dict[str, Any], **kwargs: Any) -> Any:
         if "pixel_values" in inputs:
             return self.model(**inputs, **kwargs).language_model_outputs
-        return self.model.language_model(**inputs, **kwargs)
+        return self.language_model(**inputs, **kwargs)
+
+    @property
+    def language_model(self) -> Any:
+        """The wrapped language model, reached through the unwrapped model (PEFT-safe)."""
+        return unwrap_model(self.model).language_model
 
     def _text_module(self, prefix: Prefix) -> Any:
-        return self.model.language_model
+        return self.language_model
 
     def _last_logits_only(self, inputs: dict[str, Any]) -> dict[str, Any]:
         # The full model's forward has no logits_to_keep; its language model (Llama/OPT) does, T5 does not.
-        module = self.model if "pixel_values" in inputs else self.model.language_model
+        module = unwrap_model(self.model) if "pixel_values" in inputs else self.language_model
         return {"logits_to_keep": 1} if forward_takes_logits_to_keep(type(module)) else {}
 
     def _encode_answered(self, images: list[Image.Image] | None, prompt_text: str, suffix: str) -> dict[str, Any]:
@@ -45,66 +67,23 @@ class InstructBlipBackend(HFBackend):
         return inputs
 
 
-class InstructBlipT5Backend(InstructBlipBackend):
-    """Encoder-decoder language model: one encoder pass per image; candidates are scored as decoder targets.
+def post_init(model: nn.Module) -> None:
+    """Draw the query tokens ~ N(0, Q-Former initializer_range), as BLIP-2 pretraining does.
 
-    The "prefix" is the encoder output plus the decoder start token: its cache (self- and cross-attention) is
-    repeated for the candidates, as for decoder-only models. ``embed`` pools the encoder's hidden states.
+    Transformers zero-initialises them (they always come from a checkpoint), which makes the four query tokens,
+    and so the four image tokens the language model sees, identical. Draws from torch's global RNG (seeded by
+    ``build_tiny_model``).
     """
+    import torch
 
-    family = "instructblip-t5"
+    with torch.no_grad():
+        tokens = model.query_tokens
+        tokens.normal_(0.0, model.config.qformer_config.initializer_range)
 
-    @property
-    def _start_ids(self) -> torch.Tensor:
-        import torch
 
-        start = self.model.language_model.config.decoder_start_token_id
-        return torch.tensor([[start]], device=self.device)
-
-    def _forward(self, inputs: dict[str, Any], **kwargs: Any) -> Any:
-        if "labels" not in kwargs and "decoder_input_ids" not in kwargs:
-            kwargs["decoder_input_ids"] = self._start_ids.expand(inputs["input_ids"].shape[0], 1)
-        return super()._forward(inputs, **kwargs)
-
-    def _prefill(self, inputs: dict[str, Any]) -> Prefix:
-        import torch
-
-        with torch.inference_mode():
-            out = self._forward(inputs, use_cache=True)
-        extra = {"encoder": out.encoder_last_hidden_state, "mask": inputs["attention_mask"]}
-        return Prefix(out.logits[0, -1], out.cache, 1, extra)
-
-    def _continue(self, prefix: Prefix, cache: Any, ids: torch.Tensor) -> torch.Tensor:
-        from transformers.modeling_outputs import BaseModelOutput
-
-        n = ids.shape[0]
-        out = self.model.language_model(
-            encoder_outputs=BaseModelOutput(last_hidden_state=prefix.extra["encoder"].expand(n, -1, -1)),
-            attention_mask=prefix.extra["mask"].expand(n, -1),
-            decoder_input_ids=ids,
-            cache=cache,
-            use_cache=True,
-        )
-        return out.logits
-
-    def _score_brute_force(
-        self, images: list[Image.Image] | None, prompt_text: str, suffixes: list[str], cont_ids: list[list[int]]
-    ) -> torch.Tensor:
-        import torch
-
-        inputs = self.encode(images, [prompt_text])
-        scores = []
-        with torch.inference_mode():
-            for ids in cont_ids:
-                labels = torch.tensor([ids], device=self.device)
-                logprobs = torch.log_softmax(
-                    self._forward(inputs, labels=labels, use_cache=False).logits[0].float(), -1
-                )
-                scores.append(logprobs.gather(-1, labels[0][:, None]).sum().cpu())
-        return torch.stack(scores)
-
-    def _new_tokens(self, output: torch.Tensor, inputs: dict[str, Any]) -> torch.Tensor:
-        return output  # the decoder's tokens only: the prompt went to the encoder
-
-    def _hidden_states(self, out: Any) -> tuple[torch.Tensor, ...]:
-        return out.encoder_hidden_states
+def tiny_recipe(dims: Dims) -> tuple[PreTrainedConfig, ProcessorMixin]:
+    """InstructBLIP with a decoder-only Llama language model (as Salesforce/instructblip-vicuna-7b)."""
+    tokenizer = train_bpe_tokenizer(
+        ["<unk>", "<s>", "</s>", "<pad>", "<image>"], bos="<s>", eos="</s>", pad="<pad>", unk="<unk>", add_bos=True
+    )
+    return instructblip_parts(tokenizer, llama_text_config(tokenizer, dims), dims)

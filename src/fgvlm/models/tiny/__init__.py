@@ -3,7 +3,9 @@
 They are first-class models, not test doubles: ``build_tiny_model`` saves a checkpoint folder that loads through
 the same ``AutoProcessor`` + ``AutoModelForImageTextToText`` path as a hub checkpoint, so every fgvlm command
 (zero-shot, SFT, heads) runs on them offline in seconds. Registry names ``tiny-<family>`` (and
-``small-qwen3-vl``) are built on demand into the cache by ``cached_tiny_model``.
+``small-qwen3-vl``) are built on demand into the cache by ``cached_tiny_model``; ``tiny-like-<checkpoint>`` names
+by ``cached_like_model``: a real checkpoint's config shrunk, with its real tokenizer and processor files
+(``fgvlm.models.tiny.like``).
 
 Example::
 
@@ -24,7 +26,9 @@ from pathlib import Path
 from typing import Any
 
 from fgvlm.config import ConfigError
-from fgvlm.models.tiny import recipes
+from fgvlm.models.families import FamilyRecord, all_families, get_family
+from fgvlm.models.tiny import parts
+from fgvlm.registry import import_object
 
 BUILDER_VERSION = "2"
 """Bump when a recipe changes what is built: cached models then get a new folder instead of going stale.
@@ -32,29 +36,7 @@ BUILDER_VERSION = "2"
 2: InstructBLIP (vision init std, Q-Former init std, random query tokens) and Idefics2 (random latents, connector
 init std) see the image; earlier builds gave nearly the same outputs for every image."""
 
-RECIPES: dict[str, Callable[[recipes.Dims], tuple[Any, Any]]] = {
-    "qwen3-vl": recipes.qwen3_vl,
-    "qwen2.5-vl": recipes.qwen2_5_vl,
-    "smolvlm": recipes.smolvlm,
-    "idefics2": recipes.idefics2,
-    "instructblip-t5": recipes.instructblip_t5,
-    "instructblip": recipes.instructblip,
-}
-FAMILIES = tuple(RECIPES)
-POST_INIT: dict[str, Callable[[Any], None]] = {
-    "idefics2": recipes.idefics2_init,
-    "instructblip-t5": recipes.instructblip_init,
-    "instructblip": recipes.instructblip_init,
-}
-"""Re-initialisation after ``from_config`` for families whose default random init makes the model ignore the image."""
-STOP_TOKENS = {
-    "qwen3-vl": ["<|im_end|>", "<|endoftext|>"],
-    "qwen2.5-vl": ["<|im_end|>", "<|endoftext|>"],
-    "idefics2": ["</s>", "<end_of_utterance>"],
-}
-"""Tokens that end generation besides the tokenizer's eos, as in the real checkpoints' generation configs."""
-SIZES = {"tiny": recipes.TINY, "small": recipes.SMALL}
-SMALL_FAMILIES = ("qwen3-vl",)
+SIZES = {"tiny": parts.TINY, "small": parts.SMALL}
 MARKER = "fgvlm_tiny.json"
 """Written last into every built folder: what was built (family, size, seed, builder version)."""
 
@@ -63,13 +45,18 @@ class TinyModelError(ConfigError):
     """An unknown family or size for a tiny model; the message lists what exists."""
 
 
-def check_family_size(family: str, size: str) -> None:
-    if family not in RECIPES:
-        raise TinyModelError(f"no tiny model for family {family!r}; families: {', '.join(FAMILIES)}")
+def check_family_size(family: str, size: str) -> FamilyRecord:
+    """The family's record, if it has a tiny recipe of ``size``; else a ``TinyModelError`` listing what exists."""
+    records = all_families()
+    if family not in records:
+        raise TinyModelError(f"no tiny model for family {family!r}; families: {', '.join(records)}")
     if size not in SIZES:
         raise TinyModelError(f"unknown tiny model size {size!r}; sizes: {', '.join(SIZES)}")
-    if size != "tiny" and family not in SMALL_FAMILIES:
-        raise TinyModelError(f"size {size!r} exists only for {', '.join(SMALL_FAMILIES)}, not {family!r}")
+    record = get_family(family)
+    if size not in record.tiny_sizes:
+        having = [name for name, other in records.items() if size in other.tiny_sizes]
+        raise TinyModelError(f"size {size!r} exists only for {', '.join(having)}, not {family!r}")
+    return record
 
 
 def build_tiny_model(family: str, out_dir: str | Path, seed: int = 0, size: str = "tiny") -> Path:
@@ -81,15 +68,15 @@ def build_tiny_model(family: str, out_dir: str | Path, seed: int = 0, size: str 
     import torch
     from transformers import AutoModelForImageTextToText, GenerationConfig
 
-    check_family_size(family, size)
-    config, processor = RECIPES[family](SIZES[size])
+    record = check_family_size(family, size)
+    config, processor = import_object(record.tiny_recipe)(SIZES[size])
     tokenizer = processor.tokenizer
     with torch.random.fork_rng(devices=[]):  # seed the init without disturbing the caller's random stream
         torch.manual_seed(seed)
         model = AutoModelForImageTextToText.from_config(config, dtype=torch.float32)
-        if family in POST_INIT:
-            POST_INIT[family](model)  # draws from the same seeded stream: deterministic per seed
-    stops = [tokenizer.convert_tokens_to_ids(t) for t in STOP_TOKENS.get(family, [tokenizer.eos_token])]
+        if record.post_init is not None:
+            import_object(record.post_init)(model)  # draws from the same seeded stream: deterministic per seed
+    stops = [tokenizer.convert_tokens_to_ids(t) for t in (record.stop_tokens or (tokenizer.eos_token,))]
     model.generation_config = GenerationConfig(
         eos_token_id=stops if len(stops) > 1 else stops[0],
         pad_token_id=tokenizer.pad_token_id,
@@ -104,10 +91,25 @@ def build_tiny_model(family: str, out_dir: str | Path, seed: int = 0, size: str 
         "family": family,
         "size": size,
         "seed": seed,
-        "builder_version": BUILDER_VERSION,
         "num_parameters": sum(p.numel() for p in model.parameters()),
     }
-    (out / MARKER).write_text(json.dumps(marker, indent=2) + "\n")
+    return write_marker(out, marker)
+
+
+def build_like_model(like: str | Path, out_dir: str | Path, seed: int = 0) -> Path:
+    """Build a random model shaped like the real checkpoint whose hub files are in folder ``like``.
+
+    ``like`` is a path or a folder name under ``fgvlm.models.tiny.like.hub_configs_root()``; see that module.
+    """
+    from fgvlm.models.tiny import like as like_module
+
+    out, marker = like_module.build_like_model(like, out_dir, seed=seed)
+    return write_marker(out, {**marker, "size": "like"})
+
+
+def write_marker(out: Path, marker: dict[str, Any]) -> Path:
+    """Write ``MARKER`` (what was built, with the builder version) last into a built folder; returns the folder."""
+    (out / MARKER).write_text(json.dumps({**marker, "builder_version": BUILDER_VERSION}, indent=2) + "\n")
     return out
 
 
@@ -129,19 +131,33 @@ def cached_model_dir(name: str, family: str, size: str = "tiny", seed: int = 0) 
 
 
 def cached_tiny_model(name: str, family: str, size: str = "tiny", seed: int = 0) -> Path:
-    """The cached folder of a tiny registry model, building it on first use.
+    """The cached folder of a tiny registry model, building it on first use (see ``build_cached``)."""
+    check_family_size(family, size)
+    final = cached_model_dir(name, family, size, seed)
+    return build_cached(final, lambda staging: build_tiny_model(family, staging, seed=seed, size=size))
+
+
+def cached_like_model(name: str, like: str, seed: int = 0) -> Path:
+    """The cached folder of a ``tiny-like-*`` registry model built from hub-config folder ``like``."""
+    from fgvlm.models.tiny.like import like_source
+
+    source = like_source(like)  # a missing source fails here, before any folder is made
+    final = cached_model_dir(name, f"like:{source.name}", "like", seed)
+    return build_cached(final, lambda staging: build_like_model(source, staging, seed=seed))
+
+
+def build_cached(final: Path, build: Callable[[Path], Path]) -> Path:
+    """``final`` if it holds a complete build, else ``build(staging)`` renamed into place.
 
     Built into a temporary sibling folder and renamed into place, so a half-built model is never visible. Two
     processes (e.g. under torchrun) may both build it: the first rename wins, the loser deletes its copy.
     """
-    check_family_size(family, size)
-    final = cached_model_dir(name, family, size, seed)
     if (final / MARKER).is_file():
         return final
     final.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".building", dir=final.parent))
     try:
-        build_tiny_model(family, staging, seed=seed, size=size)
+        build(staging)
         staging.chmod(0o755)  # mkdtemp makes it private; the cache is shared like any model folder
         try:
             os.rename(staging, final)  # atomic; fails if another process already put a complete folder there
@@ -156,11 +172,11 @@ def cached_tiny_model(name: str, family: str, size: str = "tiny", seed: int = 0)
 
 __all__ = [
     "BUILDER_VERSION",
-    "FAMILIES",
-    "POST_INIT",
     "SIZES",
     "TinyModelError",
+    "build_like_model",
     "build_tiny_model",
+    "cached_like_model",
     "cache_root",
     "cached_model_dir",
     "cached_tiny_model",

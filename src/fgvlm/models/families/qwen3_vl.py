@@ -1,4 +1,4 @@
-"""Qwen3-VL and Qwen2.5-VL: multimodal RoPE (M-RoPE) positions for continuations after a cached prefix.
+"""Qwen3-VL: multimodal RoPE (M-RoPE) positions for continuations after a cached prefix; record and tiny recipe.
 
 Qwen3-VL's vision tower also gets two CPU speed-ups that compute the same function as transformers' code (pinned by
 ``tests/test_backends.py``): the patch embedding, a ``Conv3d`` whose kernel equals its stride over pre-cut patches,
@@ -11,10 +11,31 @@ from __future__ import annotations
 import types
 from typing import TYPE_CHECKING, Any
 
-from fgvlm.models.backend import HFBackend, Prefix
+from fgvlm.models.backend import HFBackend, Prefix, unwrap_model
+from fgvlm.models.families import FamilyRecord
+from fgvlm.models.tiny.parts import Dims, chat_template, qwen_pixels, qwen_text_config, qwen_tokenizer, token_ids
 
 if TYPE_CHECKING:
     import torch
+    from transformers import PreTrainedConfig, ProcessorMixin
+
+QWEN_LORA_TARGETS = r"(.*\.)?language_model\.layers\.\d+\.(self_attn|mlp)\.(q|k|v|o|gate|up|down)_proj"
+"""The Qwen language model's attention and MLP projections (not the vision tower's ``qkv``/``proj``/``linear_fc``)."""
+
+FAMILY = FamilyRecord(
+    name="qwen3-vl",
+    model_types=("qwen3_vl",),
+    backend="fgvlm.models.families.qwen3_vl:Qwen3VLBackend",
+    tiny_recipe="fgvlm.models.families.qwen3_vl:tiny_recipe",
+    stop_tokens=("<|im_end|>", "<|endoftext|>"),
+    template="qwen3_vl.jinja",
+    pixel_bounds=True,
+    lora_target_modules=QWEN_LORA_TARGETS,
+    vision_modules=("model.visual.patch_embed", "model.visual.pos_embed", "model.visual.blocks"),
+    projector_modules=("model.visual.merger", "model.visual.deepstack_merger_list"),
+    language_modules=("model.language_model", "lm_head"),
+    tiny_sizes=("tiny", "small"),
+)
 
 
 def _patch_embed_as_matmul(self: Any, hidden_states: torch.Tensor) -> torch.Tensor:
@@ -101,9 +122,11 @@ class Qwen3VLBackend(HFBackend):
         import torch
 
         # The model keeps rope_deltas from its last image prefill; clear it so a text-only prompt gets delta 0.
-        self.model.model.rope_deltas = None
+        # Reached through the unwrapped model: under PEFT, ``self.model.model`` is not the inner Qwen model.
+        inner = unwrap_model(self.model).model
+        inner.rope_deltas = None
         prefix = super()._prefill(inputs)
-        deltas = self.model.model.rope_deltas
+        deltas = inner.rope_deltas
         prefix.extra["rope_deltas"] = torch.zeros(1, 1, dtype=torch.long) if deltas is None else deltas.cpu()
         return prefix
 
@@ -117,5 +140,48 @@ class Qwen3VLBackend(HFBackend):
         return torch.stack([text, mrope, mrope, mrope])
 
 
-class Qwen25VLBackend(Qwen3VLBackend):
-    family = "qwen2.5-vl"
+def tiny_recipe(dims: Dims) -> tuple[PreTrainedConfig, ProcessorMixin]:
+    """Qwen3-VL config + processor at ``dims``: patch 16, merge 2 (image sides in multiples of 32)."""
+    from transformers import Qwen2VLImageProcessor, Qwen3VLConfig, Qwen3VLProcessor, Qwen3VLVideoProcessor
+
+    tokenizer = qwen_tokenizer()
+    text = qwen_text_config(tokenizer, dims)
+    text["head_dim"] = dims.head_dim  # Qwen3's default is 128 whatever the width
+    text["rope_parameters"]["mrope_interleaved"] = True
+    vision = {
+        "depth": dims.vision_layers,
+        "hidden_size": dims.vision_hidden,
+        "intermediate_size": dims.vision_hidden * 2,
+        "num_heads": dims.vision_heads,
+        "patch_size": 16,
+        "spatial_merge_size": 2,
+        "temporal_patch_size": 2,
+        "out_hidden_size": dims.hidden,
+        "num_position_embeddings": 256,  # a 16x16 grid, interpolated per image
+        "deepstack_visual_indexes": list(range(dims.vision_layers - 1)),  # every layer but the last, as 8/16/24 of 27
+    }
+    ids = token_ids(
+        tokenizer,
+        image_token_id="<|image_pad|>",
+        video_token_id="<|video_pad|>",
+        vision_start_token_id="<|vision_start|>",
+        vision_end_token_id="<|vision_end|>",
+    )
+    config = Qwen3VLConfig(text_config=text, vision_config=vision, **ids)
+    pixels = qwen_pixels(dims, factor=32)
+    common = {
+        "patch_size": 16,
+        "temporal_patch_size": 2,
+        "merge_size": 2,
+        "image_mean": [0.5] * 3,
+        "image_std": [0.5] * 3,
+    }
+    processor = Qwen3VLProcessor(
+        image_processor=Qwen2VLImageProcessor(size=pixels, **common),
+        video_processor=Qwen3VLVideoProcessor(
+            size={"shortest_edge": pixels["shortest_edge"], "longest_edge": 4 * pixels["longest_edge"]}, **common
+        ),
+        tokenizer=tokenizer,
+        chat_template=chat_template("qwen3-vl"),
+    )
+    return config, processor
