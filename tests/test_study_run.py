@@ -93,43 +93,66 @@ def test_mini_study_completes_skips_refuses_and_reruns_dependants(tmp_path, tiny
     assert json.loads((out / "zs" / "metrics.json").read_text())["n"] == 5
 
 
-def test_sigkill_of_the_runner_then_rerun_resumes_byte_identical(tmp_path, tiny_eval, capsys):
+def start_runner(path, out, log):
+    return subprocess.Popen(
+        [sys.executable, "-m", "fgvlm", "study", "run", str(path), "--out", str(out)],
+        stdout=log.open("ab"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+
+
+def wait_for_lines(runner, predictions, count, log):
+    deadline = time.monotonic() + 240
+    while not (predictions.is_file() and predictions.read_bytes().count(b"\n") >= count):
+        assert runner.poll() is None and time.monotonic() < deadline, log.read_text()
+        time.sleep(0.01)
+
+
+def wait_for_lock(path):
+    """Returns once nobody holds the run's lock: the run's own process has exited too."""
+    fd = os.open(path, os.O_RDWR)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    os.close(fd)
+
+
+def test_sigint_and_sigkill_of_the_runner_then_rerun_resumes_byte_identical(tmp_path, tiny_eval, capsys):
     path = write_study(
         tmp_path,
         [
             {"id": "first", "kind": "eval", "set": tiny_eval(limit=2)},
-            {"id": "slow", "kind": "eval", "set": tiny_eval(batch_size=1, limit=48)},  # one line per image
+            {"id": "slow", "kind": "eval", "set": tiny_eval(batch_size=1, limit=64)},  # one line per image
         ],
     )
-    out = tmp_path / "out"
-    predictions = out / "slow" / "predictions.jsonl"
-    runner = subprocess.Popen(
-        [sys.executable, "-m", "fgvlm", "study", "run", str(path), "--out", str(out)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
-    deadline = time.monotonic() + 240
-    while not (predictions.is_file() and predictions.read_bytes().count(b"\n") >= 3):
-        assert runner.poll() is None and time.monotonic() < deadline, "the slow run never got going"
-        time.sleep(0.01)
+    out, log = tmp_path / "out", tmp_path / "runner.log"
+    predictions, lock = out / "slow" / "predictions.jsonl", out / ".locks" / "slow.lock"
+
+    runner = start_runner(path, out, log)  # Ctrl-C: the runner passes it on and stops
+    wait_for_lines(runner, predictions, 3, log)
     with pytest.raises(RunLockedError, match=rf"'slow' is being written by pid {runner.pid} on "):
-        RunLock(out / ".locks" / "slow.lock").__enter__()
-    os.killpg(runner.pid, signal.SIGKILL)
-    runner.wait()
-    lock = os.open(out / ".locks" / "slow.lock", os.O_RDWR)
-    fcntl.flock(lock, fcntl.LOCK_EX)  # returns once the run's own process has died too (it holds the lock)
-    os.close(lock)
-    done_before = predictions.read_bytes().count(b"\n")
-    assert 3 <= done_before < 48, "the run was not interrupted mid-way"
+        RunLock(lock).__enter__()
+    os.kill(runner.pid, signal.SIGINT)
+    assert runner.wait(timeout=120) == 130, log.read_text()
+    assert "stopped by SIGINT: the interrupted run is partial; the same command resumes it" in log.read_text()
+    wait_for_lock(lock)
+    after_sigint = predictions.read_bytes().count(b"\n")
+    assert 3 <= after_sigint < 64, "the run was not interrupted mid-way"
     first_finished = finished(out, "first")
 
+    runner = start_runner(path, out, log)  # a crash: the runner's whole process group is killed
+    wait_for_lines(runner, predictions, after_sigint + 3, log)
+    os.killpg(runner.pid, signal.SIGKILL)
+    runner.wait()
+    wait_for_lock(lock)  # the run's process got SIGTERM from the kernel when its parent died
+    after_sigkill = predictions.read_bytes().count(b"\n")
+    assert after_sigint + 3 <= after_sigkill < 64, "the run was not interrupted mid-way"
+
     assert study("run", path, "--out", out, "--dry-run") == 0
-    assert f"resume      slow                     partial: {done_before} predictions" in capsys.readouterr().out
+    assert f"resume      slow                     partial: {after_sigkill} " in capsys.readouterr().out
     assert study("run", path, "--out", out) == 0
     assert finished(out, "first") == first_finished
     resumed = predictions.read_bytes()
-    assert resumed.count(b"\n") == 48
+    assert resumed.count(b"\n") == 64
 
     assert study("run", path, "--out", out, "--rerun", "slow") == 0  # uninterrupted, from scratch
     assert predictions.read_bytes() == resumed
