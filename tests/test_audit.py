@@ -51,6 +51,27 @@ def test_audit_cli_on_the_mini_set(tmp_path, flowers_mini, capsys):
     assert meta["command"] == "data audit" and meta["dataset"]["splits"] == {"train": 408, "val": 306, "test": 306}
     assert (out / "config.yaml").is_file() and Image.open(out / "duplicates.png").size[0] > 0
     assert "near duplicate pairs" in capsys.readouterr().out
+    assert json.loads((out / "done.json").read_text())["wall_time_s"] > 0
+
+
+def test_audit_limit_and_lifecycle(tmp_path, flowers_mini, capsys):
+    """--limit caps every split; a complete audit is skipped on rerun, --no-resume moves it aside and redoes it."""
+    from fgvlm.cli import main
+
+    out = tmp_path / "audit"
+    argv = ["data", "audit", "--dataset", "flowers102", "--root", str(flowers_mini), "--limit", "5", "-o", str(out)]
+    with pytest.raises(SystemExit) as exit_:
+        main(argv)
+    assert exit_.value.code == 0
+    report = json.loads((out / "audit.json").read_text())
+    assert report["summary"]["images"] == 15  # 5 per split
+    done = (out / "done.json").read_bytes()
+    with pytest.raises(SystemExit):
+        main(argv)
+    assert "already complete" in capsys.readouterr().err and (out / "done.json").read_bytes() == done
+    with pytest.raises(SystemExit):
+        main([*argv, "--no-resume"])
+    assert len(list(tmp_path.glob("audit.replaced-*"))) == 1 and (out / "done.json").is_file()
 
 
 # Real mini images, each kept in its own split; planted ids use free slots of the official id range.
@@ -86,8 +107,10 @@ def planted(tmp_path, flowers_mini):
 
 def test_audit_finds_planted_duplicates_label_conflict_and_corrupt_file(tmp_path, planted):
     root, label = planted
-    cfg = AuditConfig(data=DataConfig(dataset="flowers102", root=str(root)), out=str(tmp_path / "run"))
-    report = run_audit(cfg, progress=False)  # on_bad_image="error", yet the corrupt file is reported, not raised
+    cfg = AuditConfig(data=DataConfig(dataset="flowers102", root=str(root)))
+    report = run_audit(
+        cfg, tmp_path / "run", progress=False
+    )  # on_bad_image="error", yet the corrupt file is reported, not raised
 
     resized_distance = imagehash.dhash(Image.open(root / "jpg" / "image_00002.jpg").convert("RGB")) - imagehash.dhash(
         Image.open(root / "jpg" / f"image_{RESIZED:05d}.jpg").convert("RGB")

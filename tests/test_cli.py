@@ -5,10 +5,12 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
 from fgvlm.cli import main
+from fgvlm.config import ConfigError
 
 
 def run_cli(capsys, *argv: str) -> tuple[int, str, str]:
@@ -59,7 +61,62 @@ def test_help_has_examples(capsys):
 
 
 def test_import_fgvlm_and_its_configs_does_not_import_torch():
-    modules = "fgvlm, fgvlm.cli, fgvlm.data, fgvlm.config, fgvlm.runs, fgvlm.train.cnn_config, fgvlm.heads.config"
+    modules = "fgvlm, fgvlm.cli, fgvlm.data, fgvlm.config, fgvlm.runs, fgvlm.kinds, fgvlm.train.cnn_config"
+    modules += ", fgvlm.heads.config, fgvlm.data.audit"
     code = f"import sys, {modules}, fgvlm.eval.zeroshot; print('torch' in sys.modules)"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "False"
+
+
+def all_commands():
+    """(path, click command) for every leaf command of the CLI."""
+    import typer.main
+
+    from fgvlm.cli import app
+
+    def walk(command, path):
+        if hasattr(command, "commands"):  # a group (typer ships its own click)
+            for name, sub in command.commands.items():
+                yield from walk(sub, (*path, name))
+        else:
+            yield path, command
+
+    return list(walk(typer.main.get_command(app), ()))
+
+
+def test_one_meaning_per_flag_across_the_cli():
+    """-o is --out (a Path), -c is --config, --set is the parameter `overrides`, in every command that has them."""
+    seen = set()
+    for path, command in all_commands():
+        for param in command.params:
+            if "-o" in param.opts:
+                assert set(param.opts) == {"--out", "-o"}, path
+            if "-c" in param.opts:
+                assert set(param.opts) == {"--config", "-c"}, path
+            if "--set" in param.opts:
+                assert param.name == "overrides", path
+                seen.add(path)
+            if "--out" in param.opts and path[0] != "models":  # models tiny: the models house's command
+                assert param.type_descriptor.annotation is Path, (path, param.type_descriptor)
+    assert {("eval",), ("head", "train"), ("cnn", "train"), ("data", "audit")} <= seen
+
+
+@pytest.mark.parametrize("command", [["eval"], ["head", "train"]])
+def test_a_real_dataset_needs_a_model(capsys, flowers_mini, tmp_path, command):
+    """No silent fall-back to the random tiny model on real data: one line saying what to pass."""
+    argv = [*command, "--dataset", "flowers102", "--root", str(flowers_mini), "--out", str(tmp_path / "run")]
+    code, _, err = run_cli(capsys, *argv)
+    assert code == 2 and "no model given for dataset 'flowers102'" in err and "--model" in err
+    assert len(err.strip().splitlines()) == 1 and not (tmp_path / "run").exists()
+
+
+def test_the_offline_demo_dataset_may_use_the_default_model():
+    from fgvlm.commands.common import require_model
+    from fgvlm.config import given_keys, resolve_config
+    from fgvlm.eval.zeroshot import EvalConfig
+
+    require_model(resolve_config(EvalConfig), set(), "fgvlm eval")  # synthflowers: the tiny default is fine
+    cfg = resolve_config(EvalConfig, None, {"data.dataset": "flowers102"}, ["model={name: qwen3-vl-4b}"])
+    require_model(cfg, given_keys(None, {"data.dataset": "flowers102"}, ["model={name: qwen3-vl-4b}"]), "x")
+    with pytest.raises(ConfigError, match="no model given"):
+        require_model(cfg, given_keys(None, {"data.dataset": "flowers102"}, ["model.dtype=bfloat16"]), "x")

@@ -15,7 +15,8 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from fgvlm.config import ConfigError, resolve_config
-from fgvlm.train.cnn import CNNTrainConfig, evaluate_run, train_cnn
+from fgvlm.runs import TRAIN_LOG_KEYS, RunConflictError, run_status
+from fgvlm.train.cnn import CNNEvalConfig, CNNTrainConfig, evaluate_run, train_cnn
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = sorted((REPO / "configs" / "cnn").glob("*.yaml"))
@@ -186,6 +187,7 @@ def test_learns_synthflowers_and_writes_the_shared_result_files(trained_run):
     out, metrics = trained_run
     assert metrics["accuracy"] >= 0.6  # 12 classes: chance is 0.083
     assert metrics["mode"] == "cnn" and metrics["protocol"] == "official" and metrics["split"] == "test"
+    assert (metrics["kind"], metrics["model"], metrics["num_classes"]) == ("cnn-train", "test_resnet", 12)
     assert metrics["n"] == 96 and metrics["top5_accuracy"] >= metrics["accuracy"]
     assert metrics["checkpoint"] == "best" and metrics["replicas_in_sync"]
     for name in (
@@ -199,14 +201,15 @@ def test_learns_synthflowers_and_writes_the_shared_result_files(trained_run):
         "checkpoints/best.json",
         "checkpoints/last.safetensors",
         "checkpoints/last-state.pt",
+        "done.json",
     ):
         assert (out / name).is_file(), name
     assert list((out / "tb").glob("events.out.tfevents.*"))
     log = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in log] == list(range(1, 9))
-    assert log[-1]["train_loss"] < log[0]["train_loss"] and {"val_top1", "val_top5", "val_loss"} <= set(log[0])
+    assert log[-1]["train_loss"] < log[0]["train_loss"] and all(list(r)[:7] == list(TRAIN_LOG_KEYS) for r in log)
     best = json.loads((out / "checkpoints/best.json").read_text())
-    assert best["metrics"]["val_top1"] == max(r["val_top1"] for r in log)
+    assert best["metrics"]["val_accuracy"] == max(r["val_accuracy"] for r in log)
     predictions = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
     assert len(predictions) == 96 and set(predictions[0]) == {"id", "label", "pred", "topk"}
     first = predictions[0]
@@ -229,9 +232,12 @@ def test_cli_eval_reproduces_the_training_metrics(trained_run):
     again = json.loads((out / "eval-test-best" / "metrics.json").read_text())
     assert again["accuracy"] == metrics["accuracy"] and again["checkpoint"] == "best"
     assert (out / "eval-test-best" / "predictions.jsonl").read_text() == (out / "predictions.jsonl").read_text()
-    last = evaluate_run(out, split="val", checkpoint="last", out=out / "val-last")
+    last = evaluate_run(CNNEvalConfig(run=str(out), split="val", checkpoint="last"), out / "val-last")
     log_tail = json.loads((out / "train_log.jsonl").read_text().splitlines()[-1])
-    assert last["n"] == 96 and last["accuracy"] == pytest.approx(log_tail["val_top1"])
+    assert last["n"] == 96 and last["accuracy"] == pytest.approx(log_tail["val_accuracy"])
+    assert (last["kind"], last["split"]) == ("cnn-eval", "val") and (out / "val-last" / "done.json").is_file()
+    capped = evaluate_run(CNNEvalConfig(run=str(out), split="val", limit=10), out / "val-10")
+    assert capped["n"] == 10
 
 
 def test_learns_with_mixup_and_cutmix(tmp_path):
@@ -242,9 +248,15 @@ def test_learns_with_mixup_and_cutmix(tmp_path):
     assert "mixup: true" in config and "cutmix: true" in config
 
 
-def test_existing_run_is_not_overwritten(trained_run):
-    out, _ = trained_run
-    with pytest.raises(ConfigError, match="--resume"):
+def test_existing_run_is_skipped_or_refused(trained_run, capsys):
+    """Same config: complete, skipped (the stored metrics); another config: refused, naming the keys."""
+    out, metrics = trained_run
+    cfg = tiny_config("epochs=8", "batch_size=16", num_classes=12, per_class="[24, 8, 8]")
+    assert run_status(out, cfg).state == "complete"
+    stamp = (out / "done.json").read_bytes()
+    assert train_cnn(cfg, out) == json.loads((out / "metrics.json").read_text()) == metrics
+    assert (out / "done.json").read_bytes() == stamp and "already complete" in capsys.readouterr().err
+    with pytest.raises(RunConflictError, match=r"epochs: 8 -> 2"):
         train_cnn(tiny_config(), out)
 
 
@@ -258,7 +270,10 @@ def test_resume_equals_an_uninterrupted_run(tmp_path):
     straight = train_cnn(cfg, tmp_path / "straight")
     train_cnn(cfg, tmp_path / "cut", stop_after_epoch=1)
     assert len((tmp_path / "cut" / "train_log.jsonl").read_text().splitlines()) == 1
-    resumed = train_cnn(cfg, tmp_path / "cut", resume=True)
+    status = run_status(tmp_path / "cut", cfg)
+    assert (status.state, status.progress) == ("partial", "epoch 1 of 2 checkpointed")
+    assert not (tmp_path / "cut" / "done.json").exists()
+    resumed = train_cnn(cfg, tmp_path / "cut")  # resume is the default
 
     for name in ("last.safetensors", "best.safetensors"):
         a, b = (load_file(str(tmp_path / run / "checkpoints" / name)) for run in ("straight", "cut"))
@@ -276,24 +291,45 @@ def test_resume_equals_an_uninterrupted_run(tmp_path):
         ]
 
     assert log("straight") == log("cut") and len(log("cut")) == 2
-    drop = TIMING_KEYS | {"train_images_per_s"}
+    drop = TIMING_KEYS | {"train_images_per_s", "seconds"}
     assert {k: v for k, v in straight.items() if k not in drop} == {k: v for k, v in resumed.items() if k not in drop}
 
 
-def test_resume_with_a_changed_config_is_refused(tmp_path):
-    """The CLI starts from the run's config.yaml; a --set that changes it is refused, naming the key."""
-    from typer.testing import CliRunner
+def test_partial_run_without_a_checkpoint_starts_over_in_place(tmp_path):
+    """Killed in its first epoch (config.yaml and a stray log line, no checkpoint): the rerun trains from scratch."""
+    from fgvlm.runs import start_run
 
-    from fgvlm.commands.cnn import app
+    cfg = tiny_config("epochs=1")
+    run = start_run(tmp_path / "run", cfg)
+    run.append_jsonl("train_log.jsonl", [{"step": 1, "epoch": 1, "train_loss": 9.9}])
+    assert run_status(run.path, cfg).state == "partial"
+    metrics = train_cnn(cfg, run.path)
+    log = [json.loads(line) for line in (run / "train_log.jsonl").read_text().splitlines()]
+    assert len(log) == 1 and log[0]["train_loss"] != 9.9 and metrics["n"] == 16
+    assert run_status(run.path, cfg).state == "complete"
 
-    cfg = tiny_config("epochs=2")
-    train_cnn(cfg, tmp_path / "cut", stop_after_epoch=1)
-    with pytest.raises(ConfigError, match=r"Differing keys: lr: 0\.05 -> 0\.1\. "):
-        train_cnn(tiny_config("epochs=2", "lr=0.1"), tmp_path / "cut", resume=True)
-    result = CliRunner().invoke(app, ["train", "--out", str(tmp_path / "cut"), "--resume", "--set", "epochs=3"])
-    assert result.exit_code != 0 and isinstance(result.exception, ConfigError)
-    assert "Differing keys: epochs: 2 -> 3." in str(result.exception)
-    assert len((tmp_path / "cut" / "train_log.jsonl").read_text().splitlines()) == 1  # nothing was trained
+
+def test_resume_with_a_changed_config_is_refused(tmp_path, capsys):
+    """The run's own config.yaml resumes it; a --set that changes it is refused, naming the key (one CLI line)."""
+    from fgvlm.cli import main
+
+    cut = tmp_path / "cut"
+    train_cnn(tiny_config("epochs=2"), cut, stop_after_epoch=1)
+    with pytest.raises(RunConflictError, match=r"Differing keys: lr: 0\.05 -> 0\.1\. "):
+        train_cnn(tiny_config("epochs=2", "lr=0.1"), cut)
+    argv = ["cnn", "train", "--config", str(cut / "config.yaml"), "--out", str(cut)]
+    with pytest.raises(SystemExit) as exit_:
+        main([*argv, "--set", "epochs=3"])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and "Differing keys: epochs: 2 -> 3." in err and len(err.splitlines()) == 1
+    assert len((cut / "train_log.jsonl").read_text().splitlines()) == 1  # nothing was trained
+    # a checkpoint whose state file is from another epoch (killed while saving): one line naming the fix
+    info = json.loads((cut / "checkpoints" / "last.json").read_text())
+    (cut / "checkpoints" / "last.json").write_text(json.dumps({**info, "epoch": 7}))
+    with pytest.raises(SystemExit) as exit_:
+        main(argv)
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and "--no-resume" in err and "Traceback" not in err
 
 
 def test_resume_rewrites_the_log_atomically(tmp_path, monkeypatch):
@@ -339,7 +375,8 @@ def test_torchrun_two_processes(tmp_path):
             "--nproc_per_node",
             "2",
             "-m",
-            "fgvlm.commands.cnn",
+            "fgvlm",
+            "cnn",
             "train",
             "--config",
             str(config),

@@ -16,10 +16,12 @@ import pytest
 
 from fgvlm.config import ConfigError, DataConfig, resolve_config
 from fgvlm.data import create_dataset
-from fgvlm.eval.zeroshot import EvalConfig, create_backend, evaluate
+from fgvlm.eval.zeroshot import EvalConfig, evaluate
 from fgvlm.models.base import ModelConfig
 from fgvlm.models.dummy import DummyBackend, image_key
+from fgvlm.models.loading import create_backend
 from fgvlm.prompts import build_prompt, item_seed
+from fgvlm.runs import RunConflictError, run_status
 
 # The tiny-model session fixtures (tiny_model_dir, use_tiny_cache): every test shares one build per family.
 
@@ -30,11 +32,8 @@ def child_env(**extra: str) -> dict[str, str]:
 
 
 def eval_command() -> list[str]:
-    """``python -m fgvlm eval`` once the lead has wired the command, else the module's own entry point."""
-    from fgvlm.cli import COMMANDS
-
-    wired = any(module == "fgvlm.commands.eval" for module, _ in COMMANDS)
-    return ["-m", "fgvlm", "eval"] if wired else ["-m", "fgvlm.commands.eval"]
+    """``python -m fgvlm eval``: the real CLI, as a user or ``torchrun -m fgvlm`` starts it."""
+    return ["-m", "fgvlm", "eval"]
 
 
 def make_cfg(root: Path, **fields) -> EvalConfig:
@@ -48,7 +47,7 @@ def images(root: Path, count: int) -> list:
 
 
 def without_speed(metrics: dict) -> dict:
-    return {k: v for k, v in metrics.items() if k != "images_per_s"}
+    return {k: v for k, v in metrics.items() if k not in ("images_per_s", "seconds")}
 
 
 def test_config_from_yaml_flags_and_overrides(tmp_path: Path) -> None:
@@ -106,6 +105,8 @@ def test_generate_open_qa_hand_computed(flowers_mini: Path, tmp_path: Path) -> N
     assert metrics["macro_f1"] == pytest.approx(0.5)
     assert metrics["per_class_accuracy"] == pytest.approx({"pink primrose": 1 / 3, "hard-leaved pocket orchid": 1 / 3})
     assert (metrics["mode"], metrics["task"], metrics["protocol"]) == ("generate", "open-qa", "official")
+    header = ("kind", "dataset", "protocol", "split", "model", "num_classes", "seconds")
+    assert list(metrics)[:7] == list(header) and (metrics["kind"], metrics["num_classes"]) == ("eval", 102)
     assert metrics["images_per_s"] > 0
     assert json.loads((tmp_path / "metrics.json").read_text()) == metrics
 
@@ -149,7 +150,9 @@ def test_closed_qa_option_keys(flowers_mini: Path, tmp_path: Path) -> None:
     wrong = next(k for k in prompts[2].keys if k != prompts[2].answer)
     replies = [f"({prompts[0].answer})", f"Answer: {prompts[1].answer}.", wrong, "E"]
     backend = DummyBackend(answers={image_key(s.image): r for s, r in zip(samples, replies, strict=True)})
-    metrics = evaluate(make_cfg(flowers_mini, limit=4, task="closed-qa", task_options=options), tmp_path, backend)
+    metrics = evaluate(
+        make_cfg(flowers_mini, limit=4, task="closed-qa", task_options=options), tmp_path, backend=backend
+    )
     lines = [json.loads(line) for line in (tmp_path / "predictions.jsonl").read_text().splitlines()]
     assert [r["prompt"] for r in lines] == [p.text for p in prompts]
     assert [r["options"] for r in lines] == [list(p.options) for p in prompts]
@@ -177,7 +180,7 @@ def test_closed_qa_rank_reports_top5_only_beyond_five_candidates(
 def test_verification_is_scored_as_yes_no(flowers_mini: Path, tmp_path: Path) -> None:
     samples = images(flowers_mini, 8)
     backend = DummyBackend(answers={image_key(s.image): "Yes." for s in samples})
-    metrics = evaluate(make_cfg(flowers_mini, limit=8, task="closed-negative-qa"), tmp_path, backend)
+    metrics = evaluate(make_cfg(flowers_mini, limit=8, task="closed-negative-qa"), tmp_path, backend=backend)
     lines = [json.loads(line) for line in (tmp_path / "predictions.jsonl").read_text().splitlines()]
     positives = sum(r["label"] for r in lines)
     assert 0 < positives < 8 and metrics["positives"] == positives
@@ -198,23 +201,31 @@ def test_resume_after_partial_write_is_byte_identical(flowers_mini: Path, tmp_pa
     expected = (tmp_path / "ref" / "predictions.jsonl").read_bytes()
     lines = expected.splitlines(keepends=True)
     shutil.copytree(tmp_path / "ref", tmp_path / "cut")
-    # 4 complete lines (batch 2 half done) and half of the 5th, as a killed writer leaves them
+    # 4 complete lines (batch 2 half done) and half of the 5th, as a killed writer leaves them (no done.json)
     (tmp_path / "cut" / "predictions.jsonl").write_bytes(b"".join(lines[:4]) + lines[4][:20])
+    (tmp_path / "cut" / "done.json").unlink()
+    assert run_status(tmp_path / "cut", cfg).state == "partial"
     resumed = evaluate(cfg, tmp_path / "cut")
     assert (tmp_path / "cut" / "predictions.jsonl").read_bytes() == expected
     assert without_speed(resumed) == without_speed(reference)
     assert json.loads((tmp_path / "cut" / "meta.json").read_text())["resumed_at"] == 3  # batch-aligned restart
-    again = evaluate(cfg, tmp_path / "cut")  # finished run: nothing left to do, same result
-    assert (tmp_path / "cut" / "predictions.jsonl").read_bytes() == expected and again["images_per_s"] is None
+    assert run_status(tmp_path / "cut", cfg).state == "complete"
+    stamp = (tmp_path / "cut" / "done.json").read_bytes()
+    again = evaluate(cfg, tmp_path / "cut")  # complete: skipped, the stored metrics come back unchanged
+    assert again == json.loads((tmp_path / "cut" / "metrics.json").read_text()) == resumed
+    assert (tmp_path / "cut" / "done.json").read_bytes() == stamp
 
 
 def test_resume_refuses_a_different_config(flowers_mini: Path, tmp_path: Path) -> None:
-    evaluate(make_cfg(flowers_mini, limit=4), tmp_path)
-    with pytest.raises(ConfigError, match=r"seed: 0 -> 1") as err:
-        evaluate(make_cfg(flowers_mini, limit=4, seed=1), tmp_path)
+    out = tmp_path / "run"
+    evaluate(make_cfg(flowers_mini, limit=4), out)
+    with pytest.raises(RunConflictError, match=r"seed: 0 -> 1") as err:
+        evaluate(make_cfg(flowers_mini, limit=4, seed=1), out)
     assert "--no-resume" in str(err.value)
-    restarted = evaluate(make_cfg(flowers_mini, limit=3, seed=1, resume=False), tmp_path)
-    assert restarted["n"] == 3 and len((tmp_path / "predictions.jsonl").read_text().splitlines()) == 3
+    restarted = evaluate(make_cfg(flowers_mini, limit=3, seed=1), out, resume=False)
+    assert restarted["n"] == 3 and len((out / "predictions.jsonl").read_text().splitlines()) == 3
+    (moved,) = tmp_path.glob("run.replaced-*")  # the old run is kept aside, not deleted
+    assert len((moved / "predictions.jsonl").read_text().splitlines()) == 4
 
 
 def _line_count(path: Path) -> int:
@@ -363,3 +374,17 @@ def test_two_processes_write_one_result_equal_to_single(
     assert sorted(p.name for p in (tmp_path / "dp").iterdir()) == sorted(
         p.name for p in (tmp_path / "single").iterdir()
     )
+
+
+def test_reasoning_block_is_stripped_before_matching_and_kept_raw(flowers_mini: Path, tmp_path: Path) -> None:
+    # The real Qwen3 tokenizer keeps <think>/</think> under skip_special_tokens: the answer is matched without the
+    # block, and the raw reply stays in the predictions file.
+    samples = images(flowers_mini, 2)
+    names = create_dataset(dataset="flowers102", root=str(flowers_mini)).class_names
+    replies = [f"<think>\n\n</think>\n\n{names[samples[0].label]}", names[samples[1].label]]
+    backend = DummyBackend(answers={image_key(s.image): r for s, r in zip(samples, replies, strict=True)})
+    metrics = evaluate(make_cfg(flowers_mini, limit=2), tmp_path, backend=backend)
+    lines = [json.loads(line) for line in (tmp_path / "predictions.jsonl").read_text().splitlines()]
+    assert [r["answer"] for r in lines] == [names[samples[0].label], names[samples[1].label]]
+    assert lines[0]["raw_answer"] == replies[0] and "raw_answer" not in lines[1]
+    assert metrics["accuracy"] == 1.0

@@ -23,6 +23,7 @@ from fgvlm.heads.cache import FeatureCache, feature_key
 from fgvlm.heads.config import HeadRecipe, HeadTrainConfig, SweepConfig
 from fgvlm.heads.sweep import holdout_indices, run_sweep
 from fgvlm.heads.training import TensorFeatures, batch_order, train_head
+from fgvlm.runs import TRAIN_LOG_KEYS
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -149,8 +150,11 @@ def test_head_learns_separable_features_and_keeps_the_best_step():
     xt, yt = clusters(60, 16, 6, seed=2)
     accuracy = (result.head(xt).argmax(1) == yt).float().mean().item()
     assert accuracy > 0.9 and result.best_val["accuracy"] > 0.9
-    evals = [r for r in result.log if "val_accuracy" in r]
+    evals = [r for r in result.log if r["val_accuracy"] is not None]
     assert [r["step"] for r in evals] == [50, 100, 150, 200, 250, 300]
+    assert all(list(r)[:7] == list(TRAIN_LOG_KEYS) for r in result.log)  # the shared train_log schema
+    assert [r["step"] for r in result.log if r["train_loss"] is not None] == [100, 200, 300]
+    assert evals[-1]["epoch"] == 300 * 32 / 240 and 0 < evals[-1]["val_top5"] <= 1
     # best = highest accuracy, ties broken by lower loss; its weights are the ones returned
     best = max(evals, key=lambda r: (r["val_accuracy"], -round(r["val_loss"], 5)))
     assert result.best_step == best["step"] and result.best_val["accuracy"] == best["val_accuracy"]
@@ -217,11 +221,22 @@ def test_head_train_writes_the_run_and_reuses_the_cache(tmp_path):
     summary = run_head("train", *common, "--out", str(tmp_path / "a"))
     run = tmp_path / "a"
     expected = {"config.yaml", "meta.json", "head.safetensors", "head.json", "metrics.json", "predictions.jsonl",
-                "confusion.json", "train_log.jsonl"}  # fmt: skip
+                "confusion.json", "train_log.jsonl", "done.json"}  # fmt: skip
     assert expected <= {p.name for p in run.iterdir()}
     assert summary["n"] == 12 and summary["pooling"] == "mean" and summary["training"] == "cached"
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["mode"] == "head" and metrics["protocol"] == "official" and metrics["top5_accuracy"] == 1.0
+    assert (metrics["kind"], metrics["model"], metrics["num_classes"], metrics["split"]) == (
+        "head-train",
+        "dummy",
+        4,
+        "test",
+    )
+    log = [json.loads(line) for line in (run / "train_log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log] == [20, 40] and all(list(r) == list(TRAIN_LOG_KEYS) for r in log)
+    # the completion marker is the last file written
+    others = [p.stat().st_mtime_ns for p in run.iterdir() if p.is_file() and p.name != "done.json"]
+    assert (run / "done.json").stat().st_mtime_ns >= max(others)
     lines = [json.loads(line) for line in (run / "predictions.jsonl").read_text().splitlines()]
     assert len(lines) == 12 and set(lines[0]) == {"id", "label", "pred", "topk"} and len(lines[0]["topk"]) == 4
     assert all(line["pred"] == line["topk"][0][0] for line in lines)
@@ -238,10 +253,29 @@ def test_head_train_writes_the_run_and_reuses_the_cache(tmp_path):
     meta_c = json.loads((tmp_path / "c" / "meta.json").read_text())
     assert not any(f["cached"] for f in meta_c["features"])
     assert len(list((tmp_path / "cache" / "features").iterdir())) == 6
+    # the same command again: complete, skipped, the stored metrics
+    again = run_head("train", *common, "--out", str(tmp_path / "a"))
+    assert again == summary and json.loads((run / "metrics.json").read_text()) == metrics
+    # a partial run (no done.json) is trained again, from the cached features, to the same head
+    (run / "done.json").unlink()
+    weights = (run / "head.safetensors").read_bytes()
+    assert run_head("train", *common, "--out", str(tmp_path / "a")) == summary
+    assert (run / "done.json").is_file() and (run / "head.safetensors").read_bytes() == weights
     # head eval reproduces the test metrics from the saved head
     result = CliRunner().invoke(app, ["eval", "--run", str(run), "--split", "test", "--json"])
     assert result.exit_code == 0, result.output
-    assert json.loads((run / "eval-test" / "metrics.json").read_text())["accuracy"] == metrics["accuracy"]
+    evaluated = json.loads((run / "eval-test" / "metrics.json").read_text())
+    assert evaluated["accuracy"] == metrics["accuracy"] and evaluated["kind"] == "head-eval"
+    assert (run / "eval-test" / "done.json").is_file()
+    limited = CliRunner().invoke(
+        app, ["eval", "--run", str(run), "--split", "val", "--limit", "5", "-o", str(tmp_path / "v5")]
+    )
+    assert limited.exit_code == 0, limited.output
+    assert json.loads((tmp_path / "v5" / "metrics.json").read_text())["n"] == 5
+    # --limit caps every split the head reads (a limited split is its own cache entry)
+    capped = run_head("train", *common, "--limit", "3", "--out", str(tmp_path / "d"))
+    meta_d = json.loads((tmp_path / "d" / "meta.json").read_text())
+    assert capped["n"] == 3 and not any(f["cached"] for f in meta_d["features"])
 
 
 # -- the tiny random Qwen3-VL ----------------------------------------------------------------------------------------
@@ -274,8 +308,9 @@ def test_online_training_reaches_the_cached_predictions(tmp_path, tiny_qwen):
     from fgvlm.heads.pipeline import train_run
 
     model, backend = tiny_qwen
-    cached = train_run(tiny_config(model, tmp_path / "cache"), tmp_path / "cached", False, backend)
-    online = train_run(tiny_config(model, tmp_path / "cache", "online=true"), tmp_path / "online", False, backend)
+    cached = train_run(tiny_config(model, tmp_path / "cache"), tmp_path / "cached", progress=False, backend=backend)
+    online_cfg = tiny_config(model, tmp_path / "cache", "online=true")
+    online = train_run(online_cfg, tmp_path / "online", progress=False, backend=backend)
     assert (cached["training"], online["training"]) == ("cached", "online")
     a, b = read_predictions(tmp_path / "cached"), read_predictions(tmp_path / "online")
     assert [line["pred"] for line in a] == [line["pred"] for line in b]
@@ -302,13 +337,13 @@ def test_two_process_extraction_equals_one_process(tmp_path, tiny_qwen):
     from fgvlm.heads.pipeline import train_run
 
     model, backend = tiny_qwen
-    train_run(tiny_config(model, tmp_path / "one", "steps=2"), tmp_path / "run1", False, backend)
+    train_run(tiny_config(model, tmp_path / "one", "steps=2"), tmp_path / "run1", progress=False, backend=backend)
     sets = ["--set", TINY_SYNTH]
     for item in (f"model.name={model}", "data.dataset=synthflowers", f"cache_dir={tmp_path / 'two'}", "steps=2",
                  "embed_batch_size=8", "lr=1e-2", "batch_size=4", "eval_every=10"):  # fmt: skip
         sets += ["--set", item]
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-               "-m", "fgvlm.commands.head", "train", *sets, "--out", str(tmp_path / "run2")]  # fmt: skip
+               "-m", "fgvlm", "head", "train", *sets, "--out", str(tmp_path / "run2")]  # fmt: skip
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]

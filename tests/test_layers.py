@@ -22,13 +22,15 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("eval",),
     ("train",),
     ("heads",),
+    ("kinds",),
     ("sft", "study", "report"),
     ("commands", "cli", "__main__", "__init__"),
 )
 """Bottom first. The key of a module is its first name below ``fgvlm`` (``fgvlm.data.base`` -> ``data``);
 ``__init__`` is the package root ``fgvlm`` itself, whose lazy ``match_answer`` reaches into ``eval``. ``train`` (the
 training loop, optimisers, the CNN baselines) sits below ``heads``: heads train with its optimiser and runtime, and
-nothing in ``train`` needs a head."""
+nothing in ``train`` needs a head. ``kinds`` (the table of runnable kinds) names the run functions of the layers
+below it as ``"module:function"`` strings; the study runner above it reads the table."""
 
 LEVEL = {name: level for level, names in enumerate(LAYERS) for name in names}
 

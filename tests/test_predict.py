@@ -46,7 +46,9 @@ def mini_head(tmp_path_factory, flowers_mini, tiny_model_dir):  # noqa: F811 (th
     overrides = [f"model.name={model}", "data.dataset=flowers102", f"data.root={flowers_mini}", "val_split=null",
                  "eval_split=train", "steps=300", "lr=1e-2", "standardize=true", "embed_batch_size=24",
                  f"cache_dir={out / 'cache'}"]  # fmt: skip
-    metrics = train_run(resolve_config(HeadTrainConfig, overrides=overrides), out / "run", False, backend)
+    metrics = train_run(
+        resolve_config(HeadTrainConfig, overrides=overrides), out / "run", progress=False, backend=backend
+    )
     return model, backend, out / "run", metrics
 
 
@@ -113,7 +115,7 @@ def dummy_head(tmp_path_factory):
     overrides = ["model.name=dummy", "model.max_pixels=50176", "data.dataset=synthflowers", "steps=20",
                  "data.options={num_classes: 4, images_per_class: [6, 3, 3], image_size: 32}",
                  f"cache_dir={out / 'cache'}"]  # fmt: skip
-    train_run(resolve_config(HeadTrainConfig, overrides=overrides), out / "run", False)
+    train_run(resolve_config(HeadTrainConfig, overrides=overrides), out / "run", progress=False)
     return out / "run"
 
 
@@ -134,18 +136,31 @@ def test_predict_with_model_and_head_keeps_the_heads_model_settings(dummy_head, 
     """--model replaces only the name: the head's recorded max_pixels reaches the backend."""
     from PIL import Image
 
-    import fgvlm.models.loading as zeroshot
+    import fgvlm.models.loading as loading
 
     loaded = []
-    real = zeroshot.create_backend
+    real = loading.create_backend
 
     def recording(cfg, *args, **kwargs):
         loaded.append(cfg)
         return real(cfg, *args, **kwargs)
 
-    monkeypatch.setattr(zeroshot, "create_backend", recording)
+    monkeypatch.setattr(loading, "create_backend", recording)
     image = tmp_path / "x.png"
     Image.new("RGB", (32, 32), (200, 30, 60)).save(image)
     [result] = predict(str(image), "--model", "dummy", "--head", str(dummy_head))
     assert [(cfg.name, cfg.max_pixels) for cfg in loaded] == [("dummy", 50176)]
     assert result["method"] == f"head:{dummy_head}" and len(result["top"]) == 4
+
+
+def test_zero_shot_without_class_names_is_a_user_error(tmp_path):
+    """A user mistake is the project's ConfigError (the CLI prints it as one line), not a bare ValueError."""
+    from PIL import Image
+
+    from fgvlm.heads.predict import predict_images
+    from fgvlm.models.dummy import DummyBackend
+
+    image = tmp_path / "x.png"
+    Image.new("RGB", (16, 16), (10, 200, 30)).save(image)
+    with pytest.raises(ConfigError, match="needs class names"):
+        predict_images(DummyBackend(), [image], class_names=[])

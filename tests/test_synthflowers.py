@@ -88,7 +88,9 @@ def test_options_and_their_errors():
 def test_cli_data_info_json():
     from fgvlm.cli import app
 
-    result = CliRunner().invoke(app, ["data", "info", "--dataset", "synthflowers", "--json", "-o", "num_classes=8"])
+    result = CliRunner().invoke(
+        app, ["data", "info", "--dataset", "synthflowers", "--json", "--option", "num_classes=8"]
+    )
     assert result.exit_code == 0, result.output
     info = json.loads(result.output)
     assert info["num_classes"] == 8 and info["splits"] == {"train": 192, "val": 64, "test": 64}

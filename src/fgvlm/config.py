@@ -183,10 +183,23 @@ def _flatten(data: Any, prefix: str = "") -> dict[str, Any]:
     return {prefix.rstrip("."): data}
 
 
+def given_keys(
+    config_path: str | Path | None = None, flags: dict[str, Any] | None = None, overrides: list[str] | None = None
+) -> set[str]:
+    """Dotted keys that a YAML file, a command-line flag (not None) or a ``--set`` sets: a choice, not a default."""
+    keys = set(_flatten(load_yaml(config_path))) if config_path is not None else set()
+    keys |= {key for key, value in (flags or {}).items() if value is not None}
+    for text in overrides or []:
+        path, value = parse_override(text)
+        keys |= set(_flatten({".".join(path): value}))
+    return keys
+
+
 def config_differences(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
     """Dotted keys whose values differ between two config dicts (``resume`` ignored), as 'key: saved -> now'.
 
-    Used to refuse resuming a run directory with a different config (``fgvlm eval``, ``fgvlm cnn train``).
+    Used to refuse resuming a run directory with a different config (``fgvlm.runs.run_status``); ``resume`` is
+    ignored so that run directories written when it was a config key still compare equal.
     """
     a, b = _flatten(saved), _flatten(yaml.safe_load(yaml.safe_dump(current)))
     keys = sorted((set(a) | set(b)) - {"resume"})

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import typer
+
+from fgvlm.commands.common import config_option, limit_option, out_option, resume_option, set_option
 
 app = typer.Typer(
     help="CNN baselines: fine-tune any timm classifier, with or without MixUp/CutMix.", no_args_is_help=True
 )
 
 
-def _print_summary(metrics: dict, where: str) -> None:
+def _print_summary(metrics: dict, where: Path) -> None:
     if not metrics:  # DDP ranks other than 0 write and print nothing
         return
     top5 = metrics.get("top5_accuracy")
@@ -23,7 +27,7 @@ def _print_summary(metrics: dict, where: str) -> None:
 
 @app.command()
 def train(
-    out: str = typer.Option(..., "--out", "-o", help="Run directory for checkpoints, logs and metrics."),
+    out: Path = out_option("Run directory for checkpoints, logs and metrics."),
     arch: str = typer.Option(None, help="timm architecture (default resnet50; test_resnet for quick CPU runs)."),
     dataset: str = typer.Option(None, "--dataset", "-d", help="Dataset registry name (default synthflowers)."),
     root: str = typer.Option(None, help="Dataset folder (flowers102: the official layout)."),
@@ -32,13 +36,14 @@ def train(
     mixup: bool = typer.Option(None, "--mixup/--no-mixup", help="MixUp on each batch."),
     cutmix: bool = typer.Option(None, "--cutmix/--no-cutmix", help="CutMix on each batch."),
     pretrained: str = typer.Option(None, help="Initial weights: hub, none, or a local .safetensors file."),
-    config: str = typer.Option(None, "--config", "-c", help="YAML config (see configs/cnn/)."),
-    set_: list[str] = typer.Option([], "--set", help="Override any config key: KEY=VALUE (e.g. lr=0.02)."),
-    resume: bool = typer.Option(
-        False, "--resume", help="Continue the run in --out from its last checkpoint (with its config unchanged)."
-    ),
+    limit: int = limit_option(),
+    resume: bool = resume_option(),
+    config: Path = config_option("YAML config (see configs/cnn/)."),
+    overrides: list[str] = set_option("lr=0.02"),
 ) -> None:
-    """Fine-tune a timm classifier; writes checkpoints, train_log.jsonl, tb/, metrics.json and predictions.jsonl.
+    """Fine-tune a timm classifier: checkpoints, train_log.jsonl, tb/, metrics.json, predictions.jsonl, done.json.
+
+    A partial run continues from its last checkpoint (the result equals an uninterrupted run).
 
     Examples:
 
@@ -49,15 +54,13 @@ def train(
       fgvlm cnn train --arch resnet50 --dataset flowers102 --protocol swapped --pretrained hub --mixup --cutmix
       --out runs/r50-mix
 
+      fgvlm cnn train --config runs/r50/config.yaml --out runs/r50   (continue an interrupted run)
+
       torchrun --standalone --nproc_per_node 2 -m fgvlm cnn train --config ... --out runs/ddp
     """
-    from pathlib import Path
-
     from fgvlm.config import resolve_config
     from fgvlm.train.cnn import CNNTrainConfig, train_cnn
 
-    if resume and config is None and (Path(out) / "config.yaml").is_file():
-        config = str(Path(out) / "config.yaml")  # a resumed run keeps its own config; a changed one is refused
     flags = {
         "arch": arch,
         "data.dataset": dataset,
@@ -67,20 +70,25 @@ def train(
         "mixup": mixup,
         "cutmix": cutmix,
         "pretrained": pretrained,
+        "limit": limit,
     }
-    cfg = resolve_config(CNNTrainConfig, config, flags, set_)
+    cfg = resolve_config(CNNTrainConfig, config, flags, overrides)
     metrics = train_cnn(cfg, out, resume=resume)
     _print_summary(metrics, out)
 
 
 @app.command("eval")
 def evaluate(
-    run: str = typer.Option(..., "--run", "-r", help="Run directory written by `fgvlm cnn train`."),
-    split: str = typer.Option("test", help="Split to evaluate."),
-    checkpoint: str = typer.Option("best", help="best (highest validation top-1) or last."),
-    out: str = typer.Option(None, "--out", "-o", help="Where to write results (default RUN/eval-SPLIT-CHECKPOINT)."),
+    run: Path = typer.Option(None, "--run", "-r", help="Run directory written by `fgvlm cnn train`."),
+    split: str = typer.Option(None, help="Split to evaluate [default: test]."),
+    checkpoint: str = typer.Option(None, help="best (highest validation accuracy) or last [default: best]."),
+    out: Path = out_option("Run directory for the results [default: RUN/eval-SPLIT-CHECKPOINT].", required=False),
+    limit: int = limit_option(),
+    resume: bool = resume_option(),
+    config: Path = config_option("YAML file of CNNEvalConfig fields (run, split, checkpoint, limit)."),
+    overrides: list[str] = set_option("checkpoint=last"),
 ) -> None:
-    """Evaluate a trained run's checkpoint on a split: metrics.json, predictions.jsonl, confusion.json.
+    """Evaluate a trained run's checkpoint on a split: metrics.json, predictions.jsonl, confusion.json, done.json.
 
     Examples:
 
@@ -88,14 +96,12 @@ def evaluate(
 
       fgvlm cnn eval --run runs/r50 --split val --checkpoint last
     """
-    from pathlib import Path
+    from fgvlm.commands.common import default_out
+    from fgvlm.config import resolve_config
+    from fgvlm.train.cnn import CNNEvalConfig, evaluate_run
 
-    from fgvlm.train.cnn import evaluate_run
-
-    target = out or str(Path(run) / f"eval-{split}-{checkpoint}")
-    metrics = evaluate_run(run, split=split, checkpoint=checkpoint, out=target)
+    flags = {"run": str(run) if run is not None else None, "split": split, "checkpoint": checkpoint, "limit": limit}
+    cfg = resolve_config(CNNEvalConfig, config, flags, overrides)
+    target = default_out(out, Path(cfg.run), f"eval-{cfg.split}-{cfg.checkpoint}")
+    metrics = evaluate_run(cfg, target, resume=resume)
     _print_summary(metrics, target)
-
-
-if __name__ == "__main__":  # `python -m fgvlm.commands.cnn` / `torchrun -m fgvlm.commands.cnn` before CLI wiring
-    app()

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import typer
+
+from fgvlm.commands.common import config_option, limit_option, out_option, resume_option, set_option
 
 app = typer.Typer(help="Inspect, download and audit datasets.", no_args_is_help=True)
 
@@ -29,7 +32,7 @@ def info(
     dataset: str = typer.Option(..., "--dataset", "-d", help=DATASET_HELP),
     root: str = typer.Option(None, help=ROOT_HELP),
     protocol: str = typer.Option("official", help="Split protocol (flowers102: official, trainval, swapped)."),
-    option: list[str] = typer.Option([], "--option", "-o", help=SET_HELP),
+    option: list[str] = typer.Option([], "--option", help=SET_HELP),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
 ) -> None:
     """Classes, images per split and per-class min/median/max.
@@ -40,7 +43,7 @@ def info(
 
       fgvlm data info --dataset flowers102 --root ../shared/data/flowers102-meta --protocol swapped
 
-      fgvlm data info --dataset synthflowers -o num_classes=8
+      fgvlm data info --dataset synthflowers --option num_classes=8
     """
     from fgvlm.data import create_dataset
 
@@ -109,14 +112,16 @@ def audit(
     dataset: str = typer.Option(None, "--dataset", "-d", help=DATASET_HELP),
     root: str = typer.Option(None, help=ROOT_HELP),
     protocol: str = typer.Option(None, help="Split protocol (flowers102: official, trainval, swapped)."),
-    option: list[str] = typer.Option([], "--option", "-o", help=SET_HELP),
-    out: str = typer.Option(None, "--out", help="Run directory: audit.json, duplicates.png, config.yaml, meta.json."),
+    option: list[str] = typer.Option([], "--option", help=SET_HELP),
+    out: Path = out_option("Run directory: audit.json, duplicates.png, config.yaml, meta.json, done.json."),
     threshold: int = typer.Option(
         None, help="Near duplicate if the 64-bit hashes differ in at most this many bits (default 5)."
     ),
     hash_name: str = typer.Option(None, "--hash", help="Perceptual hash: dhash (default), phash or ahash."),
-    config: str = typer.Option(None, "--config", "-c", help="YAML file with audit settings (AuditConfig)."),
-    overrides: list[str] = typer.Option([], "--set", help="Override as KEY=VALUE (e.g. max_sheet_pairs=100)."),
+    limit: int = limit_option(),
+    resume: bool = resume_option(),
+    config: Path = config_option("YAML file with audit settings (AuditConfig)."),
+    overrides: list[str] = set_option("max_sheet_pairs=100"),
 ) -> None:
     """Near-duplicate and byte-identical images within and across splits, label conflicts, unreadable files.
 
@@ -139,17 +144,17 @@ def audit(
         "data.dataset": dataset,
         "data.root": root,
         "data.protocol": protocol,
-        "out": out,
         "threshold": threshold,
         "hash": hash_name,
         "data.options": parse_options(option) or None,
+        "limit": limit,
     }
     cfg = resolve_config(AuditConfig, config, flags, overrides)
-    summary = run_audit(cfg)["summary"]
+    summary = run_audit(cfg, out, resume=resume)["summary"]
     table = Table(title=f"audit of {cfg.data.dataset} ({cfg.data.protocol}), {cfg.hash} <= {cfg.threshold} bits")
     table.add_column("check")
     table.add_column("count", justify="right")
     for key, value in summary.items():
         table.add_row(key.replace("_", " "), str(value))
     Console().print(table)
-    typer.echo(f"details: {cfg.out}/{AUDIT_FILE}, contact sheet: {cfg.out}/duplicates.png")
+    typer.echo(f"details: {out / AUDIT_FILE}, contact sheet: {out / 'duplicates.png'}")

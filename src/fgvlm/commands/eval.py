@@ -7,6 +7,8 @@ from pathlib import Path
 
 import typer
 
+from fgvlm.commands.common import config_option, limit_option, out_option, resume_option, set_option
+
 
 class Mode(str, Enum):
     generate = "generate"
@@ -20,8 +22,10 @@ class Score(str, Enum):
 
 
 def command(
-    out: Path = typer.Option(..., "--out", "-o", help="Run directory (created; an interrupted run there resumes)."),
-    model: str = typer.Option(None, "--model", "-m", help="Registry name (`fgvlm list models`), hub id or folder."),
+    out: Path = out_option("Run directory (created; an interrupted run there resumes)."),
+    model: str = typer.Option(
+        None, "--model", "-m", help="Registry name (`fgvlm list models`), hub id or folder; required on real datasets."
+    ),
     dataset: str = typer.Option(None, "--dataset", "-d", help="Registry name (`fgvlm list datasets`)."),
     root: str = typer.Option(None, help="Folder holding the data (default: the dataset's own)."),
     protocol: str = typer.Option(None, help="Split protocol (flowers102: official, trainval, swapped)."),
@@ -31,15 +35,15 @@ def command(
     ),
     task: str = typer.Option(None, help="Prompt task (`fgvlm list tasks`) [default: open-qa]."),
     batch_size: int = typer.Option(None, help="Images per request [default: 8]."),
-    limit: int = typer.Option(None, help="Only the first N images of the split."),
+    limit: int = limit_option(),
     score: Score = typer.Option(None, help="Rank mode: score that picks the answer [default: mean, per token]."),
     max_new_tokens: int = typer.Option(None, help="Generate mode: answer length limit [default: 32]."),
     seed: int = typer.Option(None, help="Seed of every random prompt choice [default: 0]."),
-    resume: bool = typer.Option(None, "--resume/--no-resume", help="Continue an interrupted run [default: on]."),
-    config: Path = typer.Option(None, "--config", "-c", help="YAML file of EvalConfig fields (flags override it)."),
-    set_: list[str] = typer.Option([], "--set", help="Override as KEY=VALUE, e.g. task_options.num_options=10."),
+    resume: bool = resume_option(),
+    config: Path = config_option("YAML file of EvalConfig fields (flags and --set override it)."),
+    overrides: list[str] = set_option("task_options.num_options=10"),
 ) -> None:
-    """Zero-shot evaluation: writes config.yaml, meta.json, predictions.jsonl, metrics.json, confusion.json.
+    """Zero-shot evaluation: writes config.yaml, meta.json, predictions.jsonl, metrics.json, confusion.json, done.json.
 
     Examples:
 
@@ -52,7 +56,8 @@ def command(
 
       torchrun --standalone --nproc_per_node 2 -m fgvlm eval --model tiny-qwen3-vl --dataset flowers102 --out runs/dp
     """
-    from fgvlm.config import resolve_config
+    from fgvlm.commands.common import require_model
+    from fgvlm.config import given_keys, resolve_config
     from fgvlm.distributed import is_main_process
     from fgvlm.eval.zeroshot import EvalConfig, evaluate
 
@@ -69,10 +74,10 @@ def command(
         "score": score.value if score else None,
         "max_new_tokens": max_new_tokens,
         "seed": seed,
-        "resume": resume,
     }
-    cfg = resolve_config(EvalConfig, config, flags, set_)
-    metrics = evaluate(cfg, out)
+    cfg = resolve_config(EvalConfig, config, flags, overrides)
+    require_model(cfg, given_keys(config, flags, overrides), "fgvlm eval")
+    metrics = evaluate(cfg, out, resume=resume)
     if is_main_process():
         top5 = metrics["top5_accuracy"]
         speed = metrics["images_per_s"]
@@ -84,7 +89,3 @@ def command(
             + (f", {speed:.2f} images/s" if speed else "")
             + f" -> {out}"
         )
-
-
-if __name__ == "__main__":  # `python -m fgvlm.commands.eval ...` and `torchrun -m fgvlm.commands.eval ...`
-    typer.run(command)

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import typer
+
+from fgvlm.commands.common import config_option, limit_option, out_option, resume_option, set_option
 
 app = typer.Typer(
     help="Classification heads on frozen VLM features (feature cache, sweep, eval).", no_args_is_help=True
@@ -13,9 +16,12 @@ app = typer.Typer(
 
 @app.command()
 def train(
-    out: str = typer.Option(..., "--out", "-o", help="Run directory to write (head, metrics, predictions, logs)."),
+    out: Path = out_option("Run directory to write (head, metrics, predictions, logs)."),
     model: str = typer.Option(
-        None, "--model", "-m", help="Registry name, hub id or local model dir (SFT run's model/)."
+        None,
+        "--model",
+        "-m",
+        help="Registry name, hub id or local model dir (SFT run's model/); required on real datasets.",
     ),
     dataset: str = typer.Option(None, "--dataset", "-d", help="Dataset registry name (see `fgvlm list datasets`)."),
     root: str = typer.Option(None, help="Folder holding the data."),
@@ -25,11 +31,15 @@ def train(
     steps: int = typer.Option(None, help="Head training steps (default 2000)."),
     online: bool = typer.Option(None, "--online/--cached", help="Run the VLM on every batch (reference way; slow)."),
     sweep: bool = typer.Option(None, "--sweep/--no-sweep", help="Sweep pooling x layer x lr first, keep the best."),
-    config: str = typer.Option(None, "--config", "-c", help="YAML config (see configs/heads/)."),
-    overrides: list[str] = typer.Option([], "--set", help="Override a config key: KEY=VALUE (e.g. lr=1e-3)."),
+    limit: int = limit_option(),
+    resume: bool = resume_option(),
+    config: Path = config_option("YAML config (see configs/heads/)."),
+    overrides: list[str] = set_option("lr=1e-3"),
     as_json: bool = typer.Option(False, "--json", help="Print the metrics as one JSON object."),
 ) -> None:
     """Extract (or reuse cached) features, train a head, evaluate it on the test split.
+
+    A partial run is trained again from step 0 (its features come back from the cache, so this is cheap).
 
     Examples:
 
@@ -39,9 +49,10 @@ def train(
 
       fgvlm head train --model runs/sft/model --dataset flowers102 --protocol swapped --out runs/sft-head
 
-      torchrun --standalone --nproc_per_node 2 -m fgvlm.commands.head train -c configs/heads/synthflowers-tiny.yaml -o r
+      torchrun --standalone --nproc_per_node 2 -m fgvlm head train -c configs/heads/synthflowers-tiny.yaml -o r
     """
-    from fgvlm.config import resolve_config
+    from fgvlm.commands.common import require_model
+    from fgvlm.config import given_keys, resolve_config
     from fgvlm.heads.config import HeadTrainConfig
     from fgvlm.heads.pipeline import train_run
 
@@ -55,33 +66,46 @@ def train(
         "steps": steps,
         "online": online,
         "sweep": sweep,
+        "limit": limit,
     }
     cfg = resolve_config(HeadTrainConfig, config, flags, overrides)
-    metrics = train_run(cfg, out)
+    require_model(cfg, given_keys(config, flags, overrides), "fgvlm head train")
+    metrics = train_run(cfg, out, resume=resume)
     if metrics is not None:
         report(metrics, out, as_json)
 
 
 @app.command("eval")
 def evaluate(
-    run: str = typer.Option(..., "--run", "-r", help="A `fgvlm head train` run directory."),
-    split: str = typer.Option("test", help="Split to evaluate (train, val, test)."),
+    run: Path = typer.Option(None, "--run", "-r", help="A `fgvlm head train` run directory."),
+    split: str = typer.Option(None, help="Split to evaluate (train, val, test) [default: test]."),
+    out: Path = out_option("Run directory for the results [default: RUN/eval-SPLIT].", required=False),
+    limit: int = limit_option(),
+    resume: bool = resume_option(),
+    config: Path = config_option("YAML file of HeadEvalConfig fields (head_run, split, limit)."),
+    overrides: list[str] = set_option("split=val"),
     as_json: bool = typer.Option(False, "--json", help="Print the metrics as one JSON object."),
 ) -> None:
-    """Evaluate a trained head on a split; writes RUN/eval-SPLIT/{metrics.json,predictions.jsonl,confusion.json}.
+    """Evaluate a trained head on a split: metrics.json, predictions.jsonl, confusion.json, done.json.
 
     Examples:
 
       fgvlm head eval --run runs/head-synth --split val
     """
+    from fgvlm.commands.common import default_out
+    from fgvlm.config import resolve_config
+    from fgvlm.heads.config import HeadEvalConfig
     from fgvlm.heads.pipeline import eval_run
 
-    metrics = eval_run(run, split)
+    flags = {"head_run": str(run) if run is not None else None, "split": split, "limit": limit}
+    cfg = resolve_config(HeadEvalConfig, config, flags, overrides)
+    target = default_out(out, Path(cfg.head_run), f"eval-{cfg.split}")
+    metrics = eval_run(cfg, target, resume=resume)
     if metrics:
-        report(metrics, f"{run}/eval-{split}", as_json)
+        report(metrics, target, as_json)
 
 
-def report(metrics: dict, where: str, as_json: bool) -> None:
+def report(metrics: dict, where: Path, as_json: bool) -> None:
     """One line (or one JSON object) with the headline numbers."""
     keys = ("accuracy", "top5_accuracy", "macro_f1", "n", "ci95", "split", "pooling", "layer", "training")
     summary = {k: metrics.get(k) for k in keys}
@@ -92,7 +116,3 @@ def report(metrics: dict, where: str, as_json: bool) -> None:
         f"{summary['split']}: accuracy {100 * summary['accuracy']:.2f} % (top-5 {100 * summary['top5_accuracy']:.2f} %,"
         f" macro-F1 {summary['macro_f1']:.3f}, n={summary['n']}) -> {where}"
     )
-
-
-if __name__ == "__main__":  # `torchrun ... -m fgvlm.commands.head train ...` (or `python -m`)
-    app()

@@ -31,8 +31,6 @@ class AuditConfig:
     """What ``fgvlm data audit`` checks and where it writes."""
 
     data: DataConfig = dataclasses.field(default_factory=DataConfig)
-    out: str = "runs/audit"
-    """Run directory: audit.json, duplicates.png, config.yaml, meta.json."""
     hash: str = "dhash"
     """Perceptual hash from the imagehash library, 64 bits: dhash, phash or ahash."""
     threshold: int = 5
@@ -41,12 +39,16 @@ class AuditConfig:
     """Pairs drawn on the contact sheet (all pairs are listed in audit.json)."""
     workers: int = 4
     """Threads decoding and hashing images (decoding releases the GIL)."""
+    limit: int | None = None
+    """Audit only the first N images of every split (quick checks)."""
 
     def __post_init__(self) -> None:
         if self.hash not in HASHES:
             raise ConfigError(f"audit.hash must be one of {', '.join(HASHES)}, got {self.hash!r}")
         if not 0 <= self.threshold < 64:
             raise ConfigError(f"audit.threshold must be in 0..63 bits, got {self.threshold}")
+        if self.limit is not None and self.limit < 1:
+            raise ConfigError(f"audit.limit must be >= 1 (or unset), got {self.limit}")
 
 
 def popcount_by_bytes(values: np.ndarray) -> np.ndarray:
@@ -136,7 +138,8 @@ def _pair(a: dict[str, Any], b: dict[str, Any], distance: int | None, identical:
 
 def find_issues(dataset: Dataset, cfg: AuditConfig, progress: bool = True) -> dict[str, Any]:
     """Hash all records of all splits and collect near duplicates, byte duplicates, label conflicts and bad files."""
-    items = [(split, record) for split, records in dataset.list_records().items() for record in records]
+    records_by_split = dataset.list_records().items()
+    items = [(split, record) for split, records in records_by_split for record in records[: cfg.limit]]
     hashed = hash_records(dataset, items, cfg.hash, cfg.workers, progress)
     entries = [_entry(dataset, split, record) for split, record in items]
     unreadable = [{**entries[k], "error": h["error"]} for k, h in enumerate(hashed) if h["error"]]
@@ -180,18 +183,24 @@ def find_issues(dataset: Dataset, cfg: AuditConfig, progress: bool = True) -> di
     }
 
 
-def run_audit(cfg: AuditConfig, progress: bool = True) -> dict[str, Any]:
-    """``fgvlm data audit``: audit the dataset of ``cfg.data`` and write the run directory ``cfg.out``."""
-    from fgvlm.data import create_dataset
-    from fgvlm.runs import RunDir
+def run_audit(cfg: AuditConfig, out: str | Path, *, resume: bool = True, progress: bool = True) -> dict[str, Any]:
+    """``fgvlm data audit``: audit the dataset of ``cfg.data`` into run directory ``out``; returns the report.
 
+    Run lifecycle of ``fgvlm.runs.start_run``: a complete audit of the same config is not redone (its stored
+    ``audit.json`` is returned); a partial one is redone from the start (hashing keeps no intermediate state).
+    """
+    from fgvlm.data import create_dataset
+    from fgvlm.runs import finish_run, start_run
+
+    run = start_run(out, cfg, resume=resume)
+    if run.complete:
+        return run.read_results(AUDIT_FILE)
     dataset = create_dataset(cfg.data)
     report = find_issues(dataset, cfg, progress=progress)
-    run = RunDir(cfg.out)
-    run.write_config(cfg)
     run.write_json(AUDIT_FILE, report)
     draw_pairs(report["near_duplicates"], run / SHEET_FILE, dataset, cfg.max_sheet_pairs)
     run.write_meta(command="data audit", seed=None, dataset=dataset.describe(), audit=report["summary"])
+    finish_run(run)
     return report
 
 

@@ -117,11 +117,16 @@ class TaskScorer:
 
     def generate(self, backend: VLMBackend, samples: list[Sample], max_new_tokens: int) -> list[dict[str, Any]]:
         prompts = [self.prompt(s) for s in samples]
-        answers = backend.generate([s.image for s in samples], [p.text for p in prompts], max_new_tokens)
+        replies = backend.generate(
+            [s.image for s in samples], [p.text for p in prompts], max_new_tokens, return_raw=True
+        )
         records = []
-        for sample, prompt, answer in zip(samples, prompts, answers, strict=True):
+        for sample, prompt, (answer, raw) in zip(samples, prompts, replies, strict=True):
             strict, lenient = self.parse(answer, prompt)
-            records.append({**self._base(sample, prompt), "pred": strict, "pred_lenient": lenient, "answer": answer})
+            record = {**self._base(sample, prompt), "pred": strict, "pred_lenient": lenient, "answer": answer}
+            if raw.strip() != answer:  # e.g. a reasoning block was stripped before matching: keep what was said
+                record["raw_answer"] = raw
+            records.append(record)
         return records
 
     # -- rank -----------------------------------------------------------------------------------------------------
@@ -153,9 +158,10 @@ class TaskScorer:
     def _ranked(self, sample: Sample, prompt: Prompt, scores: Any, row: int) -> dict[str, Any]:
         import torch
 
+        from fgvlm.eval.results import top_k
+
         _, labels = self.candidates(prompt)
-        chosen = scores.get(self.score)[row]
-        order = torch.sort(chosen, descending=True, stable=True).indices.tolist()
+        ranked = top_k(scores.get(self.score)[row : row + 1], TOPK)[0]
         by_score = {kind: labels[int(torch.argmax(scores.get(kind)[row]))] for kind in SCORES}
-        topk = [[labels[i], round(float(chosen[i]), 6)] for i in order[:TOPK]]
-        return {**self._base(sample, prompt), "pred": labels[order[0]], "topk": topk, "pred_by_score": by_score}
+        topk = [[labels[i], round(value, 6)] for i, value in ranked]
+        return {**self._base(sample, prompt), "pred": labels[ranked[0][0]], "topk": topk, "pred_by_score": by_score}

@@ -2,13 +2,14 @@
 
 ``evaluate(cfg, out)`` writes the run directory: ``config.yaml``, ``meta.json`` (dataset, model, exact prompt
 wording, task, mode, seed), ``predictions.jsonl`` (one line per image, appended batch by batch), ``metrics.json``
-(the shared schema of ``fgvlm.eval.metrics`` plus ``images_per_s``, ``mode``, ``task``, ``protocol``) and
-``confusion.json``.
+(the fixed header of ``fgvlm.runs.write_results``, the shared metrics of ``fgvlm.eval.metrics``, plus
+``images_per_s``, ``mode``, ``task``), ``confusion.json`` and ``done.json``.
 
 Resuming: batch ``b`` always holds images ``b*B .. b*B+B-1`` of the split, and each batch's lines are appended
 together. After a kill, a rerun drops the lines of any incomplete batch and carries on from there, so
-``predictions.jsonl`` ends byte-identical to an uninterrupted run (same batches, same numbers). A run directory
-whose saved config differs from the new one (``resume`` aside) is refused, naming the keys.
+``predictions.jsonl`` ends byte-identical to an uninterrupted run (same batches, same numbers). Skip, resume and
+refusal of a run with another config follow the one lifecycle of ``fgvlm.runs.start_run``; ``done.json`` is written
+last.
 
 Data parallel: under ``torchrun --nproc_per_node N`` process ``r`` runs batches ``r, r+N, ...``; rank 0 gathers each
 round and appends it in dataset order, so one result set comes out, equal to the single-process one.
@@ -21,11 +22,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-from fgvlm.config import ConfigError, DataConfig, config_differences, load_yaml, to_dict
+from fgvlm.config import ConfigError, DataConfig
 from fgvlm.distributed import ProcessGroup
 from fgvlm.models.base import ModelConfig
 from fgvlm.models.loading import create_backend
-from fgvlm.runs import RunDir
+from fgvlm.runs import RunDir, finish_run, start_run, write_results
 
 MODES = ("generate", "rank")
 PREDICTIONS = "predictions.jsonl"
@@ -57,8 +58,6 @@ class EvalConfig:
     max_new_tokens: int = 32
     seed: int = 0
     """Seeds every random prompt choice (option order, distractors, positive vs negative), per image id."""
-    resume: bool = True
-    """Continue an interrupted run in the same directory (off: start it over)."""
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -90,18 +89,8 @@ def _keep_lines(path: Path, count: int) -> None:
 
 
 def prepare_run(run: RunDir, cfg: EvalConfig, ids: list[str]) -> int:
-    """Check or reset the run directory; return the number of images already done (a multiple of the batch size)."""
+    """Check a partial run's predictions; return the number of images already done (a multiple of the batch size)."""
     predictions = run / PREDICTIONS
-    if not cfg.resume:
-        for name in (PREDICTIONS, "metrics.json", "confusion.json"):
-            (run / name).unlink(missing_ok=True)
-    if predictions.exists() and (run / "config.yaml").exists():
-        differences = config_differences(load_yaml(run / "config.yaml"), to_dict(cfg))
-        if differences:
-            raise ConfigError(
-                f"{run.path} holds a run with a different config; cannot resume. Differing keys: "
-                f"{'; '.join(differences)}. Use another --out, or --no-resume to start over."
-            )
     done = run.read_jsonl(PREDICTIONS)
     for index, record in enumerate(done):
         if index >= len(ids) or record.get("id") != ids[index]:
@@ -162,15 +151,7 @@ def summarize(run: RunDir, cfg: EvalConfig, dataset: Any, scorer: Any, speed: fl
     preds = [r["pred"] for r in records]
     class_names = scorer.metric_class_names or dataset.class_names
     ranked = cfg.mode == "rank" and scorer.reports_topk  # top-5 of <= 5 candidates is always 1.0: null instead
-    extra = {
-        "images_per_s": speed,
-        "mode": cfg.mode,
-        "task": cfg.task,
-        "protocol": dataset.protocol,
-        "dataset": dataset.name,
-        "split": cfg.split,
-        "model": cfg.model.name,
-    }
+    extra: dict[str, Any] = {"images_per_s": speed, "mode": cfg.mode, "task": cfg.task}
     if cfg.mode == "rank":
         extra["score"] = cfg.score
         extra["accuracy_by_score"] = {
@@ -187,15 +168,32 @@ def summarize(run: RunDir, cfg: EvalConfig, dataset: Any, scorer: Any, speed: fl
         preds_lenient=[r["pred_lenient"] for r in records] if cfg.mode == "generate" else None,
         extra=extra,
     )
-    run.write_json("metrics.json", metrics)
     write_confusion(run / "confusion.json", labels, preds, class_names)
-    return metrics
+    header = {
+        "kind": "eval",
+        "dataset": dataset.name,
+        "protocol": dataset.protocol,
+        "split": cfg.split,
+        "model": cfg.model.name,
+        "num_classes": len(class_names),
+        "seconds": round(time.time() - run.started, 3),
+    }
+    return write_results(run, header, metrics)
 
 
-def evaluate(cfg: EvalConfig, out: str | Path, backend: Any = None) -> dict[str, Any]:
+def _open_run(out: str | Path, cfg: EvalConfig, ids: list[str], resume: bool) -> tuple[RunDir, Any]:
+    """Rank 0's lifecycle step: (run, images already done) or (run, stored metrics) for a complete run."""
+    run = start_run(out, cfg, resume=resume)
+    if run.complete:
+        return run, run.read_results()
+    return run, prepare_run(run, cfg, ids)
+
+
+def evaluate(cfg: EvalConfig, out: str | Path, *, resume: bool = True, backend: Any = None) -> dict[str, Any]:
     """Run a zero-shot evaluation into run directory ``out``; returns the metrics (on every process).
 
-    ``backend`` (optional) is an already loaded ``VLMBackend``, used instead of loading ``cfg.model``.
+    ``resume``: continue a partial run / return a complete one's metrics (False: start over). ``backend``
+    (optional) is an already loaded ``VLMBackend``, used instead of loading ``cfg.model``.
     """
     from fgvlm.data import create_dataset
     from fgvlm.eval.scoring import TaskScorer
@@ -203,7 +201,6 @@ def evaluate(cfg: EvalConfig, out: str | Path, backend: Any = None) -> dict[str,
 
     group = ProcessGroup.from_env()
     try:
-        run = RunDir(out)
         dataset = create_dataset(cfg.data)
         split = dataset.split(cfg.split)
         total = min(len(split), cfg.limit or len(split))
@@ -213,22 +210,26 @@ def evaluate(cfg: EvalConfig, out: str | Path, backend: Any = None) -> dict[str,
                 TaskScorer(cfg.task, dataset, None, options, cfg.seed, cfg.score).prompt(split.records[0])
         except ValueError as err:
             raise ConfigError(f"task_options: {err}") from None
-        start = None
+        run, start = None, None
         if group.is_main:
             try:
-                start = prepare_run(run, cfg, split.ids[:total])
+                run, start = _open_run(out, cfg, split.ids[:total], resume)
             except ConfigError as err:
                 start = err
         start = group.broadcast(start)
         if isinstance(start, Exception):
             raise start
+        if isinstance(start, dict):  # complete: its stored metrics
+            return start
         backend = backend or create_backend(cfg.model, group)
         scorer = TaskScorer(cfg.task, dataset, getattr(backend, "family", None), options, cfg.seed, cfg.score)
         if group.is_main:
-            run.write_config(cfg)
             _write_meta(run, cfg, dataset, backend, scorer, split, total, start, group.world_size)
         done, seconds = _run_batches(cfg, split, total, start, scorer, backend, run, group)
-        metrics = summarize(run, cfg, dataset, scorer, done / seconds if done else None) if group.is_main else None
+        metrics = None
+        if group.is_main:
+            metrics = summarize(run, cfg, dataset, scorer, done / seconds if done else None)
+            finish_run(run)
         return group.broadcast(metrics)
     finally:
         group.close()

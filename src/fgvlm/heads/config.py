@@ -1,4 +1,5 @@
-"""``HeadTrainConfig``: every option of ``fgvlm head train``, filled by ``fgvlm.config.resolve_config``."""
+"""``HeadTrainConfig`` and ``HeadEvalConfig``: every option of ``fgvlm head train|eval``, filled by
+``fgvlm.config.resolve_config``."""
 
 from __future__ import annotations
 
@@ -122,6 +123,8 @@ class HeadTrainConfig(HeadRecipe):
     """Split used to select the best step (skipped when the protocol has no such split)."""
     eval_split: str = "test"
     """Split reported in ``metrics.json`` / ``predictions.jsonl``."""
+    limit: int | None = None
+    """Use only the first N images of every split (quick checks; a limited split is its own cache entry)."""
     embed_batch_size: int = 16
     """Images per VLM forward during feature extraction."""
     cache_dir: str | None = None
@@ -134,8 +137,11 @@ class HeadTrainConfig(HeadRecipe):
     """The pooling x layer x learning-rate grid of ``sweep``."""
 
     def __post_init__(self) -> None:
+        from fgvlm.runs import check_limit
+
         super().__post_init__()
         check_pooling(self.pooling, "pooling")
+        check_limit(self.limit)
         if self.embed_batch_size < 1:
             raise ConfigError(f"embed_batch_size must be >= 1, got {self.embed_batch_size}")
         if self.online and self.standardize:
@@ -145,3 +151,22 @@ class HeadTrainConfig(HeadRecipe):
             )
         if self.online and self.sweep:
             raise ConfigError("online: true and sweep: true together would re-run the VLM for every sweep point")
+
+
+@dataclasses.dataclass
+class HeadEvalConfig:
+    """``fgvlm head eval``: a trained head (its run directory) evaluated on one split of its own dataset."""
+
+    head_run: str = ""
+    """The ``fgvlm head train`` run directory: its config.yaml gives dataset and backbone, head.json the head."""
+    split: str = "test"
+    """Split to evaluate (train, val, test)."""
+    limit: int | None = None
+    """Evaluate only the first N images of the split."""
+
+    def __post_init__(self) -> None:
+        from fgvlm.runs import check_limit
+
+        if not self.head_run:
+            raise ConfigError("head_run: the `fgvlm head train` run directory to evaluate is required (--run)")
+        check_limit(self.limit)

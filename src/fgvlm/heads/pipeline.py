@@ -1,9 +1,13 @@
 """``fgvlm head train`` and ``fgvlm head eval`` end to end: dataset + frozen backbone -> features -> head -> files.
 
-Train writes into the run directory: ``config.yaml``, ``meta.json``, ``head.safetensors``, ``head.json``,
-``train_log.jsonl``, ``metrics.json`` / ``predictions.jsonl`` / ``confusion.json`` for ``eval_split``, and
-``sweep.json`` with ``--sweep``. Under ``torchrun`` all processes share the feature extraction; only rank 0 trains
-and writes.
+Train writes into the run directory: ``config.yaml``, ``train_log.jsonl``, ``sweep.json`` with ``--sweep``,
+``predictions.jsonl`` / ``confusion.json`` / ``metrics.json`` for ``eval_split``, ``head.safetensors``, ``head.json``,
+``meta.json`` and, last, ``done.json`` (``fgvlm.runs.finish_run``). Under ``torchrun`` all processes share the
+feature extraction; only rank 0 trains and writes.
+
+Resume (``fgvlm.runs.start_run``): a complete run is skipped and its metrics returned; a partial one is trained
+again from step 0 -- cheap, because its features come back from the feature cache, and a head's steps take seconds.
+``head eval`` writes its own run directory (default ``<head run>/eval-<split>``) with the same lifecycle.
 """
 
 from __future__ import annotations
@@ -19,12 +23,10 @@ from fgvlm.config import ConfigError, from_dict, load_yaml, to_dict
 from fgvlm.data import Dataset, create_dataset
 from fgvlm.distributed import ProcessGroup
 from fgvlm.heads.cache import FeatureCache
-from fgvlm.heads.config import HeadTrainConfig
+from fgvlm.heads.config import HeadEvalConfig, HeadTrainConfig
 from fgvlm.heads.features import FeatureSpec, backbone_signature, split_features
 from fgvlm.models.base import ModelConfig, VLMBackend
-from fgvlm.runs import RunDir
-
-TRAIN_LOG = "train_log.jsonl"
+from fgvlm.runs import RunDir, TrainLogger, finish_run, limit_split, say, start_run
 
 
 def model_source(cfg: ModelConfig) -> dict[str, Any]:
@@ -48,12 +50,16 @@ class HeadContext:
     extractions: list[dict[str, Any]] = dataclasses.field(default_factory=list)
     """One entry per split/pooling/layer asked for: its cache key and whether it was already cached."""
 
+    def split(self, name: str):
+        """A split of the dataset, capped at ``limit`` images."""
+        return limit_split(self.dataset.split(name), self.cfg.limit)
+
     def features(self, split: str, spec: FeatureSpec):
         """A split's cached features (extracted on a miss); records hit/miss in ``self.extractions``."""
         cfg = self.cfg
         found, hit = split_features(
             self.backend,
-            self.dataset.split(split),
+            self.split(split),
             spec,
             self.cache,
             cfg.model,
@@ -79,11 +85,16 @@ class HeadContext:
         return name if name and name in self.dataset.split_names else None
 
 
-def open_context(cfg: HeadTrainConfig, progress: bool = True, backend: VLMBackend | None = None) -> HeadContext:
+def open_context(
+    cfg: HeadTrainConfig,
+    progress: bool = True,
+    backend: VLMBackend | None = None,
+    group: ProcessGroup | None = None,
+) -> HeadContext:
     """Open the dataset and the backbone (``backend`` reuses one already loaded for ``cfg.model``)."""
     from fgvlm.models.loading import create_backend
 
-    group = ProcessGroup.from_env()
+    group = group or ProcessGroup.from_env()
     if group.world_size > 1 and cfg.online:
         raise ConfigError("online: true runs the backbone inside the head's training loop; launch it as one process")
     dataset = create_dataset(cfg.data)
@@ -132,7 +143,7 @@ def _sources(ctx: HeadContext, spec: FeatureSpec) -> dict[str, tuple[Any, Any, l
     for role, name in names.items():
         if name is None:
             continue
-        split = ctx.dataset.split(name)
+        split = ctx.split(name)
         if cfg.online:
             labels = torch.tensor(split.labels, dtype=torch.long)
             out[role] = (OnlineFeatures(ctx.backend, split, spec, cfg.embed_batch_size), labels, split.ids)
@@ -142,16 +153,41 @@ def _sources(ctx: HeadContext, spec: FeatureSpec) -> dict[str, tuple[Any, Any, l
     return out
 
 
+def _open_run(out: str | Path, cfg: Any, resume: bool, group: ProcessGroup) -> tuple[RunDir | None, Any]:
+    """Rank 0 opens the run (``start_run``); every rank learns whether it was complete (its stored metrics)."""
+    run, stored = None, None
+    if group.is_main:
+        try:
+            run = start_run(out, cfg, resume=resume)
+            stored = run.read_results() if run.complete else None
+        except ConfigError as err:
+            stored = err
+    stored = group.broadcast(stored)
+    if isinstance(stored, Exception):
+        raise stored
+    return run, stored
+
+
 def train_run(
-    cfg: HeadTrainConfig, out: str | Path, progress: bool = True, backend: VLMBackend | None = None
+    cfg: HeadTrainConfig,
+    out: str | Path,
+    *,
+    resume: bool = True,
+    progress: bool = True,
+    backend: VLMBackend | None = None,
 ) -> dict[str, Any] | None:
     """Train and evaluate a head; returns the eval split's metrics (None on non-zero ranks).
 
     ``backend``: a backbone already loaded for ``cfg.model`` (Python callers running several heads reuse it).
     """
-    ctx = open_context(cfg, progress, backend)
-    run = RunDir(out) if ctx.group.is_main else None
+    group = ProcessGroup.from_env()
     try:
+        run, stored = _open_run(out, cfg, resume, group)
+        if stored is not None:
+            return stored if group.is_main else None
+        if run is not None and run.status.state == "partial":
+            say(f"{run.path}: the head is trained again from step 0 (its features come from the cache)")
+        ctx = open_context(cfg, progress, backend, group)
         if cfg.sweep:
             best = sweep_best(ctx, run)
             cfg = dataclasses.replace(cfg, pooling=best["pooling"], layer=best["layer"], lr=best["lr"])
@@ -160,38 +196,45 @@ def train_run(
         sources = _sources(ctx, spec)
         if run is None:
             return None
-        return _train_and_write(ctx, run, spec, sources)
+        metrics = _train_and_write(ctx, run, spec, sources)
+        finish_run(run)
+        return metrics
     finally:
-        ctx.group.close()
+        group.close()
+
+
+def _header(ctx: HeadContext, kind: str, split: str, model: str, num_classes: int, run: RunDir) -> dict[str, Any]:
+    return {
+        "kind": kind,
+        "dataset": ctx.dataset.name,
+        "protocol": ctx.dataset.protocol,
+        "split": split,
+        "model": model,
+        "num_classes": num_classes,
+        "seconds": round(time.time() - run.started, 3),
+    }
 
 
 def _train_and_write(ctx: HeadContext, run: RunDir, spec: FeatureSpec, sources: dict) -> dict[str, Any]:
+    """Train the head, then write predictions + metrics, the head, meta.json (``done.json`` comes after)."""
     from fgvlm.heads.config import HeadRecipe
     from fgvlm.heads.model import save_head
     from fgvlm.heads.outputs import write_evaluation
     from fgvlm.heads.training import train_head
 
     cfg, dataset = ctx.cfg, ctx.dataset
-    run.write_config(cfg)
-    (run / TRAIN_LOG).unlink(missing_ok=True)
+    logger = TrainLogger(run)
+    logger.clear()  # a partial run is trained again from step 0
     train_x, train_y, _ = sources["train"]
     val = sources["val"][:2] if "val" in sources else None
     recipe = HeadRecipe.from_config(cfg)
     result = train_head(
-        train_x,
-        train_y,
-        dataset.num_classes,
-        recipe,
-        val,
-        on_log=lambda record: run.append_jsonl(TRAIN_LOG, [record]),
-        progress=ctx.progress,
+        train_x, train_y, dataset.num_classes, recipe, val, on_log=lambda r: logger.log(**r), progress=ctx.progress
     )
     eval_x, eval_y, eval_ids = sources["eval"]
     start = time.perf_counter()
     eval_features = eval_x.get(range(len(eval_x)))
     extra = {
-        "protocol": dataset.protocol,
-        "split": cfg.eval_split,
         "pooling": spec.pooling,
         "layer": spec.layer,
         "training": "online" if cfg.online else "cached",
@@ -200,8 +243,10 @@ def _train_and_write(ctx: HeadContext, run: RunDir, spec: FeatureSpec, sources: 
     }
     if cfg.online:
         extra["eval_embed_seconds"] = round(time.perf_counter() - start, 3)
+    header = _header(ctx, "head-train", cfg.eval_split, cfg.model.name, dataset.num_classes, run)
+    labels = eval_y.tolist()
     metrics = write_evaluation(
-        run.path, result.head, eval_features, eval_y.tolist(), eval_ids, dataset.class_names, extra
+        run.path, header, result.head, eval_features, labels, eval_ids, dataset.class_names, extra
     )
     info = {
         "class_names": dataset.class_names,
@@ -232,46 +277,57 @@ def _train_and_write(ctx: HeadContext, run: RunDir, spec: FeatureSpec, sources: 
     return metrics
 
 
+def head_train_config(head_run: str | Path) -> HeadTrainConfig:
+    """The resolved config of a ``fgvlm head train`` run directory."""
+    path = Path(head_run) / "config.yaml"
+    if not path.is_file():
+        raise ConfigError(f"{head_run}: no config.yaml; is this a `fgvlm head train` run directory?")
+    return from_dict(HeadTrainConfig, load_yaml(path), where=str(path))
+
+
 def eval_run(
-    run_dir: str | Path, split: str = "test", progress: bool = True, backend: VLMBackend | None = None
+    cfg: HeadEvalConfig,
+    out: str | Path,
+    *,
+    resume: bool = True,
+    progress: bool = True,
+    backend: VLMBackend | None = None,
 ) -> dict[str, Any]:
-    """Evaluate a trained head on ``split``; writes ``<run>/eval-<split>/`` and returns its metrics."""
+    """Evaluate a trained head on ``cfg.split`` into run directory ``out``; returns its metrics ({} on other ranks)."""
     from fgvlm.heads.model import load_head
     from fgvlm.heads.outputs import write_evaluation
 
-    run_dir = Path(run_dir)
-    if not (run_dir / "config.yaml").is_file():
-        raise FileNotFoundError(f"{run_dir}: no config.yaml; is this a `fgvlm head train` run directory?")
-    cfg = from_dict(HeadTrainConfig, load_yaml(run_dir / "config.yaml"), where=str(run_dir / "config.yaml"))
-    head, info = load_head(run_dir)
-    ctx = open_context(dataclasses.replace(cfg, online=False), progress, backend)
+    train_cfg = head_train_config(cfg.head_run)
+    head, info = load_head(cfg.head_run)
+    group = ProcessGroup.from_env()
     try:
-        check_backbone(ctx.backend, cfg.model, info)
+        run, stored = _open_run(out, cfg, resume, group)
+        if stored is not None:
+            return stored if group.is_main else {}
+        train_cfg = dataclasses.replace(train_cfg, online=False, limit=cfg.limit)
+        ctx = open_context(train_cfg, progress, backend, group)
+        check_backbone(ctx.backend, train_cfg.model, info)
         spec = FeatureSpec(info["prompt"], info["pooling"], info["layer"])
-        found = ctx.features(split, spec)
-        extra = {
-            "protocol": ctx.dataset.protocol,
-            "split": split,
-            "pooling": spec.pooling,
-            "layer": spec.layer,
-            "head_run": str(run_dir),
-        }
-        if not ctx.group.is_main:
+        found = ctx.features(cfg.split, spec)
+        if run is None:
             return {}
-        out = run_dir / f"eval-{split}"
-        metrics = write_evaluation(
-            out, head, found.features, found.labels.tolist(), found.ids, info["class_names"], extra
-        )
-        RunDir(out).write_meta(
+        extra = {"pooling": spec.pooling, "layer": spec.layer, "head_run": str(cfg.head_run)}
+        class_names = info["class_names"]
+        header = _header(ctx, "head-eval", cfg.split, train_cfg.model.name, len(class_names), run)
+        labels = found.labels.tolist()
+        metrics = write_evaluation(run.path, header, head, found.features, labels, found.ids, class_names, extra)
+        run.write_meta(
             command="head eval",
-            seed=cfg.seed,
+            seed=train_cfg.seed,
             dataset=ctx.dataset.describe(),
             model=ctx.backend.describe(),
             features=ctx.extractions,
+            head_run=str(cfg.head_run),
         )
+        finish_run(run)
         return metrics
     finally:
-        ctx.group.close()
+        group.close()
 
 
 def _plain(value: Any) -> Any:
@@ -284,9 +340,7 @@ def check_backbone(backend: VLMBackend, model_cfg: ModelConfig, info: dict[str, 
 
     The dtype is not compared: the same weights in another dtype (another device) give close features.
     """
-    expected = info.get("backbone_signature")
-    if expected is None:  # a head saved before signatures were recorded
-        return
+    expected = info["backbone_signature"]
     actual = _plain(backbone_signature(backend, model_cfg))
     if expected["model"] != actual["model"]:
         raise ConfigError(

@@ -11,13 +11,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from fgvlm.config import ConfigError
+from fgvlm.eval.results import TOPK, top_k
+
 if TYPE_CHECKING:
     import torch
     from PIL import Image
 
     from fgvlm.models.base import VLMBackend
-
-TOPK = 5
 
 
 @dataclass
@@ -40,10 +41,7 @@ def load_images(paths: list[str | Path]) -> list[Image.Image]:
 
 
 def _top(probs: torch.Tensor, names: list[str], k: int) -> list[list[tuple[str, float]]]:
-    import torch
-
-    order = torch.sort(probs, dim=1, descending=True, stable=True).indices[:, :k]
-    return [[(names[int(c)], float(row[c])) for c in cols] for row, cols in zip(probs, order, strict=True)]
+    return [[(names[c], p) for c, p in row] for row in top_k(probs, k)]
 
 
 def head_probabilities(backend: VLMBackend, images: list[Image.Image], run_dir: str | Path, batch_size: int = 8):
@@ -95,7 +93,7 @@ def predict_images(
         names, method = info["prompt_names"], f"head:{head_dir}"
     else:
         if not class_names:
-            raise ValueError("zero-shot prediction needs class names (from --dataset, or a --head run)")
+            raise ConfigError("zero-shot prediction needs class names (from --dataset, or a --head run)")
         prompt = zero_shot_prompt(dataset, getattr(backend, "family", None))
         probs, names, method = zero_shot_probabilities(backend, images, class_names, prompt), class_names, "zero-shot"
     return [Prediction(str(p), top, method) for p, top in zip(paths, _top(probs, names, k), strict=True)]

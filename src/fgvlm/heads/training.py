@@ -20,8 +20,10 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
+from fgvlm.config import ConfigError
 from fgvlm.heads.config import HeadRecipe
 from fgvlm.heads.model import ClassificationHead, build_head
+from fgvlm.runs import train_log_record
 from fgvlm.train.optim import warmup_cosine
 from fgvlm.train.runtime import torch_threads
 
@@ -105,8 +107,12 @@ def head_logits(head: ClassificationHead, source: Any, batch_size: int = 1024) -
 
 
 def score(logits: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
+    """Accuracy, top-5 accuracy and cross-entropy of logits against labels."""
+    k = min(5, logits.shape[1])
+    top5 = (logits.topk(k, dim=1).indices == labels[:, None]).any(dim=1)
     return {
         "accuracy": float((logits.argmax(dim=1) == labels).float().mean()),
+        "top5": float(top5.float().mean()),
         "loss": float(nn.functional.cross_entropy(logits, labels)),
     }
 
@@ -141,7 +147,7 @@ def _train_loop(train, train_labels, num_classes, recipe, val, on_log, progress)
     head = build_head(train.dim, num_classes, recipe.head, recipe.hidden_dim, recipe.dropout, recipe.seed)
     if recipe.standardize:
         if not isinstance(train, TensorFeatures):
-            raise ValueError("standardisation needs cached train features (the online mode has none up front)")
+            raise ConfigError("standardize: needs cached train features (the online mode has none up front)")
         head.set_standardization(train.features)
     optimizer = torch.optim.AdamW(head.parameters(), lr=recipe.lr, weight_decay=recipe.weight_decay)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(recipe.steps, recipe.warmup_steps))
@@ -160,22 +166,25 @@ def _train_loop(train, train_labels, num_classes, recipe, val, on_log, progress)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
+            lr = optimizer.param_groups[0]["lr"]
             schedule.step()
             bar.update(task, advance=1, loss=f"{loss.item():.4f}")
-            if step % recipe.log_every == 0 or step == recipe.steps:
-                record = {"step": step, "loss": round(loss.item(), 6), "lr": optimizer.param_groups[0]["lr"]}
-                log.append(record)
-                if on_log:
-                    on_log(record)
-            if val is not None and (step % recipe.eval_every == 0 or step == recipe.steps):
+            last = step == recipe.steps
+            values: dict[str, Any] = {}
+            if step % recipe.log_every == 0 or last:
+                values.update(train_loss=round(loss.item(), 6), lr=lr)
+            if val is not None and (step % recipe.eval_every == 0 or last):
                 result = score(head_logits(head, val[0]), val[1])
-                record = {"step": step, "val_accuracy": result["accuracy"], "val_loss": round(result["loss"], 6)}
-                log.append(record)
-                if on_log:
-                    on_log(record)
+                values.update(val_accuracy=result["accuracy"], val_top5=result["top5"])
+                values.update(val_loss=round(result["loss"], 6))
                 if _better(result, best_val):
                     best_val, best_step = result, step
                     best_state = {k: v.clone() for k, v in head.state_dict().items()}
+            if values:
+                epoch = round(step * recipe.batch_size / len(train), 4)
+                log.append(train_log_record(step, epoch=epoch, **values))
+                if on_log:
+                    on_log(log[-1])
     if best_state is not None:
         head.load_state_dict(best_state)
     return TrainResult(head.eval(), best_step, best_val, log, time.perf_counter() - start)

@@ -147,14 +147,16 @@ def predict_probs(
     return out
 
 
-def topk_metrics(probs: np.ndarray, labels: list[int], prefix: str) -> dict[str, float]:
-    """Top-1, top-5 and cross-entropy of predicted probabilities (per-epoch validation numbers)."""
+def topk_metrics(probs: np.ndarray, labels: list[int], prefix: str = "val") -> dict[str, float]:
+    """Accuracy, top-5 accuracy and cross-entropy of predicted probabilities, as ``train_log.jsonl`` names them
+    (``val_accuracy``, ``val_top5``, ``val_loss`` for the default prefix)."""
+    from fgvlm.eval.results import top_k
+
     target = np.asarray(labels)
-    order = np.argsort(-probs, axis=1, kind="stable")
-    k = min(5, probs.shape[1])
+    ranked = np.array([[c for c, _ in row] for row in top_k(probs, 5)]).reshape(len(target), -1)
     picked = probs[np.arange(len(target)), target]
     return {
-        f"{prefix}_top1": float(np.mean(order[:, 0] == target)),
-        f"{prefix}_top5": float(np.mean((order[:, :k] == target[:, None]).any(axis=1))),
-        f"{prefix}_loss": float(np.mean(-np.log(np.clip(picked, 1e-12, None)))),
+        f"{prefix}_accuracy": float(np.mean(ranked[:, 0] == target)) if len(target) else 0.0,
+        f"{prefix}_top5": float(np.mean((ranked == target[:, None]).any(axis=1))) if len(target) else 0.0,
+        f"{prefix}_loss": float(np.mean(-np.log(np.clip(picked, 1e-12, None)))) if len(target) else 0.0,
     }

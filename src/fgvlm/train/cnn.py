@@ -2,12 +2,15 @@
 
 ``train_cnn(config, out)`` builds the model, the cached data and the loss, runs ``fgvlm.train.loop.TrainLoop`` and
 writes the shared result files (metrics.json, predictions.jsonl, confusion.json) for the evaluation split from the
-best checkpoint; ``evaluate_run(run_dir)`` re-evaluates a finished run on any split and checkpoint.
+best checkpoint, then ``done.json``; ``evaluate_run(CNNEvalConfig, out)`` re-evaluates a trained run on any split and
+checkpoint. Both follow the run lifecycle of ``fgvlm.runs.start_run``: a complete run is skipped, a partial training
+run resumes from its ``last`` checkpoint (or starts over when it has none yet), another config is refused.
 """
 
 from __future__ import annotations
 
-import json
+import shutil
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -15,17 +18,17 @@ from typing import Any
 import numpy as np
 import torch
 
-from fgvlm.config import ConfigError, config_differences, load_yaml, resolve_config, to_dict
+from fgvlm.config import ConfigError, resolve_config
 from fgvlm.distributed import ProcessGroup
-from fgvlm.runs import RunDir, write_json
+from fgvlm.runs import RunDir, finish_run, limit_split, start_run
 from fgvlm.train.classifier import create_classifier, data_config, eval_resize, predict_probs, topk_metrics
-from fgvlm.train.cnn_config import CNNTrainConfig
+from fgvlm.train.cnn_config import CNNEvalConfig, CNNTrainConfig
 from fgvlm.train.distributed import replica_checksums
 from fgvlm.train.images import ImageClassificationData, cache_split, train_loader
 from fgvlm.train.loop import PRECISIONS, LoopSettings, TrainLoop
 from fgvlm.train.runtime import seed_everything, torch_threads
 
-__all__ = ["CNNTrainConfig", "evaluate_run", "train_cnn"]
+__all__ = ["CNNEvalConfig", "CNNTrainConfig", "evaluate_run", "train_cnn"]
 
 
 @dataclass
@@ -46,7 +49,7 @@ class CNNSetup:
 
     def split_data(self, name: str, train: bool = False) -> ImageClassificationData:
         """A split as (transformed image, label) pairs, decoded once into the pre-resized cache when enabled."""
-        cfg, split = self.cfg, self.dataset.split(name)
+        cfg, split = self.cfg, self.split(name)
         show = cfg.progress and self.dist.is_main
         images = (
             cache_split(split, self.shorter_side, cfg.cache_dir, max(cfg.num_workers, 1), show)
@@ -54,6 +57,10 @@ class CNNSetup:
             else split
         )
         return ImageClassificationData(images, split.labels, self.train_transform if train else self.eval_transform)
+
+    def split(self, name: str) -> Any:
+        """A split of the dataset, capped at the config's ``limit`` images."""
+        return limit_split(self.dataset.split(name), self.cfg.limit)
 
     def autocast(self) -> Any:
         dtype = PRECISIONS[self.precision]
@@ -159,39 +166,47 @@ def make_loss_fn(cfg: CNNTrainConfig, num_classes: int, device: torch.device) ->
     return loss_fn
 
 
-def open_run_dir(out: str | Path, resume: bool, dist: ProcessGroup) -> RunDir:
-    """The run directory; a finished or started run is only continued with ``resume`` (never overwritten)."""
-    last = Path(out) / "checkpoints" / "last.json"
-    if last.is_file() and not resume:
-        raise ConfigError(f"{out} already holds a trained run; pass --resume to continue it or choose a new --out")
-    if resume and not last.is_file():
-        raise ConfigError(f"cannot resume: {last} not found")
-    dist.barrier()  # every rank has checked before rank 0 creates anything
-    return RunDir(out)
+def open_training_run(
+    out: str | Path, cfg: CNNTrainConfig, resume: bool, dist: ProcessGroup
+) -> tuple[RunDir | dict[str, Any], bool]:
+    """Rank 0 opens the run (``start_run``); every rank gets (run, resume from checkpoint) or (stored metrics, False).
+
+    A partial run without a ``last`` checkpoint yet (killed in its first epoch) starts over in place.
+    """
+    shared: Any = None
+    if dist.is_main:
+        try:
+            run = start_run(out, cfg, resume=resume)
+            shared = (run.read_results(), False) if run.complete else (None, _prepare_partial(run))
+        except ConfigError as err:
+            shared = err
+    shared = dist.broadcast(shared)
+    if isinstance(shared, Exception):
+        raise shared
+    stored, from_checkpoint = shared
+    if stored is not None:
+        return stored, False
+    return (run if dist.is_main else RunDir(out)), from_checkpoint
 
 
-def check_resume_config(run: RunDir, cfg: CNNTrainConfig) -> None:
-    """Refuse to continue a run with a config other than the one it started with (naming the differing keys)."""
-
-    saved_path = run / "config.yaml"
-    if not saved_path.is_file():
-        raise ConfigError(f"cannot resume: {saved_path} not found")
-    differences = config_differences(load_yaml(saved_path), to_dict(cfg))
-    if differences:
-        raise ConfigError(
-            f"{run.path} was trained with a different config; cannot resume. Differing keys: "
-            f"{'; '.join(differences)}. Resume with the run's own config.yaml, or choose a new --out."
-        )
+def _prepare_partial(run: RunDir) -> bool:
+    """True when the run continues from its ``last`` checkpoint; otherwise clear what an unfinished first epoch left."""
+    if (run / "checkpoints" / "last.json").is_file():
+        return True
+    for name in ("checkpoints", "tb"):
+        shutil.rmtree(run / name, ignore_errors=True)
+    (run / "train_log.jsonl").unlink(missing_ok=True)
+    return False
 
 
 def train_cnn(
-    cfg: CNNTrainConfig, out: str | Path, resume: bool = False, stop_after_epoch: int | None = None
+    cfg: CNNTrainConfig, out: str | Path, *, resume: bool = True, stop_after_epoch: int | None = None
 ) -> dict[str, Any]:
     """Train, keep best/last checkpoints, evaluate the best on ``cfg.eval_split``; returns its metrics (rank 0).
 
     Launched by ``torchrun`` with several processes, it trains with DDP (gloo on CPU) and rank 0 writes the files.
-    ``stop_after_epoch`` cuts the run off after that epoch (schedule unchanged) for time-boxed jobs; ``resume``
-    continues it.
+    ``stop_after_epoch`` cuts the run off after that epoch (schedule unchanged) for time-boxed jobs; it stays partial
+    (no ``done.json``) and a rerun with ``resume`` continues it. ``resume=False`` starts over.
     """
     use_cuda = torch.cuda.is_available() and not (cfg.device or "").startswith("cpu")
     dist = ProcessGroup.from_env(backend="nccl" if use_cuda else "gloo")
@@ -218,7 +233,7 @@ def _build_loop(
         epochs=cfg.epochs,
         steps_per_epoch=steps_per_epoch,
         max_steps=cfg.max_steps,
-        best_metric=f"{val[0]}_top1" if val else None,
+        best_metric="val_accuracy" if val else None,
         precision=setup.precision,
         grad_clip_norm=cfg.grad_clip_norm,
         log_every_steps=cfg.log_every_steps,
@@ -235,7 +250,7 @@ def _build_loop(
         ema = ModelEmaV3(setup.model, decay=cfg.ema_decay)
 
     def evaluate(module: torch.nn.Module) -> dict[str, float]:
-        return topk_metrics(setup.predict(module, val[1]), val[1].labels, val[0])
+        return topk_metrics(setup.predict(module, val[1]), val[1].labels, "val")
 
     def batches(epoch: int) -> Any:
         return train_loader(
@@ -269,16 +284,15 @@ def _train(
 ) -> dict[str, Any]:
     from fgvlm.train.checkpoint import load_weights
 
-    run = open_run_dir(out, resume, dist)
-    if resume:
-        check_resume_config(run, cfg)
+    run, from_checkpoint = open_training_run(out, cfg, resume, dist)
+    if isinstance(run, dict):  # complete: its stored metrics
+        return run if dist.is_main else {}
     seed_everything(cfg.seed)  # the same initial weights on every rank and in every rerun
     setup = build_setup(cfg, dist)
     val_name = cfg.val_split if cfg.val_split in setup.dataset.split_names else None
     train_data = setup.split_data("train", train=True)
     val = (val_name, setup.split_data(val_name)) if val_name else None
-    if dist.is_main and not resume:
-        run.write_config(cfg)
+    if dist.is_main and not from_checkpoint:
         run.write_meta(
             command="cnn train",
             seed=cfg.seed,
@@ -290,9 +304,10 @@ def _train(
             device=str(setup.device),
             precision=setup.precision,
             world_size=dist.world_size,
+            limit=cfg.limit,
         )
     loop = _build_loop(setup, run, train_data, val)
-    result = loop.fit(resume=resume, stop_after_epoch=stop_after_epoch)
+    result = loop.fit(resume=from_checkpoint, stop_after_epoch=stop_after_epoch)
     checksums = replica_checksums(dist, loop.eval_module)
     in_sync = all(c == checksums[0] for c in checksums)
     if not in_sync:
@@ -313,84 +328,67 @@ def _train(
     }
     if not dist.is_main:
         return {}
-    return write_results(run.path, setup, cfg.eval_split, probs, extra)
-
-
-def write_results(
-    path: Path, setup: CNNSetup, split_name: str, probs: np.ndarray, extra: dict[str, Any]
-) -> dict[str, Any]:
-    """metrics.json (shared schema, mode 'cnn'), predictions.jsonl and confusion.json for one split."""
-    from fgvlm.eval.metrics import classification_metrics, write_confusion
-
-    split, dataset, cfg = setup.dataset.split(split_name), setup.dataset, setup.cfg
-    k = min(cfg.topk, dataset.num_classes)
-    ranked = np.argsort(-probs, axis=1, kind="stable")[:, :k]
-    preds = ranked[:, 0].tolist()
-    metrics = classification_metrics(
-        split.labels,
-        preds,
-        dataset.class_names,
-        topk=ranked.tolist(),
-        extra={
-            "mode": "cnn",
-            "protocol": dataset.protocol,
-            "dataset": dataset.name,
-            "split": split_name,
-            "arch": cfg.arch,
-            "pretrained": cfg.pretrained_label,
-            **extra,
-        },
-    )
-    path.mkdir(parents=True, exist_ok=True)
-    write_json(path / "metrics.json", metrics)
-    lines = [
-        json.dumps(
-            {
-                "id": sample_id,
-                "label": label,
-                "pred": row[0],
-                "topk": [[int(c), round(float(probs[i, c]), 6)] for c in row],
-            }
-        )
-        for i, (sample_id, label, row) in enumerate(zip(split.ids, split.labels, ranked.tolist(), strict=True))
-    ]
-    tmp = path / ".predictions.jsonl.tmp"
-    tmp.write_text("\n".join(lines) + "\n")
-    tmp.replace(path / "predictions.jsonl")
-    write_confusion(path / "confusion.json", split.labels, preds, dataset.class_names)
+    metrics = write_split_results(run, setup, "cnn-train", cfg.eval_split, probs, extra)
+    if result.finished:
+        finish_run(run)
     return metrics
 
 
-def evaluate_run(
-    run_dir: str | Path, split: str = "test", checkpoint: str = "best", out: str | Path | None = None
+def write_split_results(
+    run: RunDir, setup: CNNSetup, kind: str, split_name: str, probs: np.ndarray, extra: dict[str, Any]
 ) -> dict[str, Any]:
-    """Re-evaluate a trained run: its ``config.yaml`` rebuilds data and model, ``checkpoint`` gives the weights.
+    """metrics.json (fixed header, shared schema, mode 'cnn'), predictions.jsonl and confusion.json for one split."""
+    from fgvlm.eval.results import write_probability_results
 
-    Results go to ``out`` (default ``RUN_DIR/eval-<split>-<checkpoint>``); ``best`` falls back to ``last`` for a
-    run trained without a validation split.
+    split, dataset, cfg = setup.split(split_name), setup.dataset, setup.cfg
+    header = {
+        "kind": kind,
+        "dataset": dataset.name,
+        "protocol": dataset.protocol,
+        "split": split_name,
+        "model": cfg.arch,
+        "num_classes": dataset.num_classes,
+        "seconds": round(time.time() - run.started, 3),
+    }
+    extra = {"mode": "cnn", "arch": cfg.arch, "pretrained": cfg.pretrained_label, **extra}
+    return write_probability_results(
+        run.path, header, probs, split.labels, split.ids, dataset.class_names, extra, k=cfg.topk
+    )
+
+
+def evaluate_run(cfg: CNNEvalConfig, out: str | Path, *, resume: bool = True) -> dict[str, Any]:
+    """Re-evaluate a trained run: its ``config.yaml`` rebuilds data and model, ``cfg.checkpoint`` gives the weights.
+
+    Results go to run directory ``out`` (the CLI's default: ``<run>/eval-<split>-<checkpoint>``); ``best`` falls
+    back to ``last`` for a run trained without a validation split.
     """
     from fgvlm.train.checkpoint import Checkpointer, load_weights
 
-    run = Path(run_dir)
-    if checkpoint not in ("best", "last"):
-        raise ConfigError(f"checkpoint must be 'best' or 'last', got {checkpoint!r}")
-    cfg = resolve_config(CNNTrainConfig, run / "config.yaml")
-    checkpoints = Checkpointer(run)
-    tag = checkpoint if checkpoints.exists(checkpoint) or checkpoint == "last" else "last"
+    trained = Path(cfg.run)
+    if not (trained / "config.yaml").is_file():
+        raise ConfigError(f"{trained}: no config.yaml; is this a `fgvlm cnn train` run directory?")
+    train_cfg = resolve_config(CNNTrainConfig, trained / "config.yaml")
+    train_cfg.limit = cfg.limit
+    checkpoints = Checkpointer(trained)
+    tag = cfg.checkpoint if checkpoints.exists(cfg.checkpoint) or cfg.checkpoint == "last" else "last"
     info = checkpoints.read_info(tag)
-    with torch_threads(cfg.num_threads):
-        setup = build_setup(cfg, ProcessGroup(), pretrained=False)
+    target = start_run(out, cfg, resume=resume)
+    if target.complete:
+        return target.read_results()
+    with torch_threads(train_cfg.num_threads):
+        setup = build_setup(train_cfg, ProcessGroup(), pretrained=False)
         load_weights(checkpoints.weights_path(tag), setup.model)
-        probs = setup.predict(setup.model, setup.split_data(split))
-    target = RunDir(out if out is not None else run / f"eval-{split}-{checkpoint}")
-    target.write_config(cfg)
+        probs = setup.predict(setup.model, setup.split_data(cfg.split))
+    extra = {"checkpoint": tag, "checkpoint_epoch": info.get("epoch"), "trained_run": str(trained)}
+    metrics = write_split_results(target, setup, "cnn-eval", cfg.split, probs, extra)
     target.write_meta(
         command="cnn eval",
-        seed=cfg.seed,
+        seed=train_cfg.seed,
         dataset=setup.dataset.describe(),
         model=setup.source,
-        run=str(run),
+        run=str(trained),
         checkpoint=tag,
         checkpoint_epoch=info.get("epoch"),
     )
-    return write_results(target.path, setup, split, probs, {"checkpoint": tag, "checkpoint_epoch": info.get("epoch")})
+    finish_run(target)
+    return metrics

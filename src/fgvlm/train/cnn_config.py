@@ -1,4 +1,4 @@
-"""``CNNTrainConfig``: every option of ``fgvlm cnn train``, with reference-like defaults.
+"""``CNNTrainConfig`` (every option of ``fgvlm cnn train``, with reference-like defaults) and ``CNNEvalConfig``.
 
 The reference study reports ResNet-50 at 93.24 % on Flowers102 (90.59 % with MixUp/CutMix), ImageNet-pretrained,
 trained on "6,149 training, 1,020 test" images: that is our ``swapped`` protocol (train = tstid, test = trnid).
@@ -102,6 +102,8 @@ class CNNTrainConfig:
     """Split of the final metrics.json / predictions.jsonl (from the best checkpoint)."""
     topk: int = 5
     """Ranked labels kept per image in predictions.jsonl."""
+    limit: int | None = None
+    """Use only the first N images of every split (quick checks)."""
     seed: int = 0
     """Seeds weights, data order and augmentation; the same seed gives the same run."""
     device: str | None = None
@@ -131,6 +133,7 @@ class CNNTrainConfig:
             (self.cache_scale >= 1.0, f"cache_scale must be >= 1, got {self.cache_scale}"),
             (self.warmup_epochs >= 0, f"warmup_epochs must be >= 0, got {self.warmup_epochs}"),
             (self.topk >= 1, f"topk must be >= 1, got {self.topk}"),
+            (self.limit is None or self.limit >= 1, f"limit must be >= 1 (or unset), got {self.limit}"),
             (
                 not (self.mixup or self.cutmix) or self.batch_size % 2 == 0,
                 f"MixUp/CutMix need an even batch_size, got {self.batch_size}",
@@ -148,6 +151,28 @@ class CNNTrainConfig:
     def pretrained_label(self) -> str:
         """'hub', 'none' or the local file path (for logs and meta.json)."""
         return "hub" if self.pretrained is True else "none" if self.pretrained is False else str(self.pretrained)
+
+
+@dataclasses.dataclass
+class CNNEvalConfig:
+    """Options of ``fgvlm cnn eval``: a trained run's checkpoint evaluated on one split of its own dataset."""
+
+    run: str = ""
+    """The ``fgvlm cnn train`` run directory (its config.yaml rebuilds data and model)."""
+    split: str = "test"
+    """Split to evaluate."""
+    checkpoint: str = "best"
+    """best (highest validation accuracy; falls back to last without a validation split) or last."""
+    limit: int | None = None
+    """Evaluate only the first N images of the split."""
+
+    def __post_init__(self) -> None:
+        if not self.run:
+            raise ConfigError("run: the `fgvlm cnn train` run directory to evaluate is required (--run)")
+        if self.checkpoint not in ("best", "last"):
+            raise ConfigError(f"checkpoint must be 'best' or 'last', got {self.checkpoint!r}")
+        if self.limit is not None and self.limit < 1:
+            raise ConfigError(f"limit must be >= 1 (or unset), got {self.limit}")
 
 
 def normalise_pretrained(value: bool | str) -> bool | str:

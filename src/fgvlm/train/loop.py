@@ -10,10 +10,12 @@ epoch) and their cached-feature and online modes must match step for step. The h
 - ``evaluate(module) -> {name: value}``: validation metrics, called on every rank (it may gather across ranks);
 - optionally an optimizer scheduler stepped per step and an EMA of the weights (``ema.module``, ``ema.update``).
 
-Each epoch appends one line to ``train_log.jsonl`` and writes TensorBoard scalars in ``tb/``, then saves the
-``last`` checkpoint (and ``best`` when the watched metric improves) with ``Checkpointer``. ``fit(resume=True)``
-restores weights, optimizer, scheduler, grad scaler and every rank's RNG state from ``last`` and continues at the
-next epoch: the result equals the uninterrupted run's. Only rank 0 writes files.
+Each epoch appends one line to ``train_log.jsonl`` (the shared schema of ``fgvlm.runs.TRAIN_LOG_KEYS``: step,
+epoch, train_loss, lr, val_accuracy, val_top5, val_loss, then images, seconds and the best so far) and writes
+TensorBoard scalars in ``tb/``, then saves the ``last`` checkpoint (and ``best`` when the watched metric improves)
+with ``Checkpointer``. ``fit(resume=True)`` restores weights, optimizer, scheduler, grad scaler and every rank's RNG
+state from ``last`` and continues at the next epoch: the result equals the uninterrupted run's. Only rank 0 writes
+files.
 """
 
 from __future__ import annotations
@@ -30,13 +32,14 @@ from typing import Any
 
 import torch
 
+from fgvlm.config import ConfigError
 from fgvlm.distributed import ProcessGroup
-from fgvlm.runs import RunDir
+from fgvlm.runs import TRAIN_LOG, RunDir, train_log_record
 from fgvlm.train.checkpoint import Checkpointer, capture_rng, restore_rng, state_tensors
 from fgvlm.train.distributed import average_buffers
 
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
-LOG_FILE = "train_log.jsonl"
+LOG_FILE = TRAIN_LOG
 
 
 def rewrite_jsonl(path: Path, records: list[dict[str, Any]]) -> None:
@@ -64,7 +67,7 @@ class LoopSettings:
     max_steps: int | None = None
     """Stop after this many optimizer steps in total, even mid-epoch."""
     best_metric: str | None = None
-    """Evaluation metric to maximise for the ``best`` checkpoint (e.g. val_top1); None: no ``best``."""
+    """Evaluation metric to maximise for the ``best`` checkpoint (e.g. val_accuracy); None: no ``best``."""
     precision: str = "fp32"
     """fp32, or bf16/fp16 autocast (fp16 with a gradient scaler)."""
     grad_clip_norm: float | None = None
@@ -94,6 +97,8 @@ class FitResult:
     step: int = 0
     best_tag: str = "last"
     best: dict[str, Any] | None = None
+    finished: bool = True
+    """False when ``stop_after_epoch`` cut the run off before the end of its schedule."""
 
 
 class TrainLoop:
@@ -158,6 +163,7 @@ class TrainLoop:
                 if self.settings.max_steps and self.step >= self.settings.max_steps:
                     break
                 if stop_after_epoch is not None and epoch >= stop_after_epoch:
+                    result.finished = False
                     break
                 record = self._train_epoch(epoch, writer)
                 for module in {id(self.model): self.model, id(self.eval_module): self.eval_module}.values():
@@ -165,6 +171,7 @@ class TrainLoop:
                 if self.evaluate is not None:
                     self.eval_module.eval()
                     record.update(self.evaluate(self.eval_module))
+                record = train_log_record(**record)  # the shared schema: step, epoch, train_loss, lr, val_...
                 improved = self._update_best(record)
                 record["best"] = dict(self.best) if self.best else None
                 self._save_epoch(record, improved, writer)
@@ -229,7 +236,7 @@ class TrainLoop:
 
     def _update_best(self, record: dict[str, Any]) -> bool:
         name = self.settings.best_metric
-        if name is None or name not in record or not math.isfinite(record[name]):
+        if name is None or record.get(name) is None or not math.isfinite(record[name]):
             return False
         if self.best is None or record[name] > self.best["value"]:
             self.best = {"metric": name, "value": record[name], "epoch": record["epoch"], "step": record["step"]}
@@ -272,10 +279,10 @@ class TrainLoop:
         info = self.checkpoints.read_info("last")
         state = self.checkpoints.load_state()
         if state.get("epoch") != info["epoch"]:
-            raise ValueError(
+            raise ConfigError(
                 f"cannot resume {self.run_dir.path}: last.json is from epoch {info['epoch']} but "
                 f"{self.checkpoints.dir}/last-state.pt from epoch {state.get('epoch')} (the run was "
-                "killed while saving); restart the run"
+                "killed while saving); restart it with --no-resume"
             )
         last_weights = load_file(str(self.checkpoints.weights_path("last")))
         if self.ema is not None:
@@ -290,7 +297,7 @@ class TrainLoop:
             self.scaler.load_state_dict(state["scaler"])
         rng = state["rng"]
         if len(rng) != self.dist.world_size:
-            raise ValueError(
+            raise ConfigError(
                 f"cannot resume {self.run_dir.path}: it was trained with {len(rng)} process(es), "
                 f"this run has {self.dist.world_size}"
             )

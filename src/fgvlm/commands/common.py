@@ -1,0 +1,63 @@
+"""Options and checks shared by every command that writes a run: one meaning per flag across the CLI.
+
+``-o`` is ``--out`` (a Path) and ``-c`` is ``--config`` everywhere; ``--set KEY=VALUE`` (Python parameter
+``overrides``), ``--resume/--no-resume`` (default: resume) and ``--limit N`` mean the same in every command.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import typer
+
+from fgvlm.config import ConfigError
+
+OFFLINE_DATASETS = ("synthflowers",)
+"""Datasets on which a missing --model falls back to the tiny random default: the offline demo, where chance-level
+answers are expected. On any real dataset a model must be named."""
+
+RESUME_HELP = (
+    "Resume (default): skip a complete run with the same config, continue a partial one, refuse another config. "
+    "--no-resume moves an existing run aside (OUT.replaced-TIME) and starts over."
+)
+
+
+def out_option(help_text: str, required: bool = True) -> Any:
+    return typer.Option(... if required else None, "--out", "-o", help=help_text)
+
+
+def config_option(help_text: str = "YAML config file (flags and --set override it).") -> Any:
+    return typer.Option(None, "--config", "-c", help=help_text)
+
+
+def set_option(example: str = "seed=1") -> Any:
+    return typer.Option([], "--set", help=f"Override a config key as KEY=VALUE (e.g. {example}); repeatable.")
+
+
+def resume_option() -> Any:
+    return typer.Option(True, "--resume/--no-resume", help=RESUME_HELP)
+
+
+def limit_option() -> Any:
+    return typer.Option(None, "--limit", help="Only the first N images of each split (quick checks).")
+
+
+def require_model(cfg: Any, given: set[str], command: str) -> None:
+    """Refuse to fall back silently to the random tiny default model on a real dataset.
+
+    ``given``: the keys set by the config file, flags or ``--set`` (``fgvlm.config.given_keys``).
+    """
+    if "model.name" in given or cfg.data.dataset in OFFLINE_DATASETS:
+        return
+    raise ConfigError(
+        f"{command}: no model given for dataset {cfg.data.dataset!r}. Pass --model (a registry name from "
+        f"`fgvlm list models`, a hub id or a folder) or set model.name in the config; the default "
+        f"{cfg.model.name!r} is a random tiny model (chance-level answers), used without asking only on the "
+        f"offline demo dataset{'s' if len(OFFLINE_DATASETS) > 1 else ''} {', '.join(OFFLINE_DATASETS)}."
+    )
+
+
+def default_out(out: Path | None, run: Path, name: str) -> Path:
+    """``--out`` when given, else ``RUN/name`` (evaluations of a trained run live inside it by default)."""
+    return out if out is not None else run / name
