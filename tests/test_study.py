@@ -9,6 +9,7 @@ import yaml
 
 from fgvlm.cli import main
 from fgvlm.config import ConfigError
+from fgvlm.runs import config_hash, write_json
 from fgvlm.study import load_study, plan_study
 from fgvlm.study.record import finish_record, start_record
 from fgvlm.study.runner import StudyRefusedError, check_refusals
@@ -122,9 +123,11 @@ def test_plan_skip_resume_refuse_and_upstream(tmp_path):
         (run.out / "config.yaml").write_text(yaml.safe_dump(run.config_data))
         start_record(run.out, run.identity, run.upstream, [])
         (run.out / "metrics.json").write_text("{}")
+        done = {"finished": "now", "wall_time_s": 1.0, "config_hash": config_hash(run.config)}
+        write_json(run.out / "done.json", done)
         finish_record(run.out, 1.0)
     assert [(s.action, s.reason) for s in plan_study(study)] == [("skip", "complete"), ("skip", "complete")]
-    (study.runs["b"].out / "metrics.json").unlink()
+    (study.runs["b"].out / "done.json").unlink()
     (study.runs["b"].out / "predictions.jsonl").write_text('{"id": 0}\n{"id": 1}\n')
     assert plan_study(study)[1].line().split() == ["resume", "b", "partial:", "2", "predictions"]
     changed = load_study(path, tmp_path / "out", overrides=["a.limit=6"])

@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from fgvlm.study.kindtable import kind_argv
+from fgvlm.kinds import kind_argv
 from fgvlm.study.spec import RunSpec
 
 FORWARDED = (signal.SIGINT, signal.SIGTERM)

@@ -14,7 +14,8 @@ from __future__ import annotations
 import dataclasses
 
 from fgvlm.config import ConfigError
-from fgvlm.study.record import read_record, run_status, stale_upstream
+from fgvlm.runs import run_status
+from fgvlm.study.record import read_record, stale_upstream
 from fgvlm.study.resolve import ResolvedRun, Study
 
 EXECUTES = ("run", "resume")

@@ -1,50 +1,21 @@
-"""What a study knows about each of its run directories: ``RUN/study.json`` and the run's own status.
+"""What a study knows about each of its run directories beyond the run's own state: ``RUN/study.json``.
 
-``RUN/study.json`` records the run's identity, the identity and completion time of each run it needs, when it started
-and when it finished (null until the run's process exits with success). A dependant whose recorded upstream differs
-from the upstream now on disk (changed config, or rerun) is stale and runs again.
-
-``run_status`` gives the run directory's own state for a resolved config: absent, partial (with progress),
-complete, or conflicting (with the differing keys). It follows contract B's ``fgvlm.runs.run_status``, which
-replaces it when that lands.
+The run's own state (absent, partial with progress, complete by its ``done.json``, conflicting with the differing
+keys) is ``fgvlm.runs.run_status``. ``RUN/study.json`` adds the run's study identity, the identity and completion
+time of each run it needs, when it started and when it finished (null until the run's process exits with success).
+A dependant whose recorded upstream differs from the upstream now on disk (changed config, or rerun) is stale and
+runs again.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import datetime
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from fgvlm.config import config_differences, to_dict
 from fgvlm.runs import read_json, write_json
 
 RECORD = "study.json"
-
-
-@dataclasses.dataclass
-class RunStatus:
-    state: str
-    """absent | partial | complete | conflicting"""
-    differences: list[str] = dataclasses.field(default_factory=list)
-    progress: str | None = None
-
-
-def run_status(out: Path, cfg: Any) -> RunStatus:
-    """The state of run directory ``out`` for config ``cfg`` (a run is complete once its metrics are written)."""
-    saved = out / "config.yaml"
-    if not saved.is_file():
-        return RunStatus("absent")
-    differences = config_differences(yaml.safe_load(saved.read_text()) or {}, to_dict(cfg))
-    if differences:
-        return RunStatus("conflicting", differences=differences)
-    if (out / "metrics.json").is_file():
-        return RunStatus("complete")
-    predictions = out / "predictions.jsonl"
-    done = predictions.read_bytes().count(b"\n") if predictions.is_file() else 0
-    return RunStatus("partial", progress=f"{done:,} predictions" if done else None)
 
 
 def read_record(out: Path) -> dict[str, Any] | None:

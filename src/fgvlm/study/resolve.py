@@ -22,7 +22,7 @@ from typing import Any
 import yaml
 
 from fgvlm.config import ConfigError, from_dict, load_yaml, parse_override, to_dict
-from fgvlm.study.kindtable import KINDS, kind_config_class
+from fgvlm.kinds import KINDS, kind_config_class
 from fgvlm.study.spec import RunSpec, StudySpec, parse_study, topological_order
 
 PLACEHOLDER = re.compile(r"\$\{([^}]*)\}")

@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from fgvlm.config import ConfigError, from_dict, load_yaml
-from fgvlm.study.kindtable import KINDS
+from fgvlm.kinds import KINDS
 
 LAUNCHERS = ("python", "torchrun", "accelerate")
 RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
