@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import sys
 from pathlib import Path
 
 import pytest
@@ -201,3 +203,47 @@ def test_reference_study_on_tiny_twins_dry_runs(tmp_path, flowers_mini, capsys):
     assert code.value.code == 0
     lines = capsys.readouterr().out.splitlines()[1:]
     assert [line.split()[:2] for line in lines] == [["run", run_id] for run_id in tiny.runs]
+
+
+def test_launch_commands(tmp_path):
+    from fgvlm.study.launch import launch_argv
+    from fgvlm.study.spec import LaunchSpec, RunSpec
+
+    tail = ["-m", "fgvlm", "head", "train", "--config", "C", "--out", "O"]
+    spec = RunSpec(id="h", kind="head-train")
+    assert launch_argv(spec, Path("C"), Path("O")) == [sys.executable, *tail]
+    spec.launch = LaunchSpec(launcher="torchrun", nproc=4)
+    torchrun = ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "4"]
+    assert launch_argv(spec, Path("C"), Path("O")) == [sys.executable, *torchrun, *tail]
+    spec.launch = LaunchSpec(launcher="accelerate", nproc=2, args=["--config_file", "fsdp.yaml"])
+    accelerate = ["-m", "accelerate.commands.launch", "--num_processes", "2", "--config_file", "fsdp.yaml"]
+    assert launch_argv(spec, Path("C"), Path("O")) == [sys.executable, *accelerate, *tail]
+    with pytest.raises(ConfigError, match="launch.launcher must be one of python, torchrun, accelerate"):
+        LaunchSpec(launcher="mpirun")
+
+
+def test_first_failure_stops_unless_keep_going(tmp_path, monkeypatch):
+    from fgvlm.study import execute, runner
+
+    def fake_argv(spec, config_path, out):  # a real process that fails for one run and succeeds for the others
+        code = 3 if spec.id == "bad" else 0
+        return [sys.executable, "-c", f"print('{spec.id} says hello'); raise SystemExit({code})"]
+
+    monkeypatch.setattr(runner, "launch_argv", fake_argv)
+    runs = [
+        {"id": "bad", "kind": "eval", "set": EVAL},
+        {"id": "after-bad", "kind": "eval", "needs": ["bad"], "set": EVAL},
+        {"id": "other", "kind": "eval", "set": EVAL},
+    ]
+    study = load_study(write_study(tmp_path, runs), tmp_path / "out")
+    lines = []
+    outcome = execute(study, plan_study(study), echo=lines.append)
+    assert outcome.failed == {"bad": 3} and outcome.done == []
+    assert outcome.not_run == {"after-bad": "not started: bad failed", "other": "not started: bad failed"}
+    assert "[bad] bad says hello" in lines
+    assert "bad says hello" in (tmp_path / "out" / "bad" / "log.txt").read_text()
+    assert json.loads((tmp_path / "out" / "bad" / "study.json").read_text())["finished"] is None
+
+    outcome = execute(study, plan_study(study), keep_going=True, echo=lines.append)
+    assert outcome.failed == {"bad": 3} and outcome.done == ["other"]
+    assert outcome.not_run == {"after-bad": "skipped: needs bad"}
