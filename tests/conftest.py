@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 from models_fixtures import tiny_cache, tiny_model_dir, use_tiny_cache  # noqa: F401  (shared tiny-model fixtures)
+from report_fixtures import report_study  # noqa: F401  (runs made by the real CLI, for report tests)
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")

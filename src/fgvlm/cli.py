@@ -32,6 +32,8 @@ COMMANDS = [
     ("fgvlm.commands.predict", "predict"),
     ("fgvlm.commands.cnn", "cnn"),
     ("fgvlm.commands.prompts", "prompts"),
+    ("fgvlm.commands.report", "report"),
+    ("fgvlm.commands.export", "export"),
     ("fgvlm.commands.study", "study"),
 ]
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import typer
 
@@ -20,7 +21,7 @@ def tiny(
         help="A folder of a real checkpoint's hub files (config, tokenizer, processor; no weights): build a shrunken "
         "random model with its real tokenizer and processor instead of a family's tiny recipe.",
     ),
-    out: str = typer.Option(..., "--out", "-o", help="Folder to write the model into (created if missing)."),
+    out: Path = typer.Option(..., "--out", "-o", help="Folder to write the model into (created if missing)."),
     seed: int = typer.Option(0, help="Weight seed: the same seed gives byte-identical weights."),
     size: str = typer.Option("tiny", help="tiny (~0.3-0.5 M params, for tests) or small (~27 M, qwen3-vl only)."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),

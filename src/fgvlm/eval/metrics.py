@@ -1,7 +1,8 @@
 """Classification metrics in the shared ``metrics.json`` schema (zero-shot, heads and CNN all use it).
 
 Unmatched answers (``pred is None``) count as wrong. The 95 % interval on accuracy is a percentile bootstrap over
-images with a fixed seed, so the same predictions always give the same interval.
+images with a fixed seed, so the same predictions always give the same interval; ``accuracy_stderr`` is the standard
+deviation of the same bootstrap means.
 """
 
 from __future__ import annotations
@@ -34,15 +35,31 @@ def macro_f1(labels: Sequence[int], preds: Sequence[int | None], num_classes: in
     return float(f1[present].mean()) if present.any() else 0.0
 
 
-def bootstrap_ci(correct: Sequence[bool], samples: int = 1000, seed: int = 0, level: float = 0.95) -> list[float]:
-    """Percentile bootstrap interval of the mean of ``correct``."""
+def bootstrap_means(correct: Sequence[bool], samples: int = 1000, seed: int = 0) -> np.ndarray:
+    """Means of ``samples`` resamples (with replacement) of ``correct``; empty input gives no means."""
     values = np.asarray(correct, dtype=float)
     if values.size == 0:
-        return [0.0, 0.0]
+        return np.zeros(0)
     rng = np.random.default_rng(seed)
-    means = values[rng.integers(0, values.size, size=(samples, values.size))].mean(axis=1)
+    return values[rng.integers(0, values.size, size=(samples, values.size))].mean(axis=1)
+
+
+def bootstrap_ci(correct: Sequence[bool], samples: int = 1000, seed: int = 0, level: float = 0.95) -> list[float]:
+    """Percentile bootstrap interval of the mean of ``correct``."""
+    means = bootstrap_means(correct, samples, seed)
+    if means.size == 0:
+        return [0.0, 0.0]
     alpha = (1 - level) / 2
     return [float(np.quantile(means, alpha)), float(np.quantile(means, 1 - alpha))]
+
+
+def bootstrap_stderr(correct: Sequence[bool], samples: int = 1000, seed: int = 0) -> float:
+    """Bootstrap standard error of the accuracy: the standard deviation of the same resampled means as the CI.
+
+    Stored in metrics.json as ``accuracy_stderr`` so exports (lm-evaluation-harness's ``acc_stderr``) are exact.
+    """
+    means = bootstrap_means(correct, samples, seed)
+    return float(means.std(ddof=1)) if means.size > 1 else 0.0
 
 
 def classification_metrics(
@@ -79,6 +96,7 @@ def classification_metrics(
         "n": n,
         "n_unmatched": sum(p is None for p in preds),
         "ci95": bootstrap_ci(correct),
+        "accuracy_stderr": bootstrap_stderr(correct),
         "per_class_accuracy": per_class,
     }
     metrics.update(extra or {})

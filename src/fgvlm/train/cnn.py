@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from fgvlm.config import ConfigError, resolve_config
+from fgvlm.config import ConfigError, resolve_config, to_dict
 from fgvlm.distributed import ProcessGroup
 from fgvlm.runs import RunDir, finish_run, limit_split, start_run
 from fgvlm.train.classifier import create_classifier, data_config, eval_resize, predict_probs, topk_metrics
@@ -27,6 +27,7 @@ from fgvlm.train.distributed import replica_checksums
 from fgvlm.train.images import ImageClassificationData, cache_split, train_loader
 from fgvlm.train.loop import PRECISIONS, LoopSettings, TrainLoop
 from fgvlm.train.runtime import seed_everything, torch_threads
+from fgvlm.train.trackers import open_trackers
 
 __all__ = ["CNNEvalConfig", "CNNTrainConfig", "evaluate_run", "train_cnn"]
 
@@ -307,7 +308,11 @@ def _train(
             limit=cfg.limit,
         )
     loop = _build_loop(setup, run, train_data, val)
-    result = loop.fit(resume=from_checkpoint, stop_after_epoch=stop_after_epoch)
+    # the loop writes tb/ itself; wandb / mlflow (cfg.report_to) get each epoch's log record
+    trackers = open_trackers(cfg.report_to, run.path, to_dict(cfg), exclude=("tensorboard",), enabled=dist.is_main)
+    with trackers as tracked:
+        loop.on_epoch = lambda record: tracked.log(record, record["step"])
+        result = loop.fit(resume=from_checkpoint, stop_after_epoch=stop_after_epoch)
     checksums = replica_checksums(dist, loop.eval_module)
     in_sync = all(c == checksums[0] for c in checksums)
     if not in_sync:

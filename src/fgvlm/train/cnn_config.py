@@ -14,6 +14,7 @@ from pathlib import Path
 
 from fgvlm.config import ConfigError, DataConfig
 from fgvlm.train.optim import OPTIMIZERS
+from fgvlm.train.trackers import parse_report_to
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 NO_WEIGHTS = ("none", "false", "")
@@ -112,9 +113,12 @@ class CNNTrainConfig:
     """TensorBoard train loss / lr interval."""
     progress: bool = True
     """Show progress bars."""
+    report_to: str = "tensorboard"
+    """Trackers, comma-separated: tensorboard (tb/, always written), wandb, mlflow (extras; see train/trackers.py)."""
 
     def __post_init__(self) -> None:
         self.pretrained = normalise_pretrained(self.pretrained)
+        parse_report_to(self.report_to)
         checks = [
             (self.optimizer in OPTIMIZERS, f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}"),
             (self.precision in PRECISIONS, f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}"),

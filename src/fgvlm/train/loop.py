@@ -128,6 +128,7 @@ class TrainLoop:
         self.scaler = torch.amp.GradScaler(device.type, enabled=settings.precision == "fp16")
         self.step = 0
         self.best: dict[str, Any] | None = None
+        self.on_epoch: Callable[[dict[str, Any]], None] | None = None  # e.g. experiment trackers (rank 0 only)
 
     def _wrap_ddp(self, model: torch.nn.Module) -> torch.nn.Module:
         if not self.dist.enabled:
@@ -175,6 +176,8 @@ class TrainLoop:
                 improved = self._update_best(record)
                 record["best"] = dict(self.best) if self.best else None
                 self._save_epoch(record, improved, writer)
+                if self.on_epoch is not None and self.dist.is_main:
+                    self.on_epoch(record)
                 result.history.append(record)
         finally:
             if writer is not None:
