@@ -67,15 +67,17 @@ def test_mini_study_completes_skips_refuses_and_reruns_dependants(tmp_path, tiny
     out = tmp_path / "out"
     assert study("run", path, "--out", out) == 0
     with (out / "results.csv").open() as fh:
-        rows = {row["id"]: row for row in csv.DictReader(fh)}
+        rows = {row["run_id"]: row for row in csv.DictReader(fh)}
     assert list(rows) == ["zs", "zs-after", "cnn"]
-    assert rows["zs"]["n"] == "4" and rows["zs-after"]["n"] == "3" and rows["cnn"]["published"] == "93.24"
+    assert rows["zs"]["n"] == "4" and rows["zs-after"]["n"] == "3" and rows["cnn"]["reference_value"] == "0.9324"
+    assert rows["zs"]["is_reference"] == "True" and rows["zs-after"]["delta_n"] == "3"  # paired on shared images
     accuracy = json.loads((out / "cnn" / "metrics.json").read_text())["accuracy"]
-    assert float(rows["cnn"]["accuracy"]) == pytest.approx(100 * accuracy, abs=1e-3)
-    assert "| tiny CNN |" in (out / "results.md").read_text()
-    assert "[zs] eval" in (out / "zs" / "log.txt").read_text() or (out / "zs" / "log.txt").stat().st_size > 0
+    assert float(rows["cnn"]["accuracy"]) == pytest.approx(accuracy, abs=1e-5)
+    assert "| cnn | tiny CNN |" in (out / "results.md").read_text()
+    assert (out / "report" / "report.html").is_file()
+    assert "rank on 4 images" in (out / "zs" / "log.txt").read_text()  # the run's own output, kept
+    assert "[zs] open-qa / rank on 4 images" in capsys.readouterr().out  # and shown, prefixed
     stamps = {run_id: finished(out, run_id) for run_id in rows}
-    capsys.readouterr()
 
     assert study("run", path, "--out", out) == 0  # everything complete: nothing starts
     printed = capsys.readouterr().out

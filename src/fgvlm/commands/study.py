@@ -66,12 +66,14 @@ def run(
 
 
 def _write_results(loaded) -> None:
-    from fgvlm.study.results import collect_rows, print_table, write_results_table
+    from fgvlm.study.results import build_study_report, print_table, write_study_results
 
-    rows = collect_rows(loaded)
-    csv_path, md_path = write_results_table(rows, loaded.out)
+    rows, csv_path, md_path = write_study_results(loaded)
     print_table(rows, title=f"{loaded.spec.name}: test accuracy (%)")
     typer.echo(f"results: {md_path} and {csv_path}")
+    report = build_study_report(loaded)
+    if report is not None:
+        typer.echo(f"report: {report}")
 
 
 @app.command()

@@ -1,117 +1,84 @@
-"""The study's results table, in the reference study's form: ``OUT/results.csv`` and ``OUT/results.md``.
+"""The study's results table, in the reference study's form, and its HTML report.
 
-One row per run (in the study's order) that has ``metrics.json``: configuration, accuracy (%), change vs the
-reference row (points), the reference study's published number, n, split protocol, 95 % CI, top-5, unmatched rate
-and wall time. Runs without results yet appear with empty cells, so a partial study still shows its shape.
+Rows come from the report's ``fgvlm.report.tables`` (one ``ResultRow`` per run that has results: accuracy with its
+95 % CI, the paired change vs the reference row, top-5, unmatched rate, n, protocol, wall time); the study adds what
+only it knows: each row's label (its ``configuration``) and the reference study's published number
+(``reference_value``). ``OUT/results.csv`` and ``OUT/results.md`` hold them in study order; ``OUT/report/`` holds
+``fgvlm report``'s page for the same runs.
 """
 
 from __future__ import annotations
 
-import csv
-import json
 from pathlib import Path
-from typing import Any
 
-from fgvlm.study.record import read_record
+from fgvlm.report.rundirs import load_runs
+from fgvlm.report.tables import ResultRow, build_row, collect_rows, write_results_table
 from fgvlm.study.resolve import Study
 
-COLUMNS = (
-    "configuration",
-    "accuracy",
-    "vs reference",
-    "published",
-    "n",
-    "protocol",
-    "95% CI",
-    "top-5",
-    "unmatched",
-    "wall time (s)",
-)
+COLUMNS = ("configuration", "accuracy (95% CI)", "vs reference", "published", "n", "protocol", "top-5", "unmatched")
 
 
-def collect_rows(study: Study) -> list[dict[str, Any]]:
-    """One plain row per run (numbers in percent, None where unknown)."""
-    metrics = {run_id: _metrics(run.out) for run_id, run in study.runs.items()}
-    reference = metrics.get(study.spec.reference) if study.spec.reference else None
-    rows = []
-    for run_id, run in study.runs.items():
-        m = metrics[run_id]
-        record = read_record(run.out) or {}
-        accuracy = _pct(m.get("accuracy"))
-        ref = _pct(reference.get("accuracy")) if reference else None
-        n = m.get("n")
-        ci = m.get("ci95") or [None, None]
-        rows.append(
-            {
-                "id": run_id,
-                "configuration": run.spec.name,
-                "accuracy": accuracy,
-                "vs reference": None if accuracy is None or ref is None else accuracy - ref,
-                "published": run.spec.published,
-                "n": n,
-                "protocol": m.get("protocol") or (run.config_data.get("data") or {}).get("protocol"),
-                "95% CI": None if ci[0] is None else [_pct(ci[0]), _pct(ci[1])],
-                "top-5": _pct(m.get("top5_accuracy")),
-                "unmatched": _pct(m["n_unmatched"] / n) if n and m.get("n_unmatched") is not None else None,
-                "wall time (s)": record.get("wall_time_s"),
-            }
-        )
+def finished_runs(study: Study) -> list[Path]:
+    """Run directories of the study that hold results, in study order."""
+    return [run.out for run in study.runs.values() if (run.out / "metrics.json").is_file()]
+
+
+def study_rows(study: Study) -> list[ResultRow]:
+    """One row per run with results: the report's row, with the study's label and published number."""
+    dirs = finished_runs(study)
+    if not dirs:
+        return []
+    runs = load_runs(dirs)
+    reference = study.spec.reference
+    if reference is not None and any(run.run_id == reference for run in runs):
+        rows = collect_rows(runs, reference)
+    else:  # the reference row has no results yet: no comparison rather than a comparison with another row
+        rows = [build_row(run) for run in runs]
+    for row in rows:
+        spec = study.runs[row.run_id].spec
+        row.configuration = spec.label or row.configuration
+        row.reference_value = None if spec.published is None else spec.published / 100
     return rows
 
 
-def write_results_table(rows: list[dict[str, Any]], out: Path) -> tuple[Path, Path]:
-    """Write ``results.csv`` (plain numbers) and ``results.md`` (formatted) under ``out``."""
-    csv_path, md_path = out / "results.csv", out / "results.md"
-    with csv_path.open("w", newline="") as fh:
-        writer = csv.writer(fh)
-        writer.writerow(["id", *COLUMNS[:6], "ci95_lo", "ci95_hi", *COLUMNS[7:]])
-        for row in rows:
-            ci = row["95% CI"] or [None, None]
-            values = [row["id"], *(row[c] for c in COLUMNS[:6]), *ci, *(row[c] for c in COLUMNS[7:])]
-            writer.writerow(["" if v is None else (round(v, 4) if isinstance(v, float) else v) for v in values])
-    lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "|".join(["---"] + ["---:"] * (len(COLUMNS) - 1)) + "|"]
-    lines += ["| " + " | ".join(format_row(row)) + " |" for row in rows]
-    md_path.write_text("\n".join(lines) + "\n")
-    return csv_path, md_path
+def write_study_results(study: Study) -> tuple[list[ResultRow], Path, Path]:
+    rows = study_rows(study)
+    csv_path, md_path = write_results_table(rows, study.out)
+    return rows, csv_path, md_path
 
 
-def format_row(row: dict[str, Any]) -> list[str]:
-    """The row's cells as text: percentages with two decimals, signed change, CI as lo-hi."""
-    ci = row["95% CI"]
-    cells = {
-        "accuracy": _fmt(row["accuracy"]),
-        "vs reference": "" if row["vs reference"] is None else f"{row['vs reference']:+.2f}",
-        "published": _fmt(row["published"]),
-        "n": "" if row["n"] is None else f"{row['n']:,}",
-        "protocol": row["protocol"] or "",
-        "95% CI": "" if ci is None else f"{ci[0]:.1f}–{ci[1]:.1f}",
-        "top-5": _fmt(row["top-5"]),
-        "unmatched": _fmt(row["unmatched"], 1),
-        "wall time (s)": "" if row["wall time (s)"] is None else f"{row['wall time (s)']:.0f}",
-    }
-    return [row["configuration"], *(cells[c] for c in COLUMNS[1:])]
+def build_study_report(study: Study) -> Path | None:
+    """``OUT/report/report.html`` for the study's finished runs (None when no run has results yet)."""
+    from fgvlm.report.html import build_report
+
+    dirs = finished_runs(study)
+    if not dirs:
+        return None
+    reference = study.spec.reference if study.spec.reference and study.runs[study.spec.reference].out in dirs else None
+    return build_report(dirs, study.out / "report", reference=reference).html
 
 
-def print_table(rows: list[dict[str, Any]], title: str) -> None:
+def format_row(row: ResultRow) -> list[str]:
+    """Cells in percent: accuracy with its CI, the paired change in points, the published number."""
+
+    def pct(value: float | None, signed: bool = False) -> str:
+        return "" if value is None else (f"{100 * value:+.2f}" if signed else f"{100 * value:.2f}")
+
+    accuracy = pct(row.accuracy) + (f" ({pct(row.ci_low)}–{pct(row.ci_high)})" if row.ci_low is not None else "")
+    change = "reference" if row.is_reference else pct(row.delta, signed=True)
+    n = "" if row.n is None else f"{row.n:,}"
+    return [row.configuration, accuracy, change, pct(row.reference_value), n, row.protocol or "", pct(row.top5)] + [
+        pct(row.unmatched_rate)
+    ]
+
+
+def print_table(rows: list[ResultRow], title: str) -> None:
     from rich.console import Console
     from rich.table import Table
 
     table = Table(title=title)
-    for column in COLUMNS:
+    for column in (*COLUMNS, "wall s"):
         table.add_column(column, justify="left" if column in ("configuration", "protocol") else "right")
     for row in rows:
-        table.add_row(*format_row(row))
+        table.add_row(*format_row(row), "" if row.wall_time_s is None else f"{row.wall_time_s:.0f}")
     Console(width=160).print(table)
-
-
-def _metrics(out: Path) -> dict[str, Any]:
-    path = out / "metrics.json"
-    return json.loads(path.read_text()) if path.is_file() else {}
-
-
-def _pct(value: float | None) -> float | None:
-    return None if value is None else 100.0 * value
-
-
-def _fmt(value: float | None, digits: int = 2) -> str:
-    return "" if value is None else f"{value:.{digits}f}"
