@@ -11,7 +11,7 @@ app = typer.Typer(help="Run a study (a YAML list of runs) here, or submit it to 
 OUT_HELP = "Study directory: one run directory per run id, results.csv, results.md."
 SET_HELP = "Override a run's config: RUN_ID.key=value, or *.key=value for every run that has the key."
 SWAP_HELP = "Replace every config value equal to OLD by NEW, e.g. qwen3-vl-4b=tiny-qwen3-vl."
-RERUN_HELP = "Run this run again: its directory is moved aside to ID.old-<time> (never deleted)."
+RERUN_HELP = "Run this run again: its directory is moved aside to ID.old-TIME (never deleted)."
 
 
 @app.command()
