@@ -7,17 +7,14 @@ from pathlib import Path
 import pytest
 
 from fgvlm.config import resolve_config
-from fgvlm.kinds import KINDS, kind_config_class, kind_for_configs_folder
+from fgvlm.kinds import KINDS, TOOL_CONFIG_FOLDERS, kind_config_class, kind_for_configs_folder
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
-STUDIES = CONFIGS / "studies"  # study files are checked by tests/test_study.py
+STUDIES = "studies"  # study files, checked by tests/test_study.py
+FGVLM_CONFIGS = sorted(p for p in CONFIGS.rglob("*.yaml") if p.parent.name not in (*TOOL_CONFIG_FOLDERS, STUDIES))
 
 
-@pytest.mark.parametrize(
-    "path",
-    sorted(set(CONFIGS.rglob("*.yaml")) - set(STUDIES.glob("*.yaml"))),
-    ids=lambda p: str(p.relative_to(CONFIGS)),
-)
+@pytest.mark.parametrize("path", FGVLM_CONFIGS, ids=lambda p: str(p.relative_to(CONFIGS)))
 def test_shipped_config_loads_into_its_kind(path):
     kind = kind_for_configs_folder(path.parent.name)
     cfg = resolve_config(kind_config_class(kind.name), path)
@@ -27,6 +24,6 @@ def test_shipped_config_loads_into_its_kind(path):
 
 
 def test_every_config_folder_belongs_to_a_kind():
-    folders = {p.parent.name for p in CONFIGS.rglob("*.yaml")} - {"studies"}
-    assert folders <= {kind.configs for kind in KINDS.values()}
+    folders = {p.parent.name for p in CONFIGS.rglob("*.yaml")}
+    assert folders <= {kind.configs for kind in KINDS.values()} | {*TOOL_CONFIG_FOLDERS, STUDIES}
     assert all(p.parent.parent == CONFIGS for p in CONFIGS.rglob("*.yaml"))  # one level: configs/<folder>/x.yaml

@@ -34,6 +34,7 @@ COMMANDS = [
     ("fgvlm.commands.prompts", "prompts"),
     ("fgvlm.commands.report", "report"),
     ("fgvlm.commands.export", "export"),
+    ("fgvlm.commands.sft", "sft"),
     ("fgvlm.commands.study", "study"),
 ]
 

@@ -47,8 +47,14 @@ KINDS: dict[str, Kind] = {
         ),
         Kind("cnn-eval", ("cnn", "eval"), "fgvlm.train.cnn_config:CNNEvalConfig", "fgvlm.train.cnn:evaluate_run"),
         Kind("data-audit", ("data", "audit"), "fgvlm.data.audit:AuditConfig", "fgvlm.data.audit:run_audit"),
+        Kind("sft", ("sft",), "fgvlm.sft.config:SFTConfig", "fgvlm.sft.run:run_sft", "sft"),
     )
 }
+
+
+TOOL_CONFIG_FOLDERS: tuple[str, ...] = ("accelerate",)
+"""Folders under ``configs/`` holding other tools' configs, not fgvlm kinds (``accelerate launch --config_file``;
+their own test is ``tests/test_accelerate_configs.py``)."""
 
 
 def get_kind(name: str) -> Kind:

@@ -1,0 +1,91 @@
+"""``fgvlm sft``: supervised fine-tuning of a VLM (LoRA or full) on instruction data built from a dataset."""
+
+from __future__ import annotations
+
+from enum import Enum
+from pathlib import Path
+
+import typer
+
+
+class Method(str, Enum):
+    lora = "lora"
+    full = "full"
+
+
+class Objective(str, Enum):
+    generate = "generate"
+    classify = "classify"
+
+
+def command(
+    out: Path = typer.Option(..., "--out", "-o", help="Run directory (created; an interrupted run there resumes)."),
+    model: str = typer.Option(None, "--model", "-m", help="Registry name (`fgvlm list models`), hub id or folder."),
+    dataset: str = typer.Option(None, "--dataset", "-d", help="Registry name (`fgvlm list datasets`)."),
+    root: str = typer.Option(None, help="Folder holding the data (default: the dataset's own)."),
+    protocol: str = typer.Option(None, help="Split protocol (flowers102: official, trainval, swapped)."),
+    task: str = typer.Option(
+        None, help="open-qa, closed-qa, closed-negative-qa or open-qa-mixcut (mixed images) [default: open-qa]."
+    ),
+    mix: str = typer.Option(None, help="Task mixture instead of one task, e.g. open-qa=0.5,closed-qa=0.5."),
+    method: Method = typer.Option(None, help="lora (adapters on the language model) or full [default: full]."),
+    objective: Objective = typer.Option(
+        None, help="generate (loss on the answer tokens) or classify (linear head + cross-entropy) [default: generate]."
+    ),
+    max_steps: int = typer.Option(None, "--max-steps", help="Optimizer steps [default: 4000]."),
+    lr: float = typer.Option(None, help="Peak learning rate [default: 2e-5]."),
+    batch_size: int = typer.Option(None, "--batch-size", help="Samples per device per micro-step [default: 1]."),
+    grad_accum: int = typer.Option(None, "--grad-accum", help="Micro-steps per optimizer step [default: 1]."),
+    limit: int = typer.Option(None, help="Only the first N images of each split (quick checks)."),
+    resume: bool = typer.Option(True, "--resume/--no-resume", help="Continue from the last checkpoint."),
+    config: Path = typer.Option(None, "--config", "-c", help="YAML file of SFTConfig fields (see configs/sft/)."),
+    overrides: list[str] = typer.Option([], "--set", help="Override as KEY=VALUE, e.g. train.eval_every=100."),
+) -> None:
+    """Fine-tune a VLM; writes RUN/model (plain checkpoint), train_log.jsonl, tb/, metrics.json, done.json.
+
+    Examples:
+
+      fgvlm sft --config configs/sft/qwen3-vl-4b-flowers102.yaml --root DATA/flowers102 --out runs/sft-qwen3
+
+      fgvlm sft --model tiny-qwen3-vl --dataset synthflowers --method lora --max-steps 50 --limit 40 -o runs/sft-tiny
+
+      fgvlm sft --model qwen3-vl-4b --dataset flowers102 --task open-qa-mixcut --set mixcut.loss=dominant -o runs/mix
+
+      fgvlm sft --model qwen3-vl-4b --dataset flowers102 --objective classify --method lora -o runs/sft-cls
+
+    Then: fgvlm eval --model RUN/model ...; fgvlm head train --model RUN/model ...; (classify) fgvlm predict
+    --model RUN/model --head RUN img.jpg, fgvlm head eval --run RUN/head.
+    """
+    from fgvlm.config import ConfigError, resolve_config
+    from fgvlm.distributed import is_main_process
+    from fgvlm.prompts.instructions import parse_mix
+    from fgvlm.sft.config import SFTConfig
+    from fgvlm.sft.run import run_sft
+
+    flags = {
+        "model.name": model,
+        "data.dataset": dataset,
+        "data.root": root,
+        "data.protocol": protocol,
+        "task": task,
+        "mix": parse_mix(mix) if mix else None,
+        "method": method.value if method else None,
+        "objective": objective.value if objective else None,
+        "train.max_steps": max_steps,
+        "train.lr": lr,
+        "train.per_device_batch_size": batch_size,
+        "train.grad_accum": grad_accum,
+        "limit": limit,
+    }
+    try:
+        cfg = resolve_config(SFTConfig, config, flags, overrides)
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
+    metrics = run_sft(cfg, out, resume=resume)
+    if is_main_process() and metrics:
+        top5 = metrics.get("top5_accuracy")
+        typer.echo(
+            f"sft {cfg.objective} ({cfg.method}) -> {out}/model; {metrics['split']} accuracy {metrics['accuracy']:.4f}"
+            + (f" (top-5 {top5:.4f})" if top5 is not None else "")
+            + f" on {metrics['n']} images"
+        )

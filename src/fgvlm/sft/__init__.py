@@ -1,0 +1,1 @@
+"""Fine-tuning VLMs: instruction data -> transformers.Trainer with answer-only loss."""

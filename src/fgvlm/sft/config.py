@@ -1,0 +1,262 @@
+"""``SFTConfig``: every option of ``fgvlm sft`` (YAML < flags < ``--set``), saved as the run's ``config.yaml``.
+
+The defaults are the reference recipe: full fine-tuning of the language model and projector with the vision tower
+frozen, AdamW at lr 2e-5 with a cosine schedule, per-device batch 1, 4,000 steps, the open-qa task, and the model's
+own chat template for training and evaluation alike. No torch import here: configs load without it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from fgvlm.config import ConfigError, DataConfig
+from fgvlm.models.base import POOLINGS, ModelConfig
+
+METHODS = ("full", "lora")
+OBJECTIVES = ("generate", "classify")
+PROMPT_FORMATS = ("chat-template", "lmms-engine")
+MIX_LOSSES = ("lambda-nll", "dominant", "both-names")
+MIX_MODES = ("mixup", "cutmix", "both")
+PARTS = ("vision", "projector", "language")
+FREEZE_PRESETS = {"vision": ("vision",), "none": ()}
+"""Named freeze settings; any comma-separated list of ``PARTS`` also works (e.g. ``vision,projector``)."""
+SCHEDULERS = ("cosine", "linear", "constant", "constant_with_warmup")
+REPORTERS = ("tensorboard", "none", "wandb", "mlflow")
+FINAL_WEIGHTS = ("last", "best")
+MIXCUT_TASK = "open-qa-mixcut"
+
+
+@dataclasses.dataclass
+class LoraOptions:
+    """PEFT LoRA on the language model's linear layers (``method: lora``)."""
+
+    r: int = 16
+    """Adapter rank."""
+    alpha: int = 32
+    """LoRA scaling numerator (the update is scaled by alpha / r)."""
+    dropout: float = 0.05
+    """Dropout on the adapter's input."""
+    target_modules: str | None = None
+    """Regex of module names to adapt; None = the family's language-model pattern (never the vision tower)."""
+
+    def __post_init__(self) -> None:
+        if self.r < 1 or self.alpha < 1:
+            raise ConfigError(f"lora.r and lora.alpha must be >= 1, got {self.r}, {self.alpha}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ConfigError(f"lora.dropout must be in [0, 1), got {self.dropout}")
+
+
+@dataclasses.dataclass
+class TrainOptions:
+    """The optimisation recipe, passed to ``transformers.TrainingArguments``."""
+
+    lr: float = 2e-5
+    """Peak learning rate (AdamW); the reference recipe: 2e-5."""
+    scheduler: str = "cosine"
+    """Learning-rate schedule after warmup: cosine, linear, constant, constant_with_warmup."""
+    warmup_ratio: float = 0.03
+    """Fraction of max_steps spent in linear warmup."""
+    per_device_batch_size: int = 1
+    """Training samples per process per micro-step (the reference recipe: 1)."""
+    grad_accum: int = 1
+    """Micro-steps accumulated per optimizer step."""
+    max_steps: int = 4000
+    """Optimizer steps in total (the reference recipe: 4,000)."""
+    weight_decay: float = 0.0
+    """AdamW weight decay."""
+    max_grad_norm: float = 1.0
+    """Gradient clipping by global norm (0 disables it)."""
+    gradient_checkpointing: bool = False
+    """Recompute activations in the backward pass (less memory, ~30 % more time); useful on GPUs."""
+    bf16: bool | None = None
+    """bfloat16 mixed precision; None = on when training on a GPU that supports it, off on CPU."""
+    seed: int = 0
+    """Seeds the data order, dropout, LoRA initialisation and the classify head."""
+    eval_every: int = 500
+    """Validation accuracy by ``rank`` (or the head, for classify) every N optimizer steps and at the end."""
+    eval_limit: int | None = 200
+    """Validation images used during training (the first N of the validation split); None = all."""
+    save_every: int = 500
+    """Write a resumable checkpoint every N steps (and at the end)."""
+    save_total_limit: int = 2
+    """Resumable checkpoints kept (the newest ones)."""
+    log_every: int = 10
+    """Write a train_log.jsonl line (loss, lr, grad norm) every N steps."""
+    final: str = "last"
+    """Which weights become RUN/model: 'last' (the reference recipe) or 'best' (best validation accuracy)."""
+    num_workers: int = 0
+    """DataLoader worker processes (images are decoded and processed in the collator)."""
+    num_threads: int | None = None
+    """torch CPU threads (None = torch's default). On a busy or small CPU, 1 thread can be many times faster for
+    small models than oversubscribed threads."""
+
+    def __post_init__(self) -> None:
+        positive = {
+            "per_device_batch_size": self.per_device_batch_size,
+            "grad_accum": self.grad_accum,
+            "max_steps": self.max_steps,
+            "eval_every": self.eval_every,
+            "save_every": self.save_every,
+            "log_every": self.log_every,
+            "save_total_limit": self.save_total_limit,
+        }
+        for key, value in positive.items():
+            if value < 1:
+                raise ConfigError(f"train.{key} must be >= 1, got {value}")
+        if self.lr <= 0:
+            raise ConfigError(f"train.lr must be > 0, got {self.lr}")
+        if not 0.0 <= self.warmup_ratio < 1.0:
+            raise ConfigError(f"train.warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
+        if self.scheduler not in SCHEDULERS:
+            raise ConfigError(f"train.scheduler must be one of {', '.join(SCHEDULERS)}, got {self.scheduler!r}")
+        if self.final not in FINAL_WEIGHTS:
+            raise ConfigError(f"train.final must be one of {', '.join(FINAL_WEIGHTS)}, got {self.final!r}")
+        if self.num_threads is not None and self.num_threads < 1:
+            raise ConfigError(f"train.num_threads must be >= 1 (or null), got {self.num_threads}")
+        if self.eval_limit is not None and self.eval_limit < 1:
+            raise ConfigError(f"train.eval_limit must be >= 1 (or null for all), got {self.eval_limit}")
+
+
+@dataclasses.dataclass
+class MixcutOptions:
+    """Task ``open-qa-mixcut``: each image mixed with one of another class, and how the two names are trained."""
+
+    alpha: float = 1.0
+    """lambda ~ Beta(alpha, alpha)."""
+    mode: str = "both"
+    """mixup, cutmix, or both (each record picks one at random)."""
+    prob: float = 1.0
+    """Probability that an image is mixed at all (an unmixed one trains on its own name)."""
+    switch_prob: float = 0.5
+    """With mode both: probability of CutMix instead of MixUp."""
+    loss: str = "lambda-nll"
+    """lambda-nll: lambda * NLL(name_a) + (1 - lambda) * NLL(name_b) on the same mixed image (the soft-label
+    analogue); dominant: the name of the class with the larger share only; both-names: one answer naming both
+    ("a and b", the larger share first)."""
+
+    def __post_init__(self) -> None:
+        if self.alpha <= 0:
+            raise ConfigError(f"mixcut.alpha must be > 0, got {self.alpha}")
+        if self.mode not in MIX_MODES:
+            raise ConfigError(f"mixcut.mode must be one of {', '.join(MIX_MODES)}, got {self.mode!r}")
+        if not (0.0 <= self.prob <= 1.0 and 0.0 <= self.switch_prob <= 1.0):
+            raise ConfigError(f"mixcut.prob and switch_prob must be in [0, 1], got {self.prob}, {self.switch_prob}")
+        if self.loss not in MIX_LOSSES:
+            raise ConfigError(f"mixcut.loss must be one of {', '.join(MIX_LOSSES)}, got {self.loss!r}")
+
+
+@dataclasses.dataclass
+class ClassifyOptions:
+    """``objective: classify``: a linear head on pooled hidden states, trained jointly with the model."""
+
+    pooling: str = "mean"
+    """mean (all real tokens; the heads' default), image-mean or last, as ``fgvlm head train``."""
+    layer: int = -1
+    """Hidden-state layer pooled (-1 = last)."""
+    dropout: float = 0.1
+    """Dropout on the pooled features before the linear layer."""
+    head_lr: float | None = None
+    """Learning rate of the head; None = max(train.lr, 1e-3) (a fresh linear layer needs a larger step than the
+    pretrained model: 1e-3 with the reference 2e-5)."""
+
+    def __post_init__(self) -> None:
+        if self.pooling not in POOLINGS:
+            raise ConfigError(f"classify.pooling must be one of {', '.join(POOLINGS)}, got {self.pooling!r}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ConfigError(f"classify.dropout must be in [0, 1), got {self.dropout}")
+
+
+@dataclasses.dataclass
+class SFTConfig:
+    """Supervised fine-tuning of a VLM on instruction data built from a classification dataset (``fgvlm sft``)."""
+
+    model: ModelConfig = dataclasses.field(default_factory=lambda: ModelConfig(name="qwen3-vl-4b"))
+    """The model to fine-tune (registry name, hub id or local folder)."""
+    data: DataConfig = dataclasses.field(default_factory=DataConfig)
+    """Dataset, root and protocol (the reference study: flowers102, protocol swapped)."""
+    task: str = "open-qa"
+    """Instruction task: open-qa, closed-qa, closed-negative-qa, or open-qa-mixcut (mixed images)."""
+    mix: dict[str, float] | None = None
+    """A mixture of tasks instead of one, e.g. {open-qa: 0.5, closed-qa: 0.3, closed-negative-qa: 0.2}: each image
+    gets one task drawn with these weights (seeded per image)."""
+    task_options: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
+    """Options per prompt task, as ``fgvlm eval``'s task_options, e.g. {closed-qa: {num_options: 10}}
+    (open-qa-mixcut asks the open-qa question with open-qa's options)."""
+    method: str = "full"
+    """full (every trainable part updated) or lora (PEFT adapters on the language model)."""
+    lora: LoraOptions = dataclasses.field(default_factory=LoraOptions)
+    freeze: str = "vision"
+    """Parts kept frozen: 'vision' (default: the vision tower), 'none' (everything trains: the reference
+    framework's setup), or a comma-separated list of vision, projector, language."""
+    train: TrainOptions = dataclasses.field(default_factory=TrainOptions)
+    mixcut: MixcutOptions = dataclasses.field(default_factory=MixcutOptions)
+    packing: bool = False
+    """Padding-free packing of the samples of a batch (Qwen families; others pad)."""
+    objective: str = "generate"
+    """generate: teacher-forced answers (loss on the answer tokens); classify: linear head + cross-entropy."""
+    classify: ClassifyOptions = dataclasses.field(default_factory=ClassifyOptions)
+    prompt_format: str = "chat-template"
+    """chat-template: the model's own template; lmms-engine: the reference framework's (system turn, newline after
+    the image). The format is saved with RUN/model, so evaluation uses the same one."""
+    max_length: int = 4096
+    """Longest training sequence in tokens (image tokens included); a longer one is refused before training."""
+    limit: int | None = None
+    """Use only the first N images of each split (quick checks)."""
+    train_split: str = "train"
+    val_split: str | None = "val"
+    """Split for validation during training (skipped when the protocol has none)."""
+    eval_split: str = "test"
+    """Split of the final evaluation written to metrics.json / predictions.jsonl."""
+    eval_limit: int | None = None
+    """Images of eval_split in the final evaluation (None = all)."""
+    report_to: str = "tensorboard"
+    """Trainer loggers: tensorboard (RUN/tb), none, or another transformers integration."""
+    seed: int = 0
+    """Seed of the instruction data (prompts, mixing pairs); train.seed seeds the optimisation."""
+    resume: bool = True
+    """Continue from the last checkpoint in the run directory (off: start over)."""
+
+    def __post_init__(self) -> None:
+        for key, value, allowed in (
+            ("method", self.method, METHODS),
+            ("objective", self.objective, OBJECTIVES),
+            ("prompt_format", self.prompt_format, PROMPT_FORMATS),
+            ("report_to", self.report_to, REPORTERS),
+        ):
+            if value not in allowed:
+                raise ConfigError(f"{key} must be one of {', '.join(allowed)}, got {value!r}")
+        frozen_parts(self.freeze)
+        from fgvlm.prompts.instructions import check_tasks
+
+        check_tasks(self.tasks)
+        if self.objective == "classify" and MIXCUT_TASK in self.tasks:
+            raise ConfigError("objective classify trains on plain images; use task open-qa (not open-qa-mixcut)")
+        if self.max_length < 16:
+            raise ConfigError(f"max_length must be >= 16, got {self.max_length}")
+        if self.limit is not None and self.limit < 1:
+            raise ConfigError(f"limit must be >= 1 (or unset), got {self.limit}")
+
+    @property
+    def tasks(self) -> dict[str, float]:
+        """Task -> weight of the instruction data (one task with weight 1 unless ``mix`` is set)."""
+        return dict(self.mix) if self.mix else {self.task: 1.0}
+
+    @property
+    def eval_task(self) -> str:
+        """The prompt task of validation and the final evaluation: the training task, open-qa for mixcut/mixes."""
+        return "open-qa" if self.mix or self.task == MIXCUT_TASK else self.task
+
+
+def frozen_parts(freeze: str) -> tuple[str, ...]:
+    """``freeze`` (a preset or a comma-separated list of parts) -> the frozen parts; unknown names raise."""
+    if freeze in FREEZE_PRESETS:
+        return FREEZE_PRESETS[freeze]
+    parts = tuple(p.strip() for p in freeze.split(",") if p.strip())
+    unknown = [p for p in parts if p not in PARTS]
+    if unknown or not parts:
+        raise ConfigError(
+            f"freeze: unknown part(s) {unknown or [freeze]}; use {', '.join(FREEZE_PRESETS)} or a comma-separated "
+            f"list of {', '.join(PARTS)}"
+        )
+    return parts
