@@ -189,12 +189,16 @@ def test_reference_study_on_tiny_twins_dry_runs(tmp_path, flowers_mini, capsys):
         "resnet50": 93.24,
         "resnet50-mixup-cutmix": 90.59,
         "head-qwen3-vl-4b": 64.60,
+        "sft-qwen3-vl-4b": 73.52,
+        "sft-mixcut-qwen3-vl-4b": 66.27,
+        "sft-head-qwen3-vl-4b": 95.19,
     }
     assert {run.config.data.protocol for run in study.runs.values()} == {"swapped"}
     overrides = [f"*.data.root={flowers_mini}", "*.limit=4"]
     tiny = load_study(path, tmp_path / "out", overrides=overrides, swaps=[s.split("=", 1)[1] for s in TINY_TWINS])
     names = {getattr(run.config, "model", None) and run.config.model.name for run in tiny.runs.values()}
-    assert names - {None} == {"tiny-qwen3-vl", "tiny-idefics2", "tiny-instructblip-t5"}
+    sft_model = str(tmp_path / "out" / "sft-qwen3-vl-4b" / "model")  # the head on the fine-tuned model
+    assert names - {None} == {"tiny-qwen3-vl", "tiny-idefics2", "tiny-instructblip-t5", sft_model}
     assert {run.config.arch for run in tiny.runs.values() if run.spec.kind == "cnn-train"} == {"test_resnet"}
     assert {run.config.data.root for run in tiny.runs.values()} == {str(flowers_mini)}
     args = ["study", "run", str(path), "--out", str(tmp_path / "out"), "--dry-run", *TINY_TWINS]
