@@ -20,8 +20,9 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install -q -e '.[dev]'
 	touch $(STAMP)
 
+# The demo study (configs/studies/demo.yaml): a second `make demo` skips every finished run.
 demo: setup
-	$(BIN)/python scripts/demo.py
+	FGVLM_CACHE=$${FGVLM_CACHE:-$(CURDIR)/.cache} $(BIN)/python -m fgvlm study run configs/studies/demo.yaml --out runs/demo
 
 test: setup
 	$(BIN)/python -m pytest -q -x --durations=15

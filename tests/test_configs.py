@@ -10,7 +10,8 @@ from fgvlm.config import resolve_config
 from fgvlm.kinds import KINDS, TOOL_CONFIG_FOLDERS, kind_config_class, kind_for_configs_folder
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
-FGVLM_CONFIGS = sorted(p for p in CONFIGS.rglob("*.yaml") if p.parent.name not in TOOL_CONFIG_FOLDERS)
+STUDIES = "studies"  # study files, checked by tests/test_study.py
+FGVLM_CONFIGS = sorted(p for p in CONFIGS.rglob("*.yaml") if p.parent.name not in (*TOOL_CONFIG_FOLDERS, STUDIES))
 
 
 @pytest.mark.parametrize("path", FGVLM_CONFIGS, ids=lambda p: str(p.relative_to(CONFIGS)))
@@ -24,5 +25,5 @@ def test_shipped_config_loads_into_its_kind(path):
 
 def test_every_config_folder_belongs_to_a_kind():
     folders = {p.parent.name for p in CONFIGS.rglob("*.yaml")}
-    assert folders <= {kind.configs for kind in KINDS.values()} | set(TOOL_CONFIG_FOLDERS)
+    assert folders <= {kind.configs for kind in KINDS.values()} | {*TOOL_CONFIG_FOLDERS, STUDIES}
     assert all(p.parent.parent == CONFIGS for p in CONFIGS.rglob("*.yaml"))  # one level: configs/<folder>/x.yaml

@@ -1,0 +1,84 @@
+"""The study's results table, in the reference study's form, and its HTML report.
+
+Rows come from the report's ``fgvlm.report.tables`` (one ``ResultRow`` per run that has results: accuracy with its
+95 % CI, the paired change vs the reference row, top-5, unmatched rate, n, protocol, wall time); the study adds what
+only it knows: each row's label (its ``configuration``) and the reference study's published number
+(``reference_value``). ``OUT/results.csv`` and ``OUT/results.md`` hold them in study order; ``OUT/report/`` holds
+``fgvlm report``'s page for the same runs.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from fgvlm.report.rundirs import load_runs
+from fgvlm.report.tables import ResultRow, build_row, collect_rows, write_results_table
+from fgvlm.study.resolve import Study
+
+COLUMNS = ("configuration", "accuracy (95% CI)", "vs reference", "published", "n", "protocol", "top-5", "unmatched")
+
+
+def finished_runs(study: Study) -> list[Path]:
+    """Run directories of the study that hold results, in study order."""
+    return [run.out for run in study.runs.values() if (run.out / "metrics.json").is_file()]
+
+
+def study_rows(study: Study) -> list[ResultRow]:
+    """One row per run with results: the report's row, with the study's label and published number."""
+    dirs = finished_runs(study)
+    if not dirs:
+        return []
+    runs = load_runs(dirs)
+    reference = study.spec.reference
+    if reference is not None and any(run.run_id == reference for run in runs):
+        rows = collect_rows(runs, reference)
+    else:  # the reference row has no results yet: no comparison rather than a comparison with another row
+        rows = [build_row(run) for run in runs]
+    for row in rows:
+        spec = study.runs[row.run_id].spec
+        row.configuration = spec.label or row.configuration
+        row.reference_value = None if spec.published is None else spec.published / 100
+    return rows
+
+
+def write_study_results(study: Study) -> tuple[list[ResultRow], Path, Path]:
+    rows = study_rows(study)
+    csv_path, md_path = write_results_table(rows, study.out)
+    return rows, csv_path, md_path
+
+
+def build_study_report(study: Study) -> Path | None:
+    """``OUT/report/report.html`` for the study's finished runs (None when no run has results yet)."""
+    from fgvlm.report.html import build_report
+
+    dirs = finished_runs(study)
+    if not dirs:
+        return None
+    reference = study.spec.reference if study.spec.reference and study.runs[study.spec.reference].out in dirs else None
+    return build_report(dirs, study.out / "report", reference=reference).html
+
+
+def format_row(row: ResultRow) -> list[str]:
+    """Cells in percent: accuracy with its CI, the paired change in points, the published number."""
+
+    def pct(value: float | None, signed: bool = False) -> str:
+        return "" if value is None else (f"{100 * value:+.2f}" if signed else f"{100 * value:.2f}")
+
+    accuracy = pct(row.accuracy) + (f" ({pct(row.ci_low)}–{pct(row.ci_high)})" if row.ci_low is not None else "")
+    change = "reference" if row.is_reference else pct(row.delta, signed=True)
+    n = "" if row.n is None else f"{row.n:,}"
+    return [row.configuration, accuracy, change, pct(row.reference_value), n, row.protocol or "", pct(row.top5)] + [
+        pct(row.unmatched_rate)
+    ]
+
+
+def print_table(rows: list[ResultRow], title: str) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=title)
+    for column in (*COLUMNS, "wall s"):
+        table.add_column(column, justify="left" if column in ("configuration", "protocol") else "right")
+    for row in rows:
+        table.add_row(*format_row(row), "" if row.wall_time_s is None else f"{row.wall_time_s:.0f}")
+    Console(width=160).print(table)
