@@ -306,8 +306,8 @@ def start_run(out: str | Path, cfg: Any, *, resume: bool = True) -> RunDir:
         done = read_json(path / DONE_FILE)
         say(f"{path}: already complete (finished {done.get('finished')}); skipped. --no-resume runs it again.")
         return run
-    if status.state == "partial":
-        say(f"{path}: resuming a partial run" + (f" ({status.progress})" if status.progress else ""))
+    if status.state == "partial" and status.progress:  # a config.yaml alone (written by a study runner) is no progress
+        say(f"{path}: resuming a partial run ({status.progress})")
     run.write_config(cfg)
     return run
 
