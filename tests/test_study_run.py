@@ -74,7 +74,9 @@ def test_mini_study_completes_skips_refuses_and_reruns_dependants(tmp_path, tiny
     accuracy = json.loads((out / "cnn" / "metrics.json").read_text())["accuracy"]
     assert float(rows["cnn"]["accuracy"]) == pytest.approx(accuracy, abs=1e-5)
     assert "| cnn | tiny CNN |" in (out / "results.md").read_text()
-    assert (out / "report" / "report.html").is_file()
+    page = (out / "report" / "report.html").read_text()
+    assert "<td>cnn-train · tiny CNN</td>" in page  # the study's label
+    assert '<td class="num">93.2</td>' in page  # the published number on its row
     assert "rank on 4 images" in (out / "zs" / "log.txt").read_text()  # the run's own output, kept
     assert "[zs] open-qa / rank on 4 images" in capsys.readouterr().out  # and shown, prefixed
     stamps = {run_id: finished(out, run_id) for run_id in rows}

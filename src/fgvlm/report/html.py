@@ -126,14 +126,18 @@ def build_report(
     detail: list[str] | None = None,
     reference: str | None = None,
     reference_values: dict[str, float] | None = None,
+    labels: dict[str, str] | None = None,
 ) -> ReportResult:
     """Read the run (or study) directories in ``paths`` and write ``out_dir/report.html`` and the results tables.
 
     ``detail``: run ids shown in detail besides the best run; ``reference``: the run id deltas compare against;
-    ``reference_values``: the reference study's accuracy per run id (see ``collect_rows``).
+    ``reference_values``: the reference study's accuracy per run id (see ``collect_rows``); ``labels``: a
+    configuration label per run id (a study's ``label``s) in place of the one derived from the run's config.
     """
     runs = load_runs(paths)
     rows = collect_rows(runs, reference, reference_values)
+    for row in rows:
+        row.configuration = (labels or {}).get(row.run_id, row.configuration)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     csv_path, md_path = write_results_table(rows, out)

@@ -55,7 +55,10 @@ def build_study_report(study: Study) -> Path | None:
     if not dirs:
         return None
     reference = study.spec.reference if study.spec.reference and study.runs[study.spec.reference].out in dirs else None
-    return build_report(dirs, study.out / "report", reference=reference).html
+    specs = [run.spec for run in study.runs.values()]
+    published = {spec.id: spec.published / 100 for spec in specs if spec.published is not None}
+    labels = {spec.id: spec.label for spec in specs if spec.label}
+    return build_report(dirs, study.out / "report", reference=reference, reference_values=published, labels=labels).html
 
 
 def format_row(row: ResultRow) -> list[str]:
