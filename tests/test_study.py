@@ -47,6 +47,7 @@ def test_cycle_fails_before_anything_runs(tmp_path):
         ([{"id": "a", "kind": "eval"}, {"id": "a", "kind": "eval"}], r"run id 'a' is listed twice"),
         ([{"id": "a", "kind": "train-everything"}], r"run 'a': unknown kind 'train-everything'; known kinds: eval"),
         ([{"id": "a b", "kind": "eval"}], r"run id 'a b' must be"),
+        ([{"id": "report", "kind": "eval"}], r"run id 'report' is taken by the study's own outputs"),
         ([{"id": "a", "kind": "eval", "colour": "red"}], r"unknown key\(s\) 'colour'"),
         ([{"id": "a", "kind": "eval", "set": {"modle.name": "x"}}], r"run 'a'.*unknown key\(s\) 'modle'"),
         (
@@ -251,3 +252,17 @@ def test_first_failure_stops_unless_keep_going(tmp_path, monkeypatch):
     outcome = execute(study, plan_study(study), keep_going=True, echo=lines.append)
     assert outcome.failed == {"bad": 3} and outcome.done == ["other"]
     assert outcome.not_run == {"after-bad": "skipped: needs bad"}
+
+
+def test_results_list_only_finished_runs(tmp_path):
+    # A run that wrote its metrics and then failed (no done.json, which is written last) is not a result.
+    from fgvlm.study.results import finished_runs
+
+    study = load_study(
+        write_study(tmp_path, [{"id": "a", "kind": "eval"}, {"id": "b", "kind": "eval"}]), tmp_path / "o"
+    )
+    for run in study.runs.values():
+        run.out.mkdir(parents=True)
+        (run.out / "metrics.json").write_text("{}")
+    (study.runs["b"].out / "done.json").write_text("{}")
+    assert finished_runs(study) == [study.runs["b"].out]

@@ -19,8 +19,9 @@ COLUMNS = ("configuration", "accuracy (95% CI)", "vs reference", "published", "n
 
 
 def finished_runs(study: Study) -> list[Path]:
-    """Run directories of the study that hold results, in study order."""
-    return [run.out for run in study.runs.values() if (run.out / "metrics.json").is_file()]
+    """Run directories of the study that finished (``done.json`` written last), in study order: a run that failed
+    after writing its metrics is not a result."""
+    return [run.out for run in study.runs.values() if (run.out / "done.json").is_file()]
 
 
 def study_rows(study: Study) -> list[ResultRow]:

@@ -54,7 +54,7 @@ def sbatch_script(study: Study, step: Step, options: ClusterOptions) -> str:
     lines += [
         "set -euo pipefail",
         f"cd {shlex.quote(str(Path.cwd()))}",
-        f"# {run.spec.name}: {step.action} {step.reason}".rstrip(),
+        " ".join(f"# {run.spec.name}: {step.action} {step.reason}".split()),  # one comment line, whatever the label
         "exec " + shlex.join(command),
     ]
     return "\n".join(lines) + "\n"

@@ -38,6 +38,8 @@ from fgvlm.kinds import KINDS
 
 LAUNCHERS = ("python", "torchrun", "accelerate")
 RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+RESERVED_IDS = ("report", "slurm", "results.csv", "results.md")
+"""Names the runner itself writes in the study's output folder: a run directory of that name would collide."""
 
 
 @dataclasses.dataclass
@@ -129,6 +131,10 @@ def check_graph(spec: StudySpec, path: Path) -> None:
     for run in spec.runs:
         if not RUN_ID.match(run.id):
             raise ConfigError(f"{path}: run id {run.id!r} must be letters, digits, '-', '_' or '.'")
+        if run.id in RESERVED_IDS:
+            raise ConfigError(
+                f"{path}: run id {run.id!r} is taken by the study's own outputs ({', '.join(RESERVED_IDS)})"
+            )
         if run.id in seen:
             raise ConfigError(f"{path}: run id {run.id!r} is listed twice")
         seen.add(run.id)
