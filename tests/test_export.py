@@ -81,4 +81,4 @@ def test_export_without_finished_runs_is_a_clear_error(tmp_path, capsys):
     (tmp_path / "run" / "config.yaml").write_text("seed: 0\n")
     with pytest.raises(SystemExit) as exit_:
         main(["export", "lmms-eval", str(tmp_path / "run"), "--out", str(tmp_path / "out")])
-    assert exit_.value.code == 2 and "no run with metrics.json and predictions.jsonl" in capsys.readouterr().err
+    assert exit_.value.code == 2 and "no finished run with predictions.jsonl" in capsys.readouterr().err

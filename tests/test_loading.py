@@ -177,3 +177,9 @@ def test_family_override_is_checked_against_the_backend_table():
         assert choose_family(ModelConfig(family=family), ModelSource("x"), None) == family
     with pytest.raises(UnknownNameError, match="unknown model family 'qwen3'"):
         choose_family(ModelConfig(family="qwen3"), ModelSource("x"), None)
+
+
+@pytest.mark.parametrize("key", ["use_safetensors", "trust_remote_code", "revision"])
+def test_model_extra_cannot_override_the_safety_defaults(tiny_model_dir, key):  # noqa: F811
+    with pytest.raises(ModelLoadError, match=f"model.extra may not set {key}"):
+        load_model(ModelConfig(name=str(tiny_model_dir("qwen3-vl")), extra={key: False}))

@@ -269,6 +269,8 @@ def test_a_study_folder_with_its_own_config_is_expanded(report_study, tmp_path):
     (study / "config.yaml").write_text("runs: 2\n")
     (study / "results.csv").write_text("run_id\n")
     assert [r.run_id for r in collect_rows([study])] == ["eval-rank", "head"]
+    shutil.copytree(study / "head", study / "head.old-20261202-120000")  # moved aside by `study run --rerun`
+    assert [r.run_id for r in collect_rows([study])] == ["eval-rank", "head"]
     (study / "head" / "eval-test").mkdir()  # a run's own evaluation folders are not expanded
     shutil.copy(study / "head" / "metrics.json", study / "head" / "eval-test" / "metrics.json")
     assert [r.run_id for r in collect_rows([study / "head"])] == ["head"]

@@ -227,3 +227,20 @@ TIMING = {"seconds", "images_per_s", "train_images_per_s", "best"}
 def strip_timing(run) -> dict:
     metrics = json.loads((run / "metrics.json").read_text())
     return {k: v for k, v in metrics.items() if k not in TIMING}
+
+
+def test_fingerprint_of_a_large_file_changes_with_a_middle_edit(tmp_path):
+    # Files over 64 MiB are hashed by their ends; a re-save that only changes the middle must still count.
+    import os
+
+    from fgvlm.runs import fingerprint_path
+
+    big = tmp_path / "model.safetensors"
+    big.write_bytes(bytes(70 << 20))
+    before = fingerprint_path(big)
+    with big.open("r+b") as fh:
+        fh.seek(35 << 20)
+        fh.write(b"\x01")
+    stat = big.stat()
+    os.utime(big, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000))
+    assert fingerprint_path(big) != before

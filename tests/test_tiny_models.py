@@ -294,3 +294,13 @@ def test_small_qwen3_vl_has_benchmark_size(tmp_path, monkeypatch, flower_image):
     prompt = processor.apply_chat_template(messages(), add_generation_prompt=True)
     ids = processor(images=[flower_image], text=[prompt], return_tensors="pt")["input_ids"]
     assert 50 <= ids.shape[1] <= 80  # a 224-px image -> 48 tokens, plus the template
+
+
+def test_models_tiny_refuses_a_non_empty_out(tmp_path, capsys):
+    from fgvlm.cli import main
+
+    (tmp_path / "config.json").write_text("{}")  # e.g. a real checkpoint's folder
+    with pytest.raises(SystemExit) as code:
+        main(["models", "tiny", "--family", "qwen3-vl", "--out", str(tmp_path)])
+    assert code.value.code == 2 and "is not empty" in capsys.readouterr().err
+    assert (tmp_path / "config.json").read_text() == "{}"

@@ -8,6 +8,7 @@ typo never silently falls back to a default.
 from __future__ import annotations
 
 import dataclasses
+import os
 import types
 import typing
 from pathlib import Path
@@ -174,7 +175,11 @@ def resolve_config(
 
 
 def save_yaml(data: dict[str, Any], path: str | Path) -> None:
-    Path(path).write_text(yaml.safe_dump(data, sort_keys=False))
+    """Write YAML atomically (temp file + rename): an interrupted write never leaves a truncated config behind."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(yaml.safe_dump(data, sort_keys=False))
+    os.replace(tmp, path)
 
 
 def _flatten(data: Any, prefix: str = "") -> dict[str, Any]:

@@ -90,8 +90,9 @@ def git_revision(path: Path | None = None) -> str | None:
 def fingerprint_path(path: str | Path, chunk: int = 1 << 20) -> str:
     """A content fingerprint of a local file or folder (e.g. a model directory).
 
-    Hashes every file's relative name and size, plus its full content when under 64 MiB or its first and last
-    MiB otherwise: cheap on multi-GB checkpoints, and any re-save or edit changes it.
+    Hashes every file's relative name and size, plus its full content when under 64 MiB, or else its first and last
+    MiB and its modification time: cheap on multi-GB checkpoints, and any re-save or edit changes it (a copied
+    checkpoint may get a new fingerprint, which costs a cache miss, never a wrong hit).
     """
     root = Path(path)
     files = [root] if root.is_file() else sorted(p for p in root.rglob("*") if p.is_file())
@@ -102,10 +103,11 @@ def fingerprint_path(path: str | Path, chunk: int = 1 << 20) -> str:
         with file.open("rb") as fh:
             if size <= 64 * chunk:
                 digest.update(fh.read())
-            else:
+            else:  # the ends only, plus the modification time: a re-save that changes middle layers still counts
                 digest.update(fh.read(chunk))
                 fh.seek(-chunk, os.SEEK_END)
                 digest.update(fh.read(chunk))
+                digest.update(str(file.stat().st_mtime_ns).encode())
     return "sha256:" + digest.hexdigest()[:16]
 
 

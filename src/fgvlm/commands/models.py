@@ -50,6 +50,8 @@ def tiny(
 
     if (family is None) == (like is None):
         raise ConfigError("give exactly one of --family (a tiny recipe) or --like DIR (a real checkpoint's hub files)")
+    if out.is_dir() and any(out.iterdir()):
+        raise ConfigError(f"--out {out} is not empty: a tiny model would overwrite what is there; choose a new folder")
     if like is not None:
         path = build_like_model(like, out, seed=seed)
     else:

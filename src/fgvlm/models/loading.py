@@ -36,6 +36,8 @@ DTYPES = ("float32", "bfloat16", "float16")
 CHECKPOINT_DTYPE = "auto"
 """``dtype`` for from_pretrained meaning "as the checkpoint stores it" (its config's ``dtype``)."""
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+GUARDED_KWARGS = {"use_safetensors", "trust_remote_code", "revision"}
+"""from_pretrained arguments ``model.extra`` may not override: the safety defaults and the recorded revision."""
 ENABLE_REMOTE_CODE = "--set model.trust_remote_code=true (or trust_remote_code: true under model: in the YAML)"
 
 
@@ -213,6 +215,12 @@ def load_model(cfg: ModelConfig) -> tuple[Any, Any, dict[str, Any]]:
     config = read_config(source, cfg)
     family = choose_family(cfg, source, config)
     device, dtype = choose_device_dtype(cfg, source)
+    guarded = sorted(set(cfg.extra) & GUARDED_KWARGS)
+    if guarded:
+        raise ModelLoadError(
+            f"model.extra may not set {', '.join(guarded)}: use model.trust_remote_code / model.revision "
+            "(weights load from safetensors only)"
+        )
     common = {"revision": revision_for(source, cfg), "trust_remote_code": cfg.trust_remote_code}
     model_kwargs = {
         "config": config,

@@ -171,9 +171,9 @@ def _wall_time(runs: list[RunInfo]) -> str | None:
 
 def export_lmms_eval(paths: list[str | Path], out_dir: str | Path) -> list[Path]:
     """Write results and samples files for every finished run under ``paths``; returns the results files."""
-    runs = [r for r in load_runs(paths) if r.metrics is not None and r.predictions]
+    runs = [r for r in load_runs(paths) if r.complete and r.predictions]
     if not runs:
-        raise ReportError(f"{', '.join(map(str, paths))}: no run with metrics.json and predictions.jsonl to export")
+        raise ReportError(f"{', '.join(map(str, paths))}: no finished run with predictions.jsonl to export")
     date_id = datetime.now().isoformat().replace(":", "-")
     by_model: dict[str, list[RunInfo]] = {}
     for run in runs:

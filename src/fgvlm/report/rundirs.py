@@ -10,6 +10,7 @@ otherwise it is shown as ``incomplete``. A missing or unreadable file never stop
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -72,6 +73,11 @@ def is_run_dir(path: Path) -> bool:
     return path.is_dir() and any((path / name).is_file() for name in RUN_FILES)
 
 
+MOVED_ASIDE = re.compile(r"\.(old|replaced)-\d")
+"""Runs a study's ``--rerun`` (``ID.old-<time>``) or ``--no-resume`` (``RUN.replaced-<time>``) moved aside: kept on
+disk, left out when a study folder is expanded (name one directly to see it)."""
+
+
 def find_run_dirs(paths: list[str | Path]) -> list[Path]:
     """Run directories named directly, and the run directories inside study directories (one level down).
 
@@ -83,7 +89,7 @@ def find_run_dirs(paths: list[str | Path]) -> list[Path]:
         path = Path(raw)
         if not path.is_dir():
             raise ReportError(f"{path}: no such directory")
-        inside = sorted(p for p in path.iterdir() if is_run_dir(p))
+        inside = sorted(p for p in path.iterdir() if is_run_dir(p) and not MOVED_ASIDE.search(p.name))
         produced = any((path / name).is_file() for name in RUN_FILES[1:])
         if produced or (is_run_dir(path) and not inside):
             found.append(path)
