@@ -176,6 +176,23 @@ def test_fgvlm_sft_ddp_two_processes_match_one(tiny_model_dir, tiny_cache, tmp_p
     assert one[-1]["train_loss"] < one[0]["train_loss"]
 
 
+@pytest.mark.slow
+def test_fgvlm_sft_ddp_final_best_and_no_resume(tiny_model_dir, tiny_cache, tmp_path) -> None:
+    """train.final=best under two processes: every rank loads rank 0's best step (the reload check passes on each);
+    --no-resume over the finished run: rank 0 moves it aside before the other rank opens the folder."""
+    tiny_model_dir("qwen3-vl")
+    torchrun = str(Path(sys.executable).with_name("torchrun"))
+    out = tmp_path / "ddp"
+    command = [torchrun, "--standalone", "--nproc_per_node", "2", *sft_args(out)]
+    command += ["--set", "train.final=best", "--set", "train.eval_every=2"]
+    run_sft_command(command, out, tiny_cache)
+    meta = json.loads((out / "meta.json").read_text())
+    assert meta["final_weights"] == "best" and meta["best"]["step"] == 2  # not the last step: weights differ
+    log = run_sft_command([*command, "--no-resume"], out, tiny_cache)
+    assert [row["step"] for row in log] == list(range(1, STEPS + 1))
+    assert len(list(tmp_path.glob("ddp.replaced-*"))) == 1
+
+
 @pytest.fixture(scope="module")
 def single(tiny_model_dir, tmp_path_factory) -> dict:
     out = tmp_path_factory.mktemp("single")

@@ -133,3 +133,74 @@ def test_classify_objective_writes_a_head_that_predict_and_head_eval_use(use_tin
     head_cfg = HeadEvalConfig(head_run=str(out / "head"), split="test")
     again = eval_run(head_cfg, tmp_path / "head-eval", progress=False, backend=backend)
     assert again["accuracy"] == metrics["accuracy"] and again["n"] == metrics["n"]
+
+
+def test_resume_drops_a_best_step_newer_than_the_checkpoint(use_tiny_cache, tmp_path, monkeypatch):
+    """best/ of a step after the resumed checkpoint is removed before the monitor reads it: with final: best the
+    resumed run keeps its own best (no stale record pointing at removed weights)."""
+    from fgvlm.sft.trainer import SFTMonitor
+
+    original = SFTMonitor.on_step_end
+
+    def crash_at_step_3(self, args, state, control, **kwargs):
+        if state.global_step == 3:
+            raise RuntimeError("simulated kill")
+        return original(self, args, state, control, **kwargs)
+
+    out = tmp_path / "run"
+    cfg = tiny_cfg(train={"final": "best"})
+    monkeypatch.setattr(SFTMonitor, "on_step_end", crash_at_step_3)
+    with pytest.raises(RuntimeError, match="simulated kill"):
+        run_sft(cfg, out)
+    monkeypatch.setattr(SFTMonitor, "on_step_end", original)
+    assert (out / "checkpoints" / "checkpoint-2").is_dir() and not (out / "checkpoints" / "checkpoint-3").exists()
+    # a best step the interrupted run reached after its last checkpoint, unbeatable if it were kept
+    (out / "best").mkdir(exist_ok=True)
+    (out / "best" / "best.json").write_text(json.dumps({"step": 3, "val_accuracy": 1.01, "val_top5": None}) + "\n")
+    run_sft(cfg, out)
+    best = json.loads((out / "best" / "best.json").read_text())
+    assert best["step"] == 4 and best["val_accuracy"] <= 1.0
+    assert json.loads((out / "meta.json").read_text())["best"] == best
+
+
+def test_last_checkpoint_passes_over_a_checkpoint_cut_off_mid_save(tmp_path):
+    from fgvlm.sft.run import last_checkpoint
+
+    folder = tmp_path / "checkpoints"
+    assert last_checkpoint(folder) is None
+    for step, files in [(2, ["trainer_state.json", "trainable.safetensors"]), (4, ["trainable.safetensors"])]:
+        (folder / f"checkpoint-{step}").mkdir(parents=True)
+        for name in files:
+            (folder / f"checkpoint-{step}" / name).write_text("x")
+    (folder / "checkpoint-10").mkdir()  # created, nothing written yet
+    (folder / "checkpoint-x").mkdir()
+    assert last_checkpoint(folder) == str(folder / "checkpoint-2")
+    (folder / "checkpoint-4" / "trainer_state.json").write_text("x")
+    assert last_checkpoint(folder) == str(folder / "checkpoint-4")
+
+
+ZERO3_JSON = "configs/accelerate/deepspeed-zero3.json"
+
+
+@pytest.mark.parametrize(
+    "env",
+    [
+        {"ACCELERATE_USE_FSDP": "true"},
+        {"ACCELERATE_USE_DEEPSPEED": "true", "ACCELERATE_DEEPSPEED_ZERO_STAGE": "3"},
+        {"ACCELERATE_USE_DEEPSPEED": "true", "ACCELERATE_DEEPSPEED_CONFIG_FILE": ZERO3_JSON},
+    ],
+)
+def test_fsdp_and_zero3_launches_are_refused(env, tmp_path, monkeypatch):
+    from pathlib import Path
+
+    from fgvlm.sft.run import check_launcher
+
+    for key, value in env.items():
+        monkeypatch.setenv(key, str(Path(__file__).resolve().parents[1] / value) if key.endswith("FILE") else value)
+    with pytest.raises(ConfigError, match="DDP .* ZeRO-2"):
+        run_sft(tiny_cfg(), tmp_path / "run")
+    assert not (tmp_path / "run").exists()
+    monkeypatch.setenv("ACCELERATE_USE_FSDP", "false")
+    monkeypatch.setenv("ACCELERATE_DEEPSPEED_ZERO_STAGE", "2")
+    monkeypatch.setenv("ACCELERATE_DEEPSPEED_CONFIG_FILE", str(tmp_path / "absent.json"))
+    check_launcher()  # DDP / ZeRO-2: accepted

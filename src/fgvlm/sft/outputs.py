@@ -63,12 +63,13 @@ def finish(setup: Setup, trainer: Any, best: dict[str, Any] | None, started: flo
     cfg, run = setup.cfg, setup.run
     trained_seconds = time.time() - started
     summary = trainable_summary(trainer.model)
+    group = ProcessGroup.from_env()
+    best = group.broadcast(best)  # rank 0 alone keeps best/: every rank loads the same final weights
     if cfg.train.final == "best" and best is not None:
         load_trainable(trainer.model, run / BEST_DIR / BEST_WEIGHTS)
     merged = merged_model(setup.model)
     if setup.classify is not None:
         setup.classify.model.vlm = merged
-    group = ProcessGroup.from_env()
     model_dir = (run / MODEL_DIR).resolve()
     if group.is_main:
         save_model(merged, setup.processor, model_dir)

@@ -15,6 +15,8 @@ changed config is refused naming the keys; a finished run is reported, not retra
 from __future__ import annotations
 
 import dataclasses
+import json
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -180,12 +182,10 @@ def run_sft(cfg: SFTConfig, out: str | Path, *, resume: bool = True) -> dict[str
     one continues from its newest checkpoint, another config is refused naming the keys, ``resume=False`` moves an
     old directory aside and starts over.
     """
-    from fgvlm.distributed import is_main_process
-
+    check_launcher()
     started = time.time()
     cfg = dataclasses.replace(cfg, resume=resume)
-    # Under torchrun only rank 0 may move an old run aside (--no-resume); the others open the same folder.
-    run = start_run(out, cfg, resume=resume or not is_main_process())
+    run = ordered_start(cfg, out, resume)
     if run.complete:
         return run.read_results()
     setup = _load(cfg, run)
@@ -202,10 +202,76 @@ def run_sft(cfg: SFTConfig, out: str | Path, *, resume: bool = True) -> dict[str
     return metrics
 
 
+def check_launcher() -> None:
+    """Refuse FSDP and DeepSpeed ZeRO-3 launches (from the variables ``accelerate launch`` sets).
+
+    ``fgvlm sft`` saves and reloads the trainable parameters itself (checkpoints, ``best/``, the final model); with
+    sharded parameters each process holds only a slice of them.
+    """
+    from fgvlm.config import ConfigError
+
+    def flag(name: str) -> bool:
+        return os.environ.get(name, "false").lower() in ("true", "1", "yes")
+
+    supported = (
+        "fgvlm sft saves its trainable parameters itself, which needs them unsharded: it supports DDP (torchrun, "
+        "configs/accelerate/ddp.yaml) and DeepSpeed ZeRO-2 (configs/accelerate/deepspeed-zero2.yaml)"
+    )
+    if flag("ACCELERATE_USE_FSDP"):
+        raise ConfigError(f"FSDP (accelerate's distributed_type: FSDP) is not supported: {supported}")
+    if not flag("ACCELERATE_USE_DEEPSPEED"):
+        return
+    stage = os.environ.get("ACCELERATE_DEEPSPEED_ZERO_STAGE")
+    config_file = os.environ.get("ACCELERATE_DEEPSPEED_CONFIG_FILE")
+    if config_file and Path(config_file).is_file():  # a DeepSpeed config file decides over accelerate's zero_stage
+        stage = json.loads(Path(config_file).read_text()).get("zero_optimization", {}).get("stage", stage)
+    if str(stage) == "3":
+        raise ConfigError(
+            f"DeepSpeed ZeRO stage 3 (accelerate's deepspeed_config zero_stage, or zero_optimization.stage in "
+            f"{config_file or 'the DeepSpeed config'}) is not supported: {supported}"
+        )
+
+
+def ordered_start(cfg: SFTConfig, out: str | Path, resume: bool) -> RunDir:
+    """``start_run`` on rank 0 first (it may move an old run aside: --no-resume), then on the other ranks.
+
+    Under several processes this joins the process group the Trainer would (accelerate's ``PartialState``, with
+    the Trainer's default timeout) for one barrier; a single process just calls ``start_run``.
+    """
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return start_run(out, cfg, resume=resume)
+    from datetime import timedelta
+
+    import torch
+    from accelerate import PartialState
+
+    device = cfg.model.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    state = PartialState(cpu=not device.startswith("cuda"), timeout=timedelta(seconds=1800))
+    run = start_run(out, cfg, resume=resume) if state.is_main_process else None
+    state.wait_for_everyone()
+    return run if run is not None else start_run(out, cfg, resume=True)
+
+
+def last_checkpoint(folder: Path) -> str | None:
+    """The newest ``checkpoint-N`` in ``folder`` holding both ``trainer_state.json`` and the trainable weights.
+
+    A checkpoint cut off mid-save lacks one of them and is passed over.
+    """
+    from fgvlm.sft.trainer import TRAINABLE_WEIGHTS
+
+    if not folder.is_dir():
+        return None
+    steps = []
+    for path in folder.glob("checkpoint-*"):
+        number = path.name.rsplit("-", 1)[1]
+        if number.isdigit() and (path / "trainer_state.json").is_file() and (path / TRAINABLE_WEIGHTS).is_file():
+            steps.append((int(number), path))
+    return str(max(steps)[1]) if steps else None
+
+
 def train(setup: Setup, resume: bool) -> tuple[Any, dict[str, Any] | None]:
     """Run (or continue) the Trainer; returns it and the best validation step's record (or None)."""
     from transformers.integrations import TensorBoardCallback
-    from transformers.trainer_utils import get_last_checkpoint
 
     from fgvlm.sft.classify import classify_accuracy
     from fgvlm.sft.trainer import SFTMonitor, SFTTrainer, truncate_log
@@ -226,13 +292,13 @@ def train(setup: Setup, resume: bool) -> tuple[Any, dict[str, Any] | None]:
         classify=classify is not None,
         head_lr=classify.head_lr if classify is not None else None,
     )
+    checkpoint = last_checkpoint(run / CHECKPOINTS)
+    if trainer.is_world_process_zero():  # before the monitor reads best/: a best step after the checkpoint is gone
+        truncate_log(run / TRAIN_LOG, int(Path(checkpoint).name.rsplit("-", 1)[1]) if checkpoint else 0)
     monitor = SFTMonitor(run.path, validate, cfg.train.eval_every)
     trainer.callback_handler.callbacks.insert(1, monitor)  # before TensorBoard: it sees the validation numbers
     for callback in trainer.callback_handler.callbacks:
         if isinstance(callback, TensorBoardCallback):
             callback.logging_dir = str(run / "tb")
-    checkpoint = get_last_checkpoint(str(run / CHECKPOINTS)) if (run / CHECKPOINTS).is_dir() else None
-    if trainer.is_world_process_zero():
-        truncate_log(run / TRAIN_LOG, int(Path(checkpoint).name.rsplit("-", 1)[1]) if checkpoint else 0)
     trainer.train(resume_from_checkpoint=checkpoint)
     return trainer, monitor.best
