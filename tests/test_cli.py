@@ -101,7 +101,7 @@ def test_one_meaning_per_flag_across_the_cli():
     assert {("eval",), ("head", "train"), ("cnn", "train"), ("data", "audit")} <= seen
 
 
-@pytest.mark.parametrize("command", [["eval"], ["head", "train"]])
+@pytest.mark.parametrize("command", [["eval"], ["head", "train"], ["sft"]])
 def test_a_real_dataset_needs_a_model(capsys, flowers_mini, tmp_path, command):
     """No silent fall-back to the random tiny model on real data: one line saying what to pass."""
     argv = [*command, "--dataset", "flowers102", "--root", str(flowers_mini), "--out", str(tmp_path / "run")]

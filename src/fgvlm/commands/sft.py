@@ -7,6 +7,8 @@ from pathlib import Path
 
 import typer
 
+from fgvlm.commands.common import config_option, limit_option, out_option, resume_option, set_option
+
 
 class Method(str, Enum):
     lora = "lora"
@@ -19,7 +21,7 @@ class Objective(str, Enum):
 
 
 def command(
-    out: Path = typer.Option(..., "--out", "-o", help="Run directory (created; an interrupted run there resumes)."),
+    out: Path = out_option("Run directory (created; an interrupted run there resumes)."),
     model: str = typer.Option(None, "--model", "-m", help="Registry name (`fgvlm list models`), hub id or folder."),
     dataset: str = typer.Option(None, "--dataset", "-d", help="Registry name (`fgvlm list datasets`)."),
     root: str = typer.Option(None, help="Folder holding the data (default: the dataset's own)."),
@@ -36,10 +38,10 @@ def command(
     lr: float = typer.Option(None, help="Peak learning rate [default: 2e-5]."),
     batch_size: int = typer.Option(None, "--batch-size", help="Samples per device per micro-step [default: 1]."),
     grad_accum: int = typer.Option(None, "--grad-accum", help="Micro-steps per optimizer step [default: 1]."),
-    limit: int = typer.Option(None, help="Only the first N images of each split (quick checks)."),
-    resume: bool = typer.Option(True, "--resume/--no-resume", help="Continue from the last checkpoint."),
-    config: Path = typer.Option(None, "--config", "-c", help="YAML file of SFTConfig fields (see configs/sft/)."),
-    overrides: list[str] = typer.Option([], "--set", help="Override as KEY=VALUE, e.g. train.eval_every=100."),
+    limit: int = limit_option(),
+    resume: bool = resume_option(),
+    config: Path = config_option("YAML file of SFTConfig fields (see configs/sft/); flags and --set override it."),
+    overrides: list[str] = set_option("train.eval_every=100"),
 ) -> None:
     """Fine-tune a VLM; writes RUN/model (plain checkpoint), train_log.jsonl, tb/, metrics.json, done.json.
 
@@ -56,7 +58,8 @@ def command(
     Then: fgvlm eval --model RUN/model ...; fgvlm head train --model RUN/model ...; (classify) fgvlm predict
     --model RUN/model --head RUN img.jpg, fgvlm head eval --run RUN/head.
     """
-    from fgvlm.config import ConfigError, resolve_config
+    from fgvlm.commands.common import require_model
+    from fgvlm.config import ConfigError, given_keys, resolve_config
     from fgvlm.distributed import is_main_process
     from fgvlm.prompts.instructions import parse_mix
     from fgvlm.sft.config import SFTConfig
@@ -81,6 +84,7 @@ def command(
         cfg = resolve_config(SFTConfig, config, flags, overrides)
     except ValueError as err:
         raise ConfigError(str(err)) from None
+    require_model(cfg, given_keys(config, flags, overrides), "fgvlm sft")
     metrics = run_sft(cfg, out, resume=resume)
     if is_main_process() and metrics:
         top5 = metrics.get("top5_accuracy")
