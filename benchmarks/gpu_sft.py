@@ -23,6 +23,7 @@ Without CUDA (and without ``--device cpu``) it prints ``no CUDA: skipped`` and e
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from pathlib import Path
@@ -30,7 +31,10 @@ from typing import Any
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
-HUB_CONFIG = REPO.parent / "shared" / "data" / "hub-configs" / "Qwen__Qwen3-VL-4B-Instruct"
+HUB_CONFIGS = Path(os.environ.get("FGVLM_HUB_CONFIGS", REPO.parent / "shared" / "data" / "hub-configs"))
+HUB_CONFIG = HUB_CONFIGS / "Qwen__Qwen3-VL-4B-Instruct"
+"""The real Qwen3-VL-4B config/processor/tokenizer files (no weights); ``FGVLM_HUB_CONFIGS`` names another folder
+holding ``Qwen__Qwen3-VL-4B-Instruct/`` (a GPU machine that has no ``../shared`` beside the checkout)."""
 IMAGE_SIZE = (667, 500)
 QUESTION = "What is the name of the flower in this image? Answer with the name only."
 PEAK_BF16_TFLOPS = (
