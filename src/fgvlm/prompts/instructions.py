@@ -29,6 +29,7 @@ import numpy as np
 from PIL import Image
 
 from fgvlm.config import ConfigError
+from fgvlm.prompts.kinds import TASK_KINDS
 from fgvlm.prompts.mixcut import MixCutOptions, mix_images
 from fgvlm.prompts.tasks import Prompt, build_prompt, item_seed, object_word, task_names
 
@@ -197,11 +198,7 @@ class _Builder:
         if task == MIXCUT_TASK:
             return self._mixcut(record)
         prompt = self._prompt(task, record)
-        extra: dict[str, Any] = {}
-        if prompt.kind == "closed":
-            extra = {"options": list(prompt.options), "keys": list(prompt.keys)}
-        elif prompt.kind == "verify":
-            extra = {"candidate": prompt.candidate, "is_positive": prompt.is_positive}
+        extra = TASK_KINDS[prompt.kind].record_fields(prompt)
         image = self._source(record)
         return InstructionRecord(record.id, image, prompt.text, prompt.answer, task, record.label, extra)
 
