@@ -93,7 +93,7 @@ def finish(setup: Setup, trainer: Any, best: dict[str, Any] | None, started: flo
         family=setup.family,
         train_samples=len(setup.train_records),
         val_samples=len(setup.val_records),
-        mix_loss=cfg.mixcut.loss if cfg.task == "open-qa-mixcut" else None,
+        mix_loss=cfg.mixcut.loss if cfg.mixed_images else None,
         best=best,
         final_weights=cfg.train.final,
         global_step=trainer.state.global_step,
@@ -209,6 +209,6 @@ def write_metrics(setup: Setup, metrics: dict[str, Any], model_dir: Path, second
     body.update(
         objective=cfg.objective,
         base_model=cfg.model.name,
-        mix_loss=cfg.mixcut.loss if cfg.tasks.get("open-qa-mixcut") else None,
+        mix_loss=cfg.mixcut.loss if cfg.mixed_images else None,
     )
     return write_results(setup.run, results_header(setup, str(model_dir), seconds), body)

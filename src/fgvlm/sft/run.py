@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from fgvlm.runs import RunDir, finish_run, start_run
-from fgvlm.sft.config import MIXCUT_TASK, SFTConfig
+from fgvlm.sft.config import SFTConfig
 
 CHECKPOINTS = "checkpoints"
 MODEL_DIR = "model"
@@ -119,7 +119,7 @@ def _load(cfg: SFTConfig, run: RunDir) -> Setup:
         max_length=cfg.max_length,
         model_name=cfg.model.name,
     )
-    mixed = MIXCUT_TASK in cfg.tasks  # mixed images go to files, not memory (thousands of full-size images)
+    mixed = cfg.mixed_images  # mixed images go to files, not memory (thousands of full-size images)
     out_dir = run / "instructions" if mixed else None
     train_records = instruction_records(cfg, dataset, cfg.train_split, family, cfg.limit, out_dir)
     val_split = cfg.val_split if cfg.val_split in dataset.split_names else None
