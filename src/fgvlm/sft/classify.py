@@ -1,9 +1,9 @@
 """``objective: classify``: a linear head on pooled hidden states, trained jointly with the VLM (LoRA or full).
 
 One forward per image, no generation: the image + question are encoded exactly as ``backend.embed`` encodes them
-(the chat-templated prompt, left padding), the language model's hidden states of ``layer`` are pooled as
-``backend.embed`` pools them (mean over real tokens by default, image-mean, or last), and the head (the heads'
-``ClassificationHead``: Dropout + Linear) gives class logits trained by cross-entropy. So the saved model + head
+(the chat-templated prompt, left padding), the features are the backend's ``pooled_features`` (what ``embed``
+returns, with gradients: mean over real tokens by default, image-mean, or last, of ``layer``), and the head (the
+heads' ``ClassificationHead``: Dropout + Linear) gives class logits trained by cross-entropy. So the saved model + head
 are used unchanged by ``fgvlm predict --model RUN/model --head RUN`` and ``fgvlm head eval --run RUN/head``.
 """
 
@@ -42,13 +42,7 @@ class ClassifyCollator:
 
 def pool_hidden(backend: Any, inputs: dict[str, Any], hidden: torch.Tensor, pooling: str) -> torch.Tensor:
     """``backend.embed``'s pooling, differentiable: last position, mean over the attention mask, or image tokens."""
-    if pooling == "last":
-        return hidden[:, -1]
-    if pooling == "mean":
-        weights = inputs["attention_mask"].to(hidden.dtype)
-    else:
-        weights = (inputs["input_ids"] == backend.image_token_id).to(hidden.dtype)
-    return (hidden * weights.unsqueeze(-1)).sum(dim=1) / weights.sum(dim=1, keepdim=True).clamp(min=1)
+    return backend.pool(inputs, hidden, pooling)
 
 
 class ClassifyModel(nn.Module):
@@ -64,9 +58,7 @@ class ClassifyModel(nn.Module):
 
     def features(self, **inputs: Any) -> torch.Tensor:
         """Pooled hidden states ``[B, D]`` as ``backend.embed`` computes them, with gradients."""
-        out = self.backend._forward(inputs, output_hidden_states=True, use_cache=False)
-        states = self.backend._hidden_states(out)
-        return pool_hidden(self.backend, inputs, states[self.layer], self.pooling)
+        return self.backend.pooled_features(inputs, self.pooling, self.layer)
 
     def forward(self, class_labels: torch.Tensor | None = None, **inputs: Any) -> dict[str, torch.Tensor]:
         logits = self.head(self.features(**inputs).float())
@@ -81,8 +73,7 @@ def feature_dim(backend: Any, collator: ClassifyCollator, record: InstructionRec
     batch = collator([record])
     batch.pop("class_labels")
     with torch.no_grad():
-        out = backend._forward(backend._to_model(batch), output_hidden_states=True, use_cache=False)
-    return int(backend._hidden_states(out)[layer].shape[-1])
+        return int(backend.pooled_features(backend.to_model(batch), "last", layer).shape[-1])
 
 
 def classify_accuracy(model: ClassifyModel, collator: ClassifyCollator, records: list, batch_size: int = 8) -> dict:
@@ -95,7 +86,7 @@ def classify_accuracy(model: ClassifyModel, collator: ClassifyCollator, records:
             for start in range(0, len(records), batch_size):
                 batch = collator(records[start : start + batch_size])
                 labels = batch.pop("class_labels")
-                logits = model(**model.backend._to_model(batch))["logits"].cpu()
+                logits = model(**model.backend.to_model(batch))["logits"].cpu()
                 correct += int((logits.argmax(dim=1) == labels).sum())
                 k = min(5, logits.shape[1])
                 top5 += int((logits.topk(k, dim=1).indices == labels[:, None]).any(dim=1).sum())

@@ -98,7 +98,7 @@ def _load(cfg: SFTConfig, run: RunDir) -> Setup:
     import torch
 
     from fgvlm.data import create_dataset
-    from fgvlm.models.families import backend_class
+    from fgvlm.models.families import backend_class, get_family
     from fgvlm.models.loading import load_model
     from fgvlm.sft.collator import SFTCollator, apply_prompt_format
     from fgvlm.sft.data import instruction_records
@@ -114,7 +114,7 @@ def _load(cfg: SFTConfig, run: RunDir) -> Setup:
     collator = SFTCollator(
         processor,
         family,
-        encoder_decoder=family == "instructblip-t5",
+        encoder_decoder=get_family(family).encoder_decoder,
         mix_loss=cfg.mixcut.loss,
         max_length=cfg.max_length,
         model_name=cfg.model.name,
@@ -273,6 +273,7 @@ def train(setup: Setup, resume: bool) -> tuple[Any, dict[str, Any] | None]:
     """Run (or continue) the Trainer; returns it and the best validation step's record (or None)."""
     from transformers.integrations import TensorBoardCallback
 
+    from fgvlm.models.families import get_family
     from fgvlm.sft.classify import classify_accuracy
     from fgvlm.sft.trainer import SFTMonitor, SFTTrainer, truncate_log
 
@@ -288,7 +289,7 @@ def train(setup: Setup, resume: bool) -> tuple[Any, dict[str, Any] | None]:
         args=training_arguments(cfg, run, device),
         train_dataset=RecordList(setup.train_records),
         data_collator=classify.collator if classify is not None else setup.collator,
-        encoder_decoder=setup.family == "instructblip-t5",
+        encoder_decoder=get_family(setup.family).encoder_decoder,
         classify=classify is not None,
         head_lr=classify.head_lr if classify is not None else None,
     )
