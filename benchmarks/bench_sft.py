@@ -172,7 +172,7 @@ def step_flops(stats: dict[str, int], counts: dict[str, int]) -> float:
 
 def train_round(variant: Variant, records: list[Any], args: Any, counts: dict[str, int], timed: int) -> None:
     """WARMUP + ``timed`` optimizer steps of one variant; records the timed steps' seconds and counted FLOPs."""
-    from fgvlm.sft.run import RecordList
+    from fgvlm.sft.setup import RecordList
 
     clock = step_clock()
     stats = StepStats(variant.collator)
@@ -245,7 +245,8 @@ def load_variants(tmp: str, setting: Setting) -> tuple[list[Variant], list[Any],
     from fgvlm.runs import RunDir
     from fgvlm.sft.config import SFTConfig
     from fgvlm.sft.modeling import prepare_model
-    from fgvlm.sft.run import _load, training_arguments
+    from fgvlm.sft.run import training_arguments
+    from fgvlm.sft.setup import load_setup
     from fgvlm.sft.trainer import SFTTrainer
 
     if not (FLOWERS_MINI / "setid.mat").is_file():
@@ -257,7 +258,7 @@ def load_variants(tmp: str, setting: Setting) -> tuple[list[Variant], list[Any],
             "packing=false", *setting.sets]  # fmt: skip
     cfg = resolve_config(SFTConfig, None, flags, sets)
     run_dir = RunDir(Path(tmp) / setting.label / "sft")
-    setup = _load(cfg, run_dir)
+    setup = load_setup(cfg, run_dir, packing=cfg.packing)
     for record in setup.train_records:  # decode once: both sides then pay only for the processor, not the JPEG
         record.image = record.load_image()
     args = training_arguments(cfg, run_dir, "cpu")
@@ -269,7 +270,8 @@ def load_variants(tmp: str, setting: Setting) -> tuple[list[Variant], list[Any],
         Variant("fgvlm-sft", setup.model, setup.collator, SFTTrainer),
     ]
     if setting.packed:
-        packed = _load(dataclasses.replace(cfg, packing=True), RunDir(Path(tmp) / setting.label / "sft-packed"))
+        packed_cfg = dataclasses.replace(cfg, packing=True)
+        packed = load_setup(packed_cfg, RunDir(Path(tmp) / setting.label / "sft-packed"), packing=True)
         if packed.collator.packing_model is None:
             raise RuntimeError(f"fgvlm sft did not switch packing on for {setting.label}")
         variants.append(Variant("fgvlm-sft-packed", packed.model, packed.collator, SFTTrainer))

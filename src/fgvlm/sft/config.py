@@ -15,7 +15,6 @@ from fgvlm.models.base import POOLINGS, ModelConfig
 from fgvlm.prompts.mixcut import MixCutOptions
 
 METHODS = ("full", "lora")
-OBJECTIVES = ("generate", "classify")
 PROMPT_FORMATS = ("chat-template", "lmms-engine")
 PARTS = ("vision", "projector", "language")
 FREEZE_PRESETS = {"vision": ("vision",), "none": ()}
@@ -169,7 +168,9 @@ class SFTConfig:
     packing: bool = False
     """Padding-free packing of the samples of a batch (Qwen families; others pad)."""
     objective: str = "generate"
-    """generate: teacher-forced answers (loss on the answer tokens); classify: linear head + cross-entropy."""
+    """What the model is trained on (``fgvlm.sft.objectives``): generate (teacher-forced answers, loss on the
+    answer tokens), classify (linear head on pooled features + cross-entropy), rank (listwise: the class-name
+    scores of rank evaluation, softmax cross-entropy over the candidates)."""
     classify: ClassifyOptions = dataclasses.field(default_factory=ClassifyOptions)
     prompt_format: str = "chat-template"
     """chat-template: the model's own template; lmms-engine: the reference framework's (system turn, newline after
@@ -195,7 +196,6 @@ class SFTConfig:
     def __post_init__(self) -> None:
         for key, value, allowed in (
             ("method", self.method, METHODS),
-            ("objective", self.objective, OBJECTIVES),
             ("prompt_format", self.prompt_format, PROMPT_FORMATS),
             ("report_to", self.report_to, REPORTERS),
             ("images", self.images, IMAGES),
@@ -206,8 +206,11 @@ class SFTConfig:
         from fgvlm.prompts.instructions import check_tasks
 
         check_tasks(self.tasks)
-        if self.objective == "classify" and self.mixed_images:
-            raise ConfigError("objective classify trains on plain images; use task open-qa (not open-qa-mixcut)")
+        from fgvlm.sft.objectives import OBJECTIVES, objective_class
+
+        if self.objective not in OBJECTIVES:
+            raise ConfigError(f"objective must be one of {', '.join(OBJECTIVES)}, got {self.objective!r}")
+        objective_class(self.objective).check_config(self)
         if self.max_length < 16:
             raise ConfigError(f"max_length must be >= 16, got {self.max_length}")
         if self.limit is not None and self.limit < 1:

@@ -1,4 +1,5 @@
-"""``SFTTrainer``: ``transformers.Trainer`` with the loss on the answer positions only, and the run's monitor.
+"""``SFTTrainer``: ``transformers.Trainer`` with the objective's loss (answer positions only for generate), and the
+run's monitor.
 
 The language-model head runs only where a label is: decoder-only models get ``logits_to_keep`` as a boolean
 ``[B, L]`` mask of the positions whose next token is an answer token (transformers slices the hidden states before
@@ -80,33 +81,23 @@ def answer_loss(model: Any, inputs: dict[str, Any], encoder_decoder: bool = Fals
 
 
 class SFTTrainer(Trainer):
-    """Trainer whose loss is ``answer_loss`` (generate objective) or the classify model's cross-entropy."""
+    """Trainer whose loss and optimizer groups are the objective's (``fgvlm.sft.objectives``); without an
+    objective, the generate objective's ``answer_loss`` (what the benchmarks time)."""
 
-    def __init__(
-        self,
-        *args: Any,
-        encoder_decoder: bool = False,
-        classify: bool = False,
-        head_lr: float | None = None,
-        **kwargs: Any,
-    ):
+    def __init__(self, *args: Any, objective: Any = None, **kwargs: Any):
         super().__init__(*args, **kwargs)
-        self.encoder_decoder = encoder_decoder
-        self.classify = classify
-        self.head_lr = head_lr
+        self.objective = objective
         # Our loss is a per-micro-batch mean; let the Trainer divide by the accumulation steps itself.
         self.model_accepts_loss_kwargs = False
 
     def create_optimizer(self, model: Any = None) -> Any:
-        """AdamW as the Trainer builds it; for classify the fresh head gets its own (larger) learning rate."""
-        if not self.classify or self.optimizer is not None:
-            return super().create_optimizer(model)
+        """AdamW as the Trainer builds it, or over the objective's parameter groups when it has its own."""
         model = model or self.model
-        head = [p for n, p in model.named_parameters() if p.requires_grad and n.startswith("head.")]
-        rest = [p for n, p in model.named_parameters() if p.requires_grad and not n.startswith("head.")]
-        groups = [{"params": rest, "lr": self.args.learning_rate}, {"params": head, "lr": self.head_lr}]
+        groups = None if self.objective is None else self.objective.optimizer_groups(model, self.args.learning_rate)
+        if groups is None or self.optimizer is not None:
+            return super().create_optimizer(model)
         self.optimizer = torch.optim.AdamW(
-            [g for g in groups if g["params"]],
+            groups,
             lr=self.args.learning_rate,
             weight_decay=self.args.weight_decay,
             betas=(self.args.adam_beta1, self.args.adam_beta2),
@@ -117,10 +108,7 @@ class SFTTrainer(Trainer):
     def compute_loss(
         self, model: Any, inputs: dict[str, Any], return_outputs: bool = False, num_items_in_batch: Any = None
     ) -> Any:
-        if self.classify:
-            outputs = model(**inputs)
-            return (outputs["loss"], outputs) if return_outputs else outputs["loss"]
-        loss = answer_loss(model, inputs, self.encoder_decoder)
+        loss = answer_loss(model, inputs) if self.objective is None else self.objective.loss(model, inputs)
         return (loss, None) if return_outputs else loss
 
     def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:

@@ -1,22 +1,18 @@
-"""``objective: classify``: a linear head on pooled hidden states, trained jointly with the VLM (LoRA or full).
-
-One forward per image, no generation: the image + question are encoded exactly as ``backend.embed`` encodes them
-(the chat-templated prompt, left padding), the features are the backend's ``pooled_features`` (what ``embed``
-returns, with gradients: mean over real tokens by default, image-mean, or last, of ``layer``), and the head (the
-heads' ``ClassificationHead``: Dropout + Linear) gives class logits trained by cross-entropy. So the saved model + head
-are used unchanged by ``fgvlm predict --model RUN/model --head RUN`` and ``fgvlm head eval --run RUN/head``.
-"""
+"""The pieces ``objective: classify`` trains: the collator (``embed``'s inputs + labels) and the VLM + head module."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
 from fgvlm.models.chat import render_prompt
 from fgvlm.sft.collator import check_chat_template, nested_images
-from fgvlm.sft.data import InstructionRecord
+from fgvlm.sft.objectives.base import VALIDATION_BATCH
+
+if TYPE_CHECKING:
+    from fgvlm.sft.data import InstructionRecord
 
 
 class ClassifyCollator:
@@ -38,11 +34,6 @@ class ClassifyCollator:
         )
         batch["class_labels"] = torch.tensor([record.label for record in records], dtype=torch.long)
         return batch
-
-
-def pool_hidden(backend: Any, inputs: dict[str, Any], hidden: torch.Tensor, pooling: str) -> torch.Tensor:
-    """``backend.embed``'s pooling, differentiable: last position, mean over the attention mask, or image tokens."""
-    return backend.pool(inputs, hidden, pooling)
 
 
 class ClassifyModel(nn.Module):
@@ -76,21 +67,19 @@ def feature_dim(backend: Any, collator: ClassifyCollator, record: InstructionRec
         return int(backend.pooled_features(backend.to_model(batch), "last", layer).shape[-1])
 
 
-def classify_accuracy(model: ClassifyModel, collator: ClassifyCollator, records: list, batch_size: int = 8) -> dict:
-    """Top-1 and top-5 accuracy of the head on ``records``, model in eval mode (restored afterwards)."""
+def classify_logits(
+    model: ClassifyModel, collator: ClassifyCollator, records: list
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The head's logits ``[N, C]`` and the labels ``[N]`` of ``records``, model in eval mode (restored after)."""
     was_training = model.training
     model.eval()
-    correct = top5 = 0
+    logits, labels = [], []
     try:
         with torch.no_grad():
-            for start in range(0, len(records), batch_size):
-                batch = collator(records[start : start + batch_size])
-                labels = batch.pop("class_labels")
-                logits = model(**model.backend.to_model(batch))["logits"].cpu()
-                correct += int((logits.argmax(dim=1) == labels).sum())
-                k = min(5, logits.shape[1])
-                top5 += int((logits.topk(k, dim=1).indices == labels[:, None]).any(dim=1).sum())
+            for start in range(0, len(records), VALIDATION_BATCH):
+                batch = collator(records[start : start + VALIDATION_BATCH])
+                labels.append(batch.pop("class_labels"))
+                logits.append(model(**model.backend.to_model(batch))["logits"].float().cpu())
     finally:
         model.train(was_training)
-    n = max(1, len(records))
-    return {"val_accuracy": correct / n, "val_top5": top5 / n}
+    return torch.cat(logits), torch.cat(labels)
