@@ -116,6 +116,85 @@ def test_no_import_runs_up_the_layers():
     assert not problems, "imports that point up:\n" + "\n".join(problems)
 
 
+# -- no import circles --------------------------------------------------------------------------------------------
+def import_graph(sources: dict[str, tuple[str, bool]]) -> dict[str, set[str]]:
+    """module -> the fgvlm modules it imports (every import: top-level, lazy, ``TYPE_CHECKING``), from
+    ``{module: (source, is_package)}``. A target that is not a module (``from fgvlm.a.b import name`` where ``b``
+    is a module is fine; ``import fgvlm.a.b.attr`` is not possible) maps to its longest module prefix. Only the
+    imports written count: importing ``fgvlm.a.b`` also runs ``fgvlm.a``'s ``__init__``, but that is Python's
+    package machinery, not a circle a reader has to untangle."""
+    graph: dict[str, set[str]] = {}
+    for module, (source, is_package) in sources.items():
+        targets = set()
+        for _, target in imported_modules(source, module, is_package):
+            while target not in sources and "." in target:
+                target = target.rsplit(".", 1)[0]
+            if target in sources and target != module:
+                targets.add(target)
+        graph[module] = targets
+    return graph
+
+
+def import_cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """Every strongly connected component of more than one module (Tarjan), each as a sorted list."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    cycles: list[list[str]] = []
+
+    def visit(node: str) -> None:
+        index[node] = low[node] = len(index)
+        stack.append(node)
+        on_stack.add(node)
+        for target in sorted(graph.get(node, ())):
+            if target not in index:
+                visit(target)
+                low[node] = min(low[node], low[target])
+            elif target in on_stack:
+                low[node] = min(low[node], index[target])
+        if low[node] == index[node]:
+            component = []
+            while True:
+                member = stack.pop()
+                on_stack.discard(member)
+                component.append(member)
+                if member == node:
+                    break
+            if len(component) > 1:
+                cycles.append(sorted(component))
+
+    for node in sorted(graph):
+        if node not in index:
+            visit(node)
+    return cycles
+
+
+def test_no_import_circle_anywhere():
+    sources = {module_name(path): (path.read_text(), path.name == "__init__.py") for path in all_modules()}
+    cycles = import_cycles(import_graph(sources))
+    assert not cycles, "modules that import each other (directly or in a ring):\n" + "\n".join(map(str, cycles))
+
+
+def test_cycle_checker_finds_a_planted_circle():
+    """sft/run.py and sft/outputs.py importing each other (lazily) was the circle this test was written for."""
+    planted = {
+        "fgvlm.sft.run": ("def f():\n    from fgvlm.sft.outputs import finish\n", False),
+        "fgvlm.sft.outputs": ("from fgvlm.sft.run import MODEL_DIR\n", False),
+        "fgvlm.sft.a": ("from fgvlm.sft.b import x\n", False),
+        "fgvlm.sft.b": ("if TYPE_CHECKING:\n    from fgvlm.sft.c import y\n", False),
+        "fgvlm.sft.c": ("import fgvlm.sft.a\n", False),
+        "fgvlm.sft.d": ("from fgvlm.sft.a import x\n", False),
+    }
+    assert import_cycles(import_graph(planted)) == [
+        ["fgvlm.sft.a", "fgvlm.sft.b", "fgvlm.sft.c"],
+        ["fgvlm.sft.outputs", "fgvlm.sft.run"],
+    ]
+    del planted["fgvlm.sft.outputs"]
+    del planted["fgvlm.sft.c"]
+    assert import_cycles(import_graph(planted)) == []
+
+
 @pytest.mark.parametrize(
     ("module", "source"),
     [

@@ -68,6 +68,14 @@ def copy_cache(cache: Any) -> Any:
     return copy.deepcopy(cache, shared)
 
 
+def at_least_float32(tensor: torch.Tensor) -> torch.Tensor:
+    """Scores are computed in float32 from bf16/fp16/fp32 logits, and in float64 from a float64 model (the
+    exactness tests of training on these scores run in float64)."""
+    import torch
+
+    return tensor if tensor.dtype == torch.float64 else tensor.float()
+
+
 def check_pooling(pooling: str) -> None:
     """Refuse a pooling that is not one of ``POOLINGS``."""
     if pooling not in POOLINGS:
@@ -328,7 +336,7 @@ class HFBackend(VLMBackend):
         """
         import torch
 
-        first = torch.log_softmax(prefix.last_logits.float(), dim=-1)
+        first = torch.log_softmax(at_least_float32(prefix.last_logits), dim=-1)
         scores = first[torch.tensor([ids[0] for ids in cont_ids], device=first.device)]
         rest = [index for index, ids in enumerate(cont_ids) if len(ids) > 1]  # one-token candidates are done
         score = self._score_packed if self.uses_packed_rank else self._score_grouped
@@ -372,9 +380,9 @@ class HFBackend(VLMBackend):
             cache=cache,
             use_cache=True,
         )
-        logprobs = torch.log_softmax(out.logits[0].float(), dim=-1)
+        logprobs = torch.log_softmax(at_least_float32(out.logits[0]), dim=-1)
         picked = logprobs.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
-        return torch.zeros(len(cont_ids), device=picked.device).index_add_(0, segment, picked)
+        return torch.zeros(len(cont_ids), device=picked.device, dtype=picked.dtype).index_add_(0, segment, picked)
 
     def _score_grouped(self, prefix: Prefix, cont_ids: list[list[int]]) -> torch.Tensor:
         """``[n]`` log-probs of tokens 2..k with the prefix cache repeated per candidate, one forward per length.
@@ -393,12 +401,14 @@ class HFBackend(VLMBackend):
             for group in by_length.values()
             for start in range(0, len(group), self.group_size)
         ]
-        scores = torch.zeros(len(cont_ids), device=self.device)
+        scores = torch.zeros(
+            len(cont_ids), device=self.device, dtype=at_least_float32(torch.zeros(0, dtype=self.dtype)).dtype
+        )
         for chunk in chunks:
             tokens = torch.tensor([cont_ids[i] for i in chunk], device=self.device)
             cache = copy_cache(prefix.cache)  # each group extends its own copy of the prefix
             cache.batch_repeat_interleave(len(chunk))
-            logprobs = torch.log_softmax(self._continue(prefix, cache, tokens[:, :-1]).float(), dim=-1)
+            logprobs = torch.log_softmax(at_least_float32(self._continue(prefix, cache, tokens[:, :-1])), dim=-1)
             picked = logprobs.gather(-1, tokens[:, 1:].unsqueeze(-1)).squeeze(-1)
             scores = scores.index_add(0, torch.tensor(chunk, device=self.device), picked.sum(dim=1))
         return scores

@@ -23,6 +23,7 @@ SCHEDULERS = ("cosine", "linear", "constant", "constant_with_warmup")
 REPORTERS = ("tensorboard", "none", "wandb", "mlflow")
 FINAL_WEIGHTS = ("last", "best")
 IMAGES = ("plain", "mixcut")
+RANK_SCORES = ("mean", "sum")
 
 
 @dataclasses.dataclass
@@ -138,6 +139,37 @@ class ClassifyOptions:
 
 
 @dataclasses.dataclass
+class RankOptions:
+    """``objective: rank``: listwise training on the class-name scores that rank evaluation uses.
+
+    Per image, loss = -log softmax(s / temperature)[y] over the candidate answers (every class name for open-qa, the
+    options for closed-qa, yes/no for closed-negative-qa), s = each candidate's log-likelihood as the answer, the
+    image+prompt prefix run once with its KV cache shared by all candidates packed in one row (as ``fgvlm eval
+    --mode rank`` scores them). With all 102 Flowers102 names a step of Qwen3-VL-4B at batch 1 is one ~360-token
+    prefix plus one ~500-token candidate row, forward and backward: it fits one 80 GB GPU without checkpointing.
+    """
+
+    negatives: int | str = "all"
+    """'all' (every other candidate) or K: K negatives per image (uniformly drawn, or the hardest with
+    hard_negatives) plus the true answer(s); fewer candidates make a step cheaper when there are hundreds."""
+    hard_negatives: bool = False
+    """With negatives K: the K wrong candidates the current model scores highest (one extra gradient-free pass over
+    all candidates per image) instead of K drawn at random."""
+    temperature: float = 1.0
+    """Softmax temperature over the scores (below 1 sharpens: the loss concentrates on the closest rivals)."""
+    score: str = "mean"
+    """mean (per-token log-probability: rank evaluation's default score) or sum (summed log-probability)."""
+
+    def __post_init__(self) -> None:
+        if self.negatives != "all" and not (isinstance(self.negatives, int) and self.negatives >= 1):
+            raise ConfigError(f"rank.negatives must be 'all' or an integer >= 1, got {self.negatives!r}")
+        if not self.temperature > 0:
+            raise ConfigError(f"rank.temperature must be > 0, got {self.temperature!r}")
+        if self.score not in RANK_SCORES:
+            raise ConfigError(f"rank.score must be one of {', '.join(RANK_SCORES)}, got {self.score!r}")
+
+
+@dataclasses.dataclass
 class SFTConfig:
     """Supervised fine-tuning of a VLM on instruction data built from a classification dataset (``fgvlm sft``)."""
 
@@ -172,6 +204,7 @@ class SFTConfig:
     answer tokens), classify (linear head on pooled features + cross-entropy), rank (listwise: the class-name
     scores of rank evaluation, softmax cross-entropy over the candidates)."""
     classify: ClassifyOptions = dataclasses.field(default_factory=ClassifyOptions)
+    rank: RankOptions = dataclasses.field(default_factory=RankOptions)
     prompt_format: str = "chat-template"
     """chat-template: the model's own template; lmms-engine: the reference framework's (system turn, newline after
     the image). The format is saved with RUN/model, so evaluation uses the same one."""
