@@ -159,7 +159,7 @@ def train(setup: Setup, objective: Any, resume: bool) -> tuple[Any, dict[str, An
     from transformers.integrations import TensorBoardCallback
 
     from fgvlm.sft.setup import RecordList
-    from fgvlm.sft.trainer import SFTMonitor, SFTTrainer, truncate_log
+    from fgvlm.sft.trainer import SFTMonitor, SFTTrainer, truncate_log, use_training_progress
 
     cfg, run = setup.cfg, setup.run
     device = str(setup.backend.device)
@@ -175,6 +175,7 @@ def train(setup: Setup, objective: Any, resume: bool) -> tuple[Any, dict[str, An
         truncate_log(run / TRAIN_LOG, int(Path(checkpoint).name.rsplit("-", 1)[1]) if checkpoint else 0)
     monitor = SFTMonitor(run.path, objective.validate, cfg.train.eval_every)
     trainer.callback_handler.callbacks.insert(1, monitor)  # before TensorBoard: it sees the validation numbers
+    use_training_progress(trainer)  # after the monitor: the bar shows the validation accuracy it adds to a log
     for callback in trainer.callback_handler.callbacks:
         if isinstance(callback, TensorBoardCallback):
             callback.logging_dir = str(run / "tb")

@@ -26,6 +26,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from rich.progress import ProgressColumn
+from rich.text import Text
 from transformers import Trainer, TrainerCallback
 
 from fgvlm.runs import RunDir, TrainLogger
@@ -199,6 +201,91 @@ class SFTMonitor(TrainerCallback):
         values["grad_norm"] = logs.get("grad_norm")
         TrainLogger(RunDir(self.run_dir), enabled=state.is_world_process_zero).log(state.global_step, **values)
         return control
+
+
+class StepRate(ProgressColumn):
+    """A rich column: optimizer steps per second (seconds per step when slower than one a second)."""
+
+    def render(self, task: Any) -> Text:
+        speed = task.speed
+        if not speed:
+            return Text("-- step/s", style="progress.data.speed")
+        return Text(f"{speed:.2f} step/s" if speed >= 1 else f"{1 / speed:.1f} s/step", style="progress.data.speed")
+
+
+class TrainingProgress(TrainerCallback):
+    """One progress bar for the optimizer steps (done/total, rate, elapsed, ETA) with the last loss, learning rate
+    and validation accuracy beside it, on the main process; it replaces the Trainer's tqdm bar and printed log
+    dicts (the numbers stay in ``train_log.jsonl`` and TensorBoard)."""
+
+    def __init__(self, description: str = "train", enabled: bool = True):
+        self.description = description
+        self.enabled = enabled
+        self.bar: Any = None
+        self.task: Any = None
+        self.fields = {"loss": "", "lr": "", "val": ""}
+
+    def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> Any:
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+            TimeRemainingColumn,
+        )
+
+        if not (self.enabled and state.is_world_process_zero):
+            return control
+        self.bar = Progress(
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            StepRate(),
+            TimeElapsedColumn(),
+            TextColumn("ETA"),
+            TimeRemainingColumn(),
+            TextColumn("{task.fields[loss]} {task.fields[lr]} {task.fields[val]}"),
+        )
+        self.bar.start()
+        self.task = self.bar.add_task(
+            self.description, total=state.max_steps, completed=state.global_step, **self.fields
+        )
+        return control
+
+    def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> Any:
+        if self.bar is not None:
+            self.bar.update(self.task, completed=state.global_step)
+        return control
+
+    def on_log(self, args: Any, state: Any, control: Any, logs: dict | None = None, **kwargs: Any) -> Any:
+        if self.bar is None or not logs:
+            return control
+        if "loss" in logs:
+            self.fields["loss"] = f"loss {logs['loss']:.4f}"
+        if "learning_rate" in logs:
+            self.fields["lr"] = f"lr {logs['learning_rate']:.2e}"
+        if logs.get("val_accuracy") is not None:
+            self.fields["val"] = f"val acc {logs['val_accuracy']:.3f}"
+        self.bar.update(self.task, **self.fields)
+        return control
+
+    def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> Any:
+        if self.bar is not None:
+            self.bar.stop()
+            self.bar = None
+        return control
+
+
+def use_training_progress(trainer: Any, enabled: bool = True) -> TrainingProgress:
+    """Swap the Trainer's tqdm bar and printed log dicts for ``TrainingProgress``."""
+    from transformers.trainer_callback import PrinterCallback, ProgressCallback
+
+    trainer.remove_callback(ProgressCallback)
+    trainer.remove_callback(PrinterCallback)
+    progress = TrainingProgress(enabled=enabled)
+    trainer.add_callback(progress)
+    return progress
 
 
 def truncate_log(path: Path, step: int) -> None:
