@@ -410,7 +410,8 @@ class HFBackend(VLMBackend):
             cache.batch_repeat_interleave(len(chunk))
             logprobs = torch.log_softmax(at_least_float32(self._continue(prefix, cache, tokens[:, :-1])), dim=-1)
             picked = logprobs.gather(-1, tokens[:, 1:].unsqueeze(-1)).squeeze(-1)
-            scores = scores.index_add(0, torch.tensor(chunk, device=self.device), picked.sum(dim=1))
+            # .to: under device_map='auto' the logits may sit on another device than the first parameters
+            scores = scores.index_add(0, torch.tensor(chunk, device=self.device), picked.sum(dim=1).to(self.device))
         return scores
 
     def _forward(self, inputs: dict[str, Any], **kwargs: Any) -> Any:
