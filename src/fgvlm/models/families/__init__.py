@@ -85,6 +85,11 @@ class FamilyRecord:
     unpadded sample, so samples can be packed padding-free in one row (``fgvlm.sft.packing``); None: the family
     pads (its attention needs a padding mask)."""
 
+    tiny_lr: float | None = None
+    """Learning rate at which this family's tiny random model learns SynthFlowers when trained whole
+    (``scripts/sft_evidence.py``); None: the script's default (3e-3). A measured fact, not a recipe for real
+    checkpoints."""
+
     def part_of(self, parameter: str) -> str | None:
         """``"vision"``, ``"projector"`` or ``"language"`` for a parameter name; None if no prefix matches."""
         for part, prefixes in (
