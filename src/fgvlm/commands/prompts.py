@@ -52,7 +52,9 @@ def build(
 
     Each image gets one task (with --mix, the weights' exact shares); open-qa-mixcut mixes each image with one of
     another class (MixUp or CutMix), writes the mixed image, answers with the first class's name and records
-    lambda, the box, the pair and the second answer under each entry's "meta".
+    lambda, the box, the pair and the second answer under each entry's "meta". Beside OUT, OUT's stem + .build.json
+    records how it was built (dataset, protocol, citation, tasks, seed, MixUp/CutMix settings: `fgvlm publish
+    --dataset` reads it).
 
     Examples:
 
@@ -94,6 +96,21 @@ def build(
             progress=advance,
         )
     export_instructions(records, fmt.value, out)
+    from fgvlm.prompts.build_record import write_build_record
+
+    write_build_record(
+        out,
+        records,
+        dataset=data,
+        split=split,
+        tasks=tasks,
+        seed=seed,
+        fmt=fmt.value,
+        family=family,
+        task_options=_task_options(task_option),
+        mixcut=mixcut,
+        limit=limit,
+    )
     counts = ", ".join(f"{name} {n}" for name, n in sorted(Counter(r.task for r in records).items()))
     typer.echo(f"wrote {len(records)} conversations ({counts}) to {out}")
 
