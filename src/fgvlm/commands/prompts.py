@@ -68,6 +68,7 @@ def build(
     """
     from fgvlm.config import ConfigError
     from fgvlm.data import create_dataset
+    from fgvlm.prompts.build_record import BuildSettings, write_build_record
     from fgvlm.prompts.instructions import build_instructions, check_tasks, export_instructions, parse_mix
     from fgvlm.prompts.mixcut import MixCutOptions
 
@@ -96,21 +97,10 @@ def build(
             progress=advance,
         )
     export_instructions(records, fmt.value, out)
-    from fgvlm.prompts.build_record import write_build_record
-
-    write_build_record(
-        out,
-        records,
-        dataset=data,
-        split=split,
-        tasks=tasks,
-        seed=seed,
-        fmt=fmt.value,
-        family=family,
-        task_options=_task_options(task_option),
-        mixcut=mixcut,
-        limit=limit,
+    settings = BuildSettings(
+        data, split, tasks, seed, fmt.value, family, _task_options(task_option), mixcut, limit, _options(data_option)
     )
+    write_build_record(out, records, settings)
     counts = ", ".join(f"{name} {n}" for name, n in sorted(Counter(r.task for r in records).items()))
     typer.echo(f"wrote {len(records)} conversations ({counts}) to {out}")
 

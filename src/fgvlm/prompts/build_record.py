@@ -2,15 +2,15 @@
 
 ``data/x.jsonl`` gets ``data/x.build.json``: the source dataset (name, protocol and its description, split sizes,
 citation, class names), the split, the task weights and the counts per task, the seed, the model family's wording,
-task options, the MixUp/CutMix settings, the format and the command line. ``fgvlm publish --dataset`` reads it for the
-dataset card; anyone can read it to rebuild the file.
+task options, the MixUp/CutMix settings, the format and the command line that builds the same file again.
+``fgvlm publish --dataset`` reads it for the dataset card; anyone can read it to rebuild the file.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
-import sys
+import shlex
 from collections import Counter
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -23,47 +23,75 @@ if TYPE_CHECKING:
 SUFFIX = ".build.json"
 
 
+@dataclasses.dataclass
+class BuildSettings:
+    """Everything ``fgvlm prompts build`` was asked for."""
+
+    dataset: Dataset
+    split: str
+    tasks: dict[str, float]
+    seed: int
+    fmt: str
+    family: str | None
+    task_options: dict[str, dict[str, Any]]
+    mixcut: MixCutOptions
+    limit: int | None
+    data_options: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+    @property
+    def mixes(self) -> bool:
+        from fgvlm.prompts.instructions import MIXCUT_TASK
+
+        return MIXCUT_TASK in self.tasks
+
+    def command(self, out: Path) -> str:
+        """The ``fgvlm prompts build`` command line that builds the same file again."""
+        data = self.dataset
+        args = ["fgvlm", "prompts", "build", "--dataset", data.name]
+        args += ["--root", str(data.root)] if data.root is not None else []
+        args += ["--protocol", data.protocol, "--split", self.split]
+        if len(self.tasks) == 1:
+            args += ["--task", next(iter(self.tasks))]
+        else:
+            args += ["--mix", ",".join(f"{task}={weight:g}" for task, weight in self.tasks.items())]
+        if self.mixes:
+            mix = self.mixcut
+            args += ["--alpha", f"{mix.alpha:g}", "--mixcut-mode", mix.mode, "--mixcut-prob", f"{mix.prob:g}"]
+        args += ["--family", self.family] if self.family else []
+        args += [f"--task-option={t}.{k}={v}" for t, options in self.task_options.items() for k, v in options.items()]
+        args += [f"--data-option={key}={json.dumps(value)}" for key, value in self.data_options.items()]
+        args += ["--seed", str(self.seed)] + (["--limit", str(self.limit)] if self.limit is not None else [])
+        return shlex.join([*args, "--format", self.fmt, "--out", str(out)])
+
+
 def build_record_path(instructions: str | Path) -> Path:
     """``data/x.jsonl`` -> ``data/x.build.json``."""
     path = Path(instructions)
     return path.with_name(path.stem + SUFFIX)
 
 
-def write_build_record(
-    out: Path,
-    records: list[InstructionRecord],
-    *,
-    dataset: Dataset,
-    split: str,
-    tasks: dict[str, float],
-    seed: int,
-    fmt: str,
-    family: str | None,
-    task_options: dict[str, dict[str, Any]],
-    mixcut: MixCutOptions,
-    limit: int | None,
-) -> Path:
+def write_build_record(out: Path, records: list[InstructionRecord], settings: BuildSettings) -> Path:
     """Write ``out``'s build record; returns its path."""
-    from fgvlm.prompts.instructions import MIXCUT_TASK
     from fgvlm.runs import package_versions, write_json
 
-    described = {k: v for k, v in dataset.describe().items() if k not in ("skipped", "root")}
+    dataset = settings.dataset
     record = {
         "file": out.name,
-        "format": fmt,
-        "dataset": described,
+        "format": settings.fmt,
+        "dataset": {k: v for k, v in dataset.describe().items() if k not in ("skipped", "root")},
         "citation": dataset.citation,
         "class_names": list(dataset.prompt_names),
-        "split": split,
-        "tasks": tasks,
+        "split": settings.split,
+        "tasks": settings.tasks,
         "counts": dict(sorted(Counter(r.task for r in records).items())),
         "records": len(records),
-        "seed": seed,
-        "family": family,
-        "task_options": task_options,
-        "mixcut": dataclasses.asdict(mixcut) if MIXCUT_TASK in tasks else None,
-        "limit": limit,
-        "command": " ".join(["fgvlm", *sys.argv[1:]]),
+        "seed": settings.seed,
+        "family": settings.family,
+        "task_options": settings.task_options,
+        "mixcut": dataclasses.asdict(settings.mixcut) if settings.mixes else None,
+        "limit": settings.limit,
+        "data_options": settings.data_options,
+        "command": settings.command(out),
         "fgvlm_version": package_versions().get("fgvlm"),
     }
     path = build_record_path(out)

@@ -1,0 +1,237 @@
+"""``fgvlm publish --dry-run`` of real tiny runs: a LoRA SFT run (with the adapter alone), a head run and a CNN run.
+The staged folder loads back through transformers / peft / timm / fgvlm predict and predicts exactly as the run's
+model; the card parses with huggingface_hub and its model-index holds the run's numbers."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from publish_fixtures import card_metadata, check_card_numbers, publish
+
+from fgvlm.config import from_dict
+
+SMALL_DATA = {"dataset": "synthflowers", "options": {"num_classes": 4, "images_per_class": [2, 1, 1]}}
+
+
+@pytest.fixture(scope="module")
+def sft_published(tmp_path_factory, tiny_cache):
+    """A 2-step LoRA fine-tuning of the tiny Qwen3-VL, published (dry run) with its adapter and a licence."""
+    from fgvlm.sft.config import SFTConfig
+    from fgvlm.sft.run import run_sft
+
+    root = tmp_path_factory.mktemp("publish-sft")
+    cfg = from_dict(
+        SFTConfig,
+        {
+            "model": {"name": "tiny-qwen3-vl"},
+            "data": SMALL_DATA,
+            "method": "lora",
+            "train": {"max_steps": 2, "lr": 1e-3, "eval_every": 1, "save_every": 2, "log_every": 1, "num_threads": 1},
+            "report_to": "none",
+        },
+    )
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("FGVLM_CACHE", str(tiny_cache))
+        run_sft(cfg, root / "run")
+        argv = [root / "run", "--repo-id", "my-org/tiny-qwen3-vl-synth", "--adapter", "--license", "apache-2.0"]
+        assert publish(*argv, "--dry-run", "--out", root / "pub") == 0
+    return root / "run", root / "pub" / "upload"
+
+
+def logits(model_dir, image, text="What is the name of the flower in this image? Answer with the name only."):
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    processor = AutoProcessor.from_pretrained(model_dir)
+    model = AutoModelForImageTextToText.from_pretrained(model_dir).eval()
+    messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": text}]}]
+    prompt = processor.apply_chat_template(messages, add_generation_prompt=True)
+    inputs = processor(text=[prompt], images=[image], return_tensors="pt")
+    with torch.no_grad():
+        return model(**inputs).logits
+
+
+def test_sft_folder_loads_with_transformers_and_predicts_like_the_run(sft_published, use_tiny_cache, tmp_path):
+    from fgvlm.data import create_dataset
+    from fgvlm.eval.zeroshot import EvalConfig, evaluate
+    from fgvlm.models.base import ModelConfig
+
+    run, folder = sft_published
+    assert {"model.safetensors", "config.json", "chat_template.jinja", "tokenizer.json", "README.md"} <= {
+        p.name for p in folder.iterdir()
+    }
+    assert not list(folder.rglob("*.bin")) and not (run / "model" / "README.md").exists()  # the run is untouched
+    image = create_dataset(**SMALL_DATA).split("test")[0].image
+    assert torch.equal(logits(folder, image), logits(run / "model", image))
+    predictions = {}
+    for name, model in (("published", folder), ("run", run / "model")):
+        cfg = from_dict(EvalConfig, {"data": SMALL_DATA, "mode": "rank"})
+        cfg.model = ModelConfig(name=str(model))
+        evaluate(cfg, tmp_path / name)
+        predictions[name] = [json.loads(x) for x in (tmp_path / name / "predictions.jsonl").read_text().splitlines()]
+    assert [(p["id"], p["pred"], p["topk"]) for p in predictions["published"]] == [
+        (p["id"], p["pred"], p["topk"]) for p in predictions["run"]
+    ]
+    for name in ("config.yaml", "metrics.json", "train_log.jsonl"):
+        assert (folder / "fgvlm" / name).read_bytes() == (run / name).read_bytes()
+    assert (folder / "fgvlm" / "training_curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_lora_adapter_alone_rebuilds_the_merged_model(sft_published, tiny_model_dir):
+    from peft import PeftModel
+    from transformers import AutoModelForImageTextToText
+
+    from fgvlm.data import create_dataset
+
+    run, folder = sft_published
+    config = json.loads((folder / "adapter" / "adapter_config.json").read_text())
+    assert config["r"] == 16 and config["lora_alpha"] == 32 and config["peft_type"] == "LORA"
+    assert all(".layers." in name and "visual" not in name for name in config["target_modules"])  # language only
+    assert config["modules_to_save"] and all(m.startswith("model.visual") for m in config["modules_to_save"])
+    base = AutoModelForImageTextToText.from_pretrained(tiny_model_dir("qwen3-vl"))
+    merged = PeftModel.from_pretrained(base, folder / "adapter").merge_and_unload().eval()
+    expected = AutoModelForImageTextToText.from_pretrained(run / "model").state_dict()
+    for name, tensor in merged.state_dict().items():
+        assert torch.allclose(tensor, expected[name], atol=1e-6), name
+    image = create_dataset(**SMALL_DATA).split("test")[1].image
+    assert torch.allclose(logits(run / "model", image), logits(folder, image))
+
+
+def test_sft_card_carries_the_results_recipe_and_reproduction(sft_published):
+    run, folder = sft_published
+    check_card_numbers(folder / "README.md", run / "metrics.json")
+    meta = card_metadata(folder / "README.md")
+    assert meta["library_name"] == "transformers" and meta["pipeline_tag"] == "image-text-to-text"
+    assert meta["license"] == "apache-2.0" and meta["datasets"] == ["synthflowers"]
+    assert "base_model" not in meta  # a tiny local model is on no Hub
+    assert {"fgvlm", "lora", "peft", "sft"} <= set(meta["tags"])
+    text = (folder / "README.md").read_text()
+    done = json.loads((run / "done.json").read_text())
+    assert "fgvlm sft --config tiny-qwen3-vl-synth/fgvlm/config.yaml --out runs/tiny-qwen3-vl-synth" in text
+    assert "- LoRA rank: `16`" in text and "![Training curves](fgvlm/training_curves.png)" in text
+    assert 'AutoModelForImageTextToText.from_pretrained("my-org/tiny-qwen3-vl-synth")' in text
+    record = json.loads((folder.parent / "publish.json").read_text())
+    assert record["state"] == "dry-run" and record["commit"] is None and (folder.parent / "done.json").is_file()
+    assert done["config_hash"] in record["commit_message"]
+    assert {f["path"] for f in record["files"]} == {
+        p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file()
+    }
+
+
+# -- a head run ---------------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def head_run(tmp_path_factory, tiny_model_dir):
+    from fgvlm.config import resolve_config
+    from fgvlm.heads.config import HeadTrainConfig
+    from fgvlm.heads.pipeline import train_run
+
+    root = tmp_path_factory.mktemp("publish-head")
+    overrides = [f"model.name={tiny_model_dir('qwen3-vl')}", "data.dataset=synthflowers", f"cache_dir={root / 'c'}",
+                 "data.options={num_classes: 4, images_per_class: [6, 3, 3], image_size: 32}", "steps=20",
+                 "batch_size=4", "eval_every=10", "lr=1e-2"]  # fmt: skip
+    train_run(resolve_config(HeadTrainConfig, overrides=overrides), root / "run", progress=False)
+    return root / "run"
+
+
+def test_head_is_published_with_a_pointer_to_its_base_model(head_run, tmp_path, capsys):
+    from fgvlm.data import create_dataset
+    from fgvlm.heads.predict import head_probabilities
+    from fgvlm.models.base import ModelConfig
+    from fgvlm.models.loading import load_backend
+
+    argv = [head_run, "--repo-id", "my-org/tiny-probe", "--base-model", "my-org/tiny-qwen3-vl-synth"]
+    assert publish(*argv, "--dry-run", "--out", tmp_path / "pub") == 0
+    printed = capsys.readouterr()
+    assert "head.safetensors" in printed.out and "dry run: 8 files" in printed.out
+    folder = tmp_path / "pub" / "upload"
+    assert sorted(p.name for p in folder.iterdir()) == ["README.md", "fgvlm", "head.json", "head.safetensors"]
+    info = json.loads((folder / "head.json").read_text())
+    backend = load_backend(ModelConfig(name=info["model_config"]["name"]))
+    dataset = create_dataset(dataset="synthflowers", options=info["dataset"]["options"])
+    images = [sample.image for sample in dataset.split("test")]
+    published, _ = head_probabilities(backend, images, folder)
+    original, _ = head_probabilities(backend, images, head_run)
+    assert torch.equal(published, original)
+    predictions = [json.loads(x) for x in (head_run / "predictions.jsonl").read_text().splitlines()]
+    assert published.argmax(1).tolist() == [p["pred"] for p in predictions]
+    check_card_numbers(folder / "README.md", head_run / "metrics.json")
+    meta = card_metadata(folder / "README.md")
+    assert meta["base_model"] == "my-org/tiny-qwen3-vl-synth" and meta["pipeline_tag"] == "image-classification"
+    assert (
+        "fgvlm predict --model my-org/tiny-qwen3-vl-synth --head tiny-probe flower.jpg"
+        in (folder / "README.md").read_text()
+    )
+
+
+# -- a CNN run ----------------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def cnn_run(tmp_path_factory):
+    from fgvlm.train.cnn import CNNTrainConfig, train_cnn
+
+    out = tmp_path_factory.mktemp("publish-cnn") / "run"
+    cfg = from_dict(
+        CNNTrainConfig,
+        {
+            "data": {"dataset": "synthflowers", "options": {"num_classes": 4, "image_size": 32}},
+            "arch": "test_resnet",
+            "image_size": 32,
+            "epochs": 1,
+            "batch_size": 8,
+            "num_workers": 0,
+            "num_threads": 1,
+            "image_cache": False,
+            "progress": False,
+            "limit": 16,
+        },
+    )
+    train_cnn(cfg, out)
+    return out
+
+
+def test_cnn_is_published_in_timm_layout_and_predicts_like_its_checkpoint(cnn_run, tmp_path):
+    import timm
+    from timm.data import create_transform, resolve_data_config
+
+    from fgvlm.data import create_dataset
+    from fgvlm.train.checkpoint import load_weights
+    from fgvlm.train.classifier import create_classifier
+
+    assert publish(cnn_run, "--repo-id", "my-org/tiny-cnn", "--license", "mit", "--dry-run", "-o", tmp_path / "p") == 0
+    folder = tmp_path / "p" / "upload"
+    model = timm.create_model(f"local-dir:{folder}", pretrained=True).eval()
+    metrics = json.loads((cnn_run / "metrics.json").read_text())
+    dataset = create_dataset(dataset="synthflowers", options={"num_classes": 4, "image_size": 32})
+    assert model.pretrained_cfg["label_names"] == dataset.class_names
+    original, _ = create_classifier("test_resnet", 4, False)
+    load_weights(cnn_run / "checkpoints" / f"{metrics['checkpoint']}.safetensors", original)
+    transform = create_transform(**resolve_data_config({}, model=model))
+    batch = torch.stack([transform(sample.image) for sample in dataset.split("test")[:16]])
+    with torch.no_grad():
+        published, expected = model(batch), original.eval()(batch)
+    assert torch.equal(published, expected)
+    predictions = [json.loads(x) for x in (cnn_run / "predictions.jsonl").read_text().splitlines()]
+    assert published.argmax(1).tolist() == [p["pred"] for p in predictions]
+    check_card_numbers(folder / "README.md", cnn_run / "metrics.json")
+    meta = card_metadata(folder / "README.md")
+    assert meta["library_name"] == "timm" and meta["license"] == "mit" and "base_model" not in meta
+    assert "fgvlm cnn train --config tiny-cnn/fgvlm/config.yaml" in (folder / "README.md").read_text()
+
+
+def test_unfinished_runs_and_wrong_repository_types_are_refused(cnn_run, tmp_path, capsys):
+    import shutil
+
+    partial = tmp_path / "partial"
+    shutil.copytree(cnn_run, partial)
+    (partial / "done.json").unlink()
+    assert publish(partial, "--repo-id", "my-org/x", "--dry-run", "-o", tmp_path / "a") == 2
+    assert "the run has not finished (no done.json)" in capsys.readouterr().err
+    assert publish(cnn_run, "--repo-id", "my-org/x", "--dataset", "--dry-run", "-o", tmp_path / "b") == 2
+    assert "--dataset is for `fgvlm prompts build` output" in capsys.readouterr().err
+    assert publish(cnn_run, "--repo-id", "not a repo", "--dry-run", "-o", tmp_path / "c") == 2
+    assert "repo_id must be ORG/NAME" in capsys.readouterr().err
+    assert publish(tmp_path, "--repo-id", "my-org/x", "--dry-run", "-o", tmp_path / "d") == 2
+    assert "nothing fgvlm publishes" in capsys.readouterr().err
+    assert publish(cnn_run, "--repo-id", "my-org/x", "--set", "token=hf_secret", "-o", tmp_path / "e") == 2
+    assert "unknown key(s) 'token'" in capsys.readouterr().err  # a token never comes from a config
+    assert not any((tmp_path / name).exists() for name in "abcde")
