@@ -235,3 +235,40 @@ def test_unfinished_runs_and_wrong_repository_types_are_refused(cnn_run, tmp_pat
     assert publish(cnn_run, "--repo-id", "my-org/x", "--set", "token=hf_secret", "-o", tmp_path / "e") == 2
     assert "unknown key(s) 'token'" in capsys.readouterr().err  # a token never comes from a config
     assert not any((tmp_path / name).exists() for name in "abcde")
+
+
+# -- small pieces, hand-checked ------------------------------------------------------------------------------------
+def test_adapter_state_uses_peft_saved_names():
+    from fgvlm.publish.adapter import adapter_state
+    from fgvlm.publish.sources import PublishError
+
+    a, b, w, h = (torch.full((2, 2), float(i)) for i in range(4))
+    trained = {
+        "vlm.base_model.model.model.language_model.layers.0.self_attn.q_proj.lora_A.default.weight": a,
+        "vlm.base_model.model.model.language_model.layers.0.self_attn.q_proj.lora_B.default.weight": b,
+        "vlm.base_model.model.model.visual.merger.linear_fc1.weight": w,
+        "head.net.1.weight": h,  # a classify head: published as head.safetensors, not in the adapter
+    }
+    state, adapted, saved = adapter_state(trained)
+    assert adapted == ["model.language_model.layers.0.self_attn.q_proj"]
+    assert saved == ["model.visual.merger.linear_fc1"]
+    assert state == {
+        "base_model.model.model.language_model.layers.0.self_attn.q_proj.lora_A.weight": a,
+        "base_model.model.model.language_model.layers.0.self_attn.q_proj.lora_B.weight": b,
+        "base_model.model.model.visual.merger.linear_fc1.weight": w,
+    }
+    with pytest.raises(PublishError, match="no LoRA tensors"):
+        adapter_state({"base_model.model.model.visual.merger.linear_fc1.weight": w})
+
+
+def test_base_model_ids_and_inherited_licence(tmp_path):
+    from fgvlm.publish.card import hub_model_id, inherited_license
+    from fgvlm.publish.staging import human_size
+
+    assert hub_model_id("qwen3-vl-4b") == "Qwen/Qwen3-VL-4B-Instruct"  # a registry preset's hub id
+    assert hub_model_id("my-org/flowers-sft") == "my-org/flowers-sft"
+    assert hub_model_id("tiny-qwen3-vl") is None and hub_model_id(str(tmp_path)) is None
+    (tmp_path / "README.md").write_text("---\nlicense: apache-2.0\ntags: [x]\n---\n# a base model\n")
+    assert inherited_license(None, str(tmp_path)) == "apache-2.0"
+    assert inherited_license("my-org/not-cached") is None  # offline and not in the hub cache: unknown
+    assert [human_size(n) for n in (999, 1536, 5 * 2**30)] == ["999 B", "1.5 KiB", "5.0 GiB"]
