@@ -40,6 +40,15 @@ def sft_published(tmp_path_factory, tiny_cache):
     return root / "run", root / "pub" / "upload"
 
 
+def run_card_snippet(readme, replace: tuple[str, str], image, workdir, monkeypatch) -> None:
+    """Run the card's "How to use" Python block as a user would, on the staged folder instead of the Hub."""
+    code = readme.read_text().split("```python\n", 1)[1].split("```", 1)[0]
+    assert replace[0] in code
+    image.save(workdir / "flower.jpg")
+    monkeypatch.chdir(workdir)
+    exec(compile(code.replace(*replace), str(readme), "exec"), {})
+
+
 def logits(model_dir, image, text="What is the name of the flower in this image? Answer with the name only."):
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
@@ -98,8 +107,15 @@ def test_lora_adapter_alone_rebuilds_the_merged_model(sft_published, tiny_model_
     assert torch.allclose(logits(run / "model", image), logits(folder, image))
 
 
-def test_sft_card_carries_the_results_recipe_and_reproduction(sft_published):
+def test_sft_card_carries_the_results_recipe_and_reproduction(sft_published, tmp_path, monkeypatch, capsys):
+    from fgvlm.data import create_dataset
+
     run, folder = sft_published
+    image = create_dataset(**SMALL_DATA).split("test")[0].image
+    run_card_snippet(
+        folder / "README.md", ('"my-org/tiny-qwen3-vl-synth"', repr(str(folder))), image, tmp_path, monkeypatch
+    )
+    assert capsys.readouterr().out.strip()  # the model's answer, decoded
     check_card_numbers(folder / "README.md", run / "metrics.json")
     meta = card_metadata(folder / "README.md")
     assert meta["library_name"] == "transformers" and meta["pipeline_tag"] == "image-text-to-text"
@@ -189,7 +205,7 @@ def cnn_run(tmp_path_factory):
     return out
 
 
-def test_cnn_is_published_in_timm_layout_and_predicts_like_its_checkpoint(cnn_run, tmp_path):
+def test_cnn_is_published_in_timm_layout_and_predicts_like_its_checkpoint(cnn_run, tmp_path, monkeypatch, capsys):
     import timm
     from timm.data import create_transform, resolve_data_config
 
@@ -213,6 +229,11 @@ def test_cnn_is_published_in_timm_layout_and_predicts_like_its_checkpoint(cnn_ru
     predictions = [json.loads(x) for x in (cnn_run / "predictions.jsonl").read_text().splitlines()]
     assert published.argmax(1).tolist() == [p["pred"] for p in predictions]
     check_card_numbers(folder / "README.md", cnn_run / "metrics.json")
+    capsys.readouterr()
+    hub_to_local = ("hf-hub:my-org/tiny-cnn", f"local-dir:{folder}")
+    run_card_snippet(folder / "README.md", hub_to_local, dataset.split("test")[0].image, tmp_path, monkeypatch)
+    shown = eval(capsys.readouterr().out)  # the snippet prints [(class name, probability), ...]
+    assert [name for name, _ in shown][0] == dataset.class_names[predictions[0]["pred"]] and len(shown) == 4
     meta = card_metadata(folder / "README.md")
     assert meta["library_name"] == "timm" and meta["license"] == "mit" and "base_model" not in meta
     assert "fgvlm cnn train --config tiny-cnn/fgvlm/config.yaml" in (folder / "README.md").read_text()

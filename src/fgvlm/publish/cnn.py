@@ -122,7 +122,7 @@ class CNNModel(RunSource):
                 "transform = timm.data.create_transform(**timm.data.resolve_data_config({}, model=model))",
                 "probs = model(transform(Image.open('flower.jpg').convert('RGB')).unsqueeze(0)).softmax(-1)",
                 "names = model.pretrained_cfg['label_names']",
-                "top = probs[0].topk(5)",
+                "top = probs[0].topk(min(5, len(names)))",
                 "print([(names[i], round(p, 4)) for p, i in zip(top.values.tolist(), top.indices.tolist())])",
                 "```",
             ]
