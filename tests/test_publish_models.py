@@ -4,6 +4,7 @@ model; the card parses with huggingface_hub and its model-index holds the run's 
 
 from __future__ import annotations
 
+import ast
 import json
 
 import pytest
@@ -232,7 +233,7 @@ def test_cnn_is_published_in_timm_layout_and_predicts_like_its_checkpoint(cnn_ru
     capsys.readouterr()
     hub_to_local = ("hf-hub:my-org/tiny-cnn", f"local-dir:{folder}")
     run_card_snippet(folder / "README.md", hub_to_local, dataset.split("test")[0].image, tmp_path, monkeypatch)
-    shown = eval(capsys.readouterr().out)  # the snippet prints [(class name, probability), ...]
+    shown = ast.literal_eval(capsys.readouterr().out)  # the snippet prints [(class name, probability), ...]
     assert [name for name, _ in shown][0] == dataset.class_names[predictions[0]["pred"]] and len(shown) == 4
     meta = card_metadata(folder / "README.md")
     assert meta["library_name"] == "timm" and meta["license"] == "mit" and "base_model" not in meta
@@ -293,3 +294,52 @@ def test_base_model_ids_and_inherited_licence(tmp_path):
     assert inherited_license(None, str(tmp_path)) == "apache-2.0"
     assert inherited_license("my-org/not-cached") is None  # offline and not in the hub cache: unknown
     assert [human_size(n) for n in (999, 1536, 5 * 2**30)] == ["999 B", "1.5 KiB", "5.0 GiB"]
+
+
+def test_the_cost_block_is_shown_when_the_run_has_one(cnn_run, tmp_path):
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(cnn_run, run)
+    metrics = json.loads((run / "metrics.json").read_text())
+    metrics["cost"] = {  # the agreed schema (fgvlm.runs writes it); every key optional
+        "wall_seconds": 4321.0,
+        "images": 6149,
+        "images_per_second": 49.8,
+        "peak_memory": {"rss_bytes": 3 * 2**30, "cuda_max_allocated_bytes": [40 * 2**30]},
+        "device_type": "cuda",
+        "devices": ["NVIDIA H200"],
+        "device_count": 1,
+        "device_hours": 1.2003,
+        "flops": 1.2e15,
+        "flops_rule": "6·N·T train",
+    }
+    (run / "metrics.json").write_text(json.dumps(metrics))
+    assert publish(run, "--repo-id", "my-org/cnn", "--license", "mit", "--dry-run", "-o", tmp_path / "p") == 0
+    text = (tmp_path / "p" / "upload" / "README.md").read_text()
+    assert "- Hardware: NVIDIA H200 (cuda)" in text
+    assert "- Wall time: 4,321 s (1.2 device-hours on 1 device(s))" in text
+    assert "- Images: 6,149 (49.8 images/s)" in text and "- Peak memory: 3.0 GiB RSS, GPU 40.0 GiB" in text
+    assert "- FLOPs: 1.2e+15 (6·N·T train)" in text
+
+
+def test_adapter_is_refused_when_it_would_not_rebuild_the_model(sft_published, use_tiny_cache, tmp_path, capsys):
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    run, _ = sft_published
+    full = tmp_path / "full"
+    shutil.copytree(run, full)
+    (full / "config.yaml").write_text((full / "config.yaml").read_text().replace("method: lora", "method: full"))
+    assert publish(full, "--repo-id", "my-org/x", "--adapter", "--dry-run", "-o", tmp_path / "a") == 2
+    assert "--adapter needs a LoRA run (method: full)" in capsys.readouterr().err
+    stale = tmp_path / "stale"
+    shutil.copytree(run, stale)
+    weights = sorted(stale.glob("checkpoints/checkpoint-*/trainable.safetensors"))[-1]
+    tensors = load_file(str(weights))
+    tensors = {name: t * 3 if ".lora_B." in name else t for name, t in tensors.items()}  # not what RUN/model holds
+    save_file(tensors, str(weights))
+    assert publish(stale, "--repo-id", "my-org/x", "--adapter", "--dry-run", "-o", tmp_path / "b") == 2
+    assert "base + adapter does not rebuild" in capsys.readouterr().err
+    assert not (tmp_path / "b" / "done.json").exists() and not (tmp_path / "b" / "upload").exists()

@@ -85,7 +85,7 @@ class FineTunedModel(RunSource):
         tags = ["fgvlm", "fine-grained-classification", "vision-language", str(results.get("dataset")), self.run.kind]
         tags += [method] + (["peft", "lora"] if method == "lora" else [])
         recipe = [f"Base model: `{base or base_name}`", *recipe_lines(config, RECIPE)]
-        if (self.path / "adapter").is_dir() or self.cfg.adapter:
+        if self.cfg.adapter:
             recipe.append("`adapter/`: the LoRA adapter alone (PEFT), for `PeftModel.from_pretrained` on the base")
         return CardSpec(
             summary=summary,
@@ -114,7 +114,9 @@ class FineTunedModel(RunSource):
         return build_prompt("open-qa", ["-"], family=family, object=object_word(dataset)).text
 
     def usage(self, has_head: bool) -> str:
-        repo, dataset = self.cfg.repo_id, (self.run.metrics or {}).get("dataset")
+        repo, metrics = self.cfg.repo_id, self.run.metrics or {}
+        root = " --root DATA" if (self.config.get("data") or {}).get("root") else ""
+        data = f"--dataset {metrics.get('dataset')}{root} --protocol {metrics.get('protocol')}"
         text = [
             "```python",
             "from transformers import AutoModelForImageTextToText, AutoProcessor",
@@ -132,7 +134,7 @@ class FineTunedModel(RunSource):
             "With fgvlm (the run's evaluation, by ranking every class name, or generate-and-parse):",
             "",
             "```bash",
-            f"fgvlm eval --model {repo} --dataset {dataset} --root DATA --mode rank --out runs/eval",
+            f"fgvlm eval --model {repo} {data} --mode rank --out runs/eval",
         ]
         if has_head:
             text += [

@@ -10,7 +10,6 @@ line (``PublishError``) and nothing is recorded as published.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
@@ -110,8 +109,3 @@ def upload(
     if not getattr(info, "oid", None):
         raise PublishError(f"upload to the {where} returned no commit; nothing is recorded as published")
     return {"oid": info.oid, "url": info.commit_url, "made": True}
-
-
-def token_source() -> str:
-    """Where the token comes from, for messages (never the token itself)."""
-    return "HF_TOKEN" if os.environ.get("HF_TOKEN") else "the stored login (hf auth login)"
