@@ -104,6 +104,8 @@ class Dataset:
     name: str = "dataset"
     protocols: tuple[str, ...] = ("official",)
     protocol_docs: dict[str, str] = {}
+    citation: str = ""
+    """BibTeX of the dataset's paper (the cards of published models and instruction data cite it); "" if none."""
 
     def __init__(self, root: str | Path | None = None, protocol: str = "official", on_bad_image: str = "error"):
         if protocol not in self.protocols:

@@ -46,6 +46,14 @@ class Flowers102(Dataset):
         "swapped": "train = tstid (6,149), val = valid, test = trnid (1,020): the reference study's "
         "'6,149 training, 1,020 test' protocol.",
     }
+    citation = (
+        "@inproceedings{nilsback2008automated,\n"
+        "  title = {Automated Flower Classification over a Large Number of Classes},\n"
+        "  author = {Nilsback, Maria-Elena and Zisserman, Andrew},\n"
+        "  booktitle = {Indian Conference on Computer Vision, Graphics and Image Processing (ICVGIP)},\n"
+        "  year = {2008}\n"
+        "}"
+    )
 
     def __init__(self, root=None, protocol: str = "official", on_bad_image: str = "error"):
         super().__init__(root if root is not None else default_root(), protocol, on_bad_image)
