@@ -7,10 +7,7 @@ from __future__ import annotations
 import json
 import statistics
 from collections import Counter
-from typing import TYPE_CHECKING, Any
-
-if TYPE_CHECKING:
-    from fgvlm.publish.instructions import InstructionSet
+from typing import Any
 
 SIZES = ((1_000, "n<1K"), (10_000, "1K<n<10K"), (100_000, "10K<n<100K"), (1_000_000, "100K<n<1M"))
 COLUMNS = (
@@ -31,8 +28,9 @@ def size_category(rows: int) -> str:
     return next((name for bound, name in SIZES if rows < bound), "1M<n<10M")
 
 
-def render_dataset_card(source: InstructionSet, layout: dict[tuple[str, str], dict[str, Any]]) -> str:
-    """The README: ``DatasetCardData`` (with ``configs``) and the sections of the module docstring."""
+def render_dataset_card(source: Any, layout: dict[tuple[str, str], dict[str, Any]]) -> str:
+    """The README of ``source`` (a ``fgvlm.publish.instructions.InstructionSet``): ``DatasetCardData`` (with
+    ``configs``) and the sections of the module docstring."""
     from huggingface_hub import DatasetCardData
 
     records = [part["record"] for part in layout.values()]
