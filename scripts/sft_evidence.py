@@ -100,9 +100,10 @@ def family_row(family: str, args: argparse.Namespace, out: Path) -> dict[str, An
     row["zero_shot"] = zero_shot(model, data, root / "zero-shot")
     sft = run_sft(sft_config(model, data, args), root / "sft-open-qa")
     row["sft_open_qa"], row["sft_open_qa_best_val"] = with_ci(sft), best_val(root / "sft-open-qa")
-    if not args.skip_rank:
-        rank = run_sft(sft_config(model, data, args, objective="rank"), root / "sft-rank")
-        row["sft_rank"], row["sft_rank_best_val"] = with_ci(rank), best_val(root / "sft-rank")
+    for score in filter(None, args.rank_scores.split(",")):
+        name = f"sft-rank-{score}"
+        rank = run_sft(sft_config(model, data, args, objective="rank", rank={"score": score}), root / name)
+        row[f"sft_rank_{score}"], row[f"sft_rank_{score}_best_val"] = with_ci(rank), best_val(root / name)
     if not args.skip_mixcut:
         mix = run_sft(sft_config(model, data, args, task="open-qa-mixcut"), root / "sft-mixcut")
         row["sft_mixcut"], row["sft_mixcut_best_val"] = with_ci(mix), best_val(root / "sft-mixcut")
@@ -122,7 +123,8 @@ COLUMNS = [
     ("family", "family"),
     ("zero_shot", "zero-shot"),
     ("sft_open_qa", "SFT open-qa (generate)"),
-    ("sft_rank", "SFT open-qa (rank objective)"),
+    ("sft_rank_sum", "SFT rank objective (sum)"),
+    ("sft_rank_mean", "SFT rank objective (mean)"),
     ("sft_mixcut", "SFT mixcut"),
     ("head_base", "head on base"),
     ("head_sft", "head on SFT"),
@@ -169,7 +171,9 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--skip-mixcut", action="store_true")
     parser.add_argument("--skip-classify", action="store_true")
-    parser.add_argument("--skip-rank", action="store_true")
+    parser.add_argument(
+        "--rank-scores", default="sum", help="rank objective rows, one per score (sum, mean); empty: none"
+    )
     parser.add_argument("--skip-heads", action="store_true", help="no head on the base / SFT model")
     args = parser.parse_args()
     import torch
