@@ -37,8 +37,12 @@ CONFIG_FILE = "config.yaml"
 METRICS_FILE = "metrics.json"
 TRAIN_LOG = "train_log.jsonl"
 STATES = ("absent", "partial", "complete", "conflicting")
-HEADER_KEYS = ("kind", "dataset", "protocol", "split", "model", "num_classes", "seconds")
-"""The fixed first keys of every ``metrics.json``, in this order (see ``write_results``)."""
+HEADER_KEYS = (
+    *("kind", "dataset", "protocol", "shots", "shot_seed", "classes"),
+    *("split", "model", "num_classes", "seconds"),
+)
+"""The fixed first keys of every ``metrics.json``, in this order (see ``write_results``): the protocol travels with
+every number (``Dataset.protocol_header()`` gives its four keys)."""
 TRAIN_LOG_KEYS = ("step", "epoch", "train_loss", "lr", "val_accuracy", "val_top5", "val_loss")
 """The keys of every ``train_log.jsonl`` line, in this order (null where not measured); extra keys follow."""
 
@@ -334,6 +338,7 @@ def write_results(run: RunDir | str | Path, header: dict[str, Any], metrics: dic
     """Write ``metrics.json``: the fixed header (``HEADER_KEYS``, in order) first, then the metrics.
 
     The header says what was measured: ``kind`` (eval, head-train, cnn-train, ...), ``dataset``, ``protocol``,
+    ``shots`` and ``shot_seed`` (k-shot training sets; null for all images), ``classes`` (all, base or new),
     ``split``, ``model``, ``num_classes`` and ``seconds`` (this invocation's wall time). Returns the written dict.
     """
     missing = [key for key in HEADER_KEYS if key not in header]

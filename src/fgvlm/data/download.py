@@ -5,7 +5,8 @@ corrupted download never looks complete; a file already in place with the right 
 ``safe_extract`` checks every member of a tar archive before writing anything (absolute paths, ``..``, links that
 leave the target or pass through another link, device files) and then extracts with tarfile's ``data`` filter as a
 second line of defence. ``download_flowers102`` combines them and writes a marker after a complete extraction, so a
-second run makes no HTTP request at all.
+second run makes no HTTP request at all; ``download_archives`` does the same for any list of archives (the
+torchvision-backed datasets fetch the files torchvision's own tables name, but extract them with ``safe_extract``).
 """
 
 from __future__ import annotations
@@ -19,7 +20,6 @@ import tarfile
 import urllib.error
 import urllib.request
 import zlib
-from collections.abc import Callable
 from pathlib import Path, PureWindowsPath
 from typing import Any
 
@@ -238,5 +238,40 @@ def download_flowers102(
     return summary
 
 
-# Dataset name -> downloader; ``fgvlm data download NAME`` looks names up here.
-DOWNLOADERS: dict[str, Callable[..., dict[str, Any]]] = {"flowers102": download_flowers102}
+def download_archives(
+    target: str | Path,
+    archives: list[tuple[str, str | None]],
+    base_url: str | None = None,
+    *,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Fetch each ``(url, md5)`` archive into ``target`` and extract it there safely, once.
+
+    ``base_url`` (a mirror) replaces each URL's folder. An archive is neither fetched nor extracted again once a
+    marker ``.fgvlm-extracted-<name>.json`` in ``target`` records a complete extraction of that md5 (or, with no
+    md5 published, of that file) and every file it listed is still there. Returns what was done.
+    """
+    target = Path(target).expanduser()
+    summary: dict[str, Any] = {"root": str(target), "base_url": base_url, "downloaded": [], "skipped": []}
+    summary["extracted"] = False
+    for url, md5 in archives:
+        name = url.rsplit("/", 1)[-1]
+        source = (base_url.rstrip("/") + "/" + name) if base_url else url
+        marker = target / f".fgvlm-extracted-{name}.json"
+        if _marker_complete(marker, target, md5 or name):
+            summary["skipped"].append(name)
+            continue
+        fetched = download_file(source, target / name, md5, progress=progress)
+        summary["downloaded" if fetched else "skipped"].append(name)
+        extracted = safe_extract(target / name, target, progress=progress)
+        marker.write_text(json.dumps({"archive": name, "md5": md5 or name, "files": sorted(extracted)}))
+        summary["extracted"] = True
+    return summary
+
+
+def _marker_complete(marker: Path, root: Path, identity: str) -> bool:
+    try:
+        info = json.loads(marker.read_text())
+    except (OSError, ValueError):
+        return False
+    return info.get("md5") == identity and all((root / name).is_file() for name in info.get("files", []))

@@ -37,14 +37,23 @@ def default_root() -> Path:
     return Path("~/.cache/fgvlm/data/flowers102").expanduser()
 
 
+FLOWER_HEAD_WORDS = ("flower", "plant", "bloom", "blossom")
+"""Head words too general to signal a second flower ("balloon flower" and "cape flower" share "flower")."""
+
+
 class Flowers102(Dataset):
     name = "flowers102"
     protocols = tuple(PROTOCOLS)
+    object_word = "flower"
+    coop_split_file = "split_zhou_OxfordFlowers.json"
+    coop_sizes = {"train": 4093, "val": 1633, "test": 2463}
     protocol_docs = {
         "official": "Oxford's split: train = trnid (10/class), val = valid (10/class), test = tstid (6,149).",
         "trainval": "train = trnid + valid (20/class), test = tstid; no validation split.",
         "swapped": "train = tstid (6,149), val = valid, test = trnid (1,020): the reference study's "
         "'6,149 training, 1,020 test' protocol.",
+        "coop": "CoOp's split_zhou_OxfordFlowers.json (4,093 / 1,633 / 2,463), as Visual-RFT, CLS-RL and "
+        "ReFine-RFT use it.",
     }
 
     def __init__(self, root=None, protocol: str = "official", on_bad_image: str = "error"):
@@ -57,6 +66,20 @@ class Flowers102(Dataset):
     @property
     def prompt_names(self) -> list[str]:
         return [self._display.get(name, name) for name in self.class_names]
+
+    @property
+    def ignored_head_words(self) -> tuple[str, ...]:
+        return FLOWER_HEAD_WORDS
+
+    def image_folder(self) -> Path:
+        return self.dataset_folder() / "jpg"
+
+    @classmethod
+    def download(cls, root=None, base_url: str | None = None, *, progress: bool = True) -> dict:
+        """The three official files from Oxford (or ``base_url``), md5-checked and safely extracted."""
+        from fgvlm.data.download import download_flowers102
+
+        return download_flowers102(root, base_url, progress=progress)
 
     @property
     def aliases(self) -> dict[int, list[str]]:
@@ -87,7 +110,7 @@ class Flowers102(Dataset):
         setid = self._load_mat("setid.mat")
         ids = {key: [int(i) for i in setid[key].ravel()] for key in ("trnid", "valid", "tstid")}
         splits = {}
-        for split, keys in PROTOCOLS[self.protocol].items():
+        for split, keys in PROTOCOLS[self.own_protocol].items():
             splits[split] = [
                 Record(f"{i:05d}", int(labels[i - 1]) - 1, self.root / "jpg" / f"image_{i:05d}.jpg")
                 for key in keys
@@ -95,9 +118,9 @@ class Flowers102(Dataset):
             ]
         if sum(len(v) for v in ids.values()) == OFFICIAL_TOTAL:
             sizes = {split: len(records) for split, records in splits.items()}
-            if sizes != FULL_SIZES[self.protocol]:
+            if sizes != FULL_SIZES[self.own_protocol]:
                 raise DatasetError(
-                    f"flowers102 ({self.protocol}): split sizes {sizes} differ from the official "
-                    f"{FULL_SIZES[self.protocol]} although setid.mat lists all {OFFICIAL_TOTAL} ids"
+                    f"flowers102 ({self.own_protocol}): split sizes {sizes} differ from the official "
+                    f"{FULL_SIZES[self.own_protocol]} although setid.mat lists all {OFFICIAL_TOTAL} ids"
                 )
         return splits

@@ -98,6 +98,7 @@ class HFDataset(Dataset):
 
     name = "hf"
     protocols = ("official",)
+    file_backed = False  # rows of a table, not image files a split file could name
     protocol_docs = {
         "official": "The dataset's own splits: train, validation (as val) and test, or the mapping in option splits.",
     }

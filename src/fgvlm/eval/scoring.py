@@ -45,8 +45,9 @@ class TaskScorer:
         """The task's options with its defaults filled in."""
         self.seed = seed
         self.score = score
-        self.strict = get_matcher(self.names, lenient=False)
-        self.lenient = get_matcher(self.names, dataset.aliases, lenient=True)
+        generic = dataset.ignored_head_words
+        self.strict = get_matcher(self.names, lenient=False, ignored_head_words=generic)
+        self.lenient = get_matcher(self.names, dataset.aliases, lenient=True, ignored_head_words=generic)
 
     @property
     def metric_class_names(self) -> Sequence[str] | None:

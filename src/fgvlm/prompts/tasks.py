@@ -73,9 +73,10 @@ def get_task(task: str, family: str | None = None) -> dict[str, Any]:
 
 
 def object_word(dataset: str) -> str:
-    """What ``{object}`` stands for with this dataset ("flower" for flowers102), from ``tasks.json``'s ``_objects``."""
-    objects = prompt_tasks()["_objects"]
-    return objects.get(dataset, objects["default"])
+    """What ``{object}`` stands for with this dataset ("flower" for flowers102): the dataset class's ``object_word``."""
+    from fgvlm.registry import dataset_class
+
+    return dataset_class(dataset).object_word
 
 
 def option_keys(count: int, style: str = "letters") -> list[str]:

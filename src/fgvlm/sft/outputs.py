@@ -163,7 +163,7 @@ def evaluate_classify(
         "layer": cfg.classify.layer,
         "standardize": False,
         "training": "sft-classify",
-        "dataset": {"name": dataset.name, "protocol": dataset.protocol, "options": cfg.data.options},
+        "dataset": {"name": dataset.name, **dataset.protocol_header(), "options": cfg.data.options},
         "recipe": {"objective": "classify", **to_dict(cfg.classify), "lr": cfg.train.lr, "head_lr": ctx.head_lr},
         "best_step": best["step"] if best else None,
         "best_val": best["val_accuracy"] if best else None,
@@ -192,7 +192,7 @@ def results_header(setup: Setup, model: str, seconds: float) -> dict[str, Any]:
     return {
         "kind": "sft",
         "dataset": dataset.name,
-        "protocol": dataset.protocol,
+        **dataset.protocol_header(),
         "split": setup.cfg.eval_split,
         "model": model,
         "num_classes": dataset.num_classes,

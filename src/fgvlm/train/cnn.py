@@ -349,7 +349,7 @@ def write_split_results(
     header = {
         "kind": kind,
         "dataset": dataset.name,
-        "protocol": dataset.protocol,
+        **dataset.protocol_header(),
         "split": split_name,
         "model": cfg.arch,
         "num_classes": dataset.num_classes,

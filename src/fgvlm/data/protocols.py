@@ -1,0 +1,141 @@
+"""Protocols every dataset shares: CoOp-format split files, k-shot training sets and base-to-new class subsets.
+
+These are the protocols of CoOp/CoCoOp and of the RL papers that reuse their files (Visual-RFT, CLS-RL, ReFine-RFT):
+
+* **Split files** (``coop``, ``split-file``): JSON ``{"train"|"val"|"test": [[image path relative to the image
+  folder, label, class name], ...]}`` as CoOp's authors publish them (``split_zhou_OxfordFlowers.json``, ...). The
+  class names are mapped to the dataset's own (canonical, prompt and alias names, compared after
+  ``fgvlm.text.normalize``), so the labels are always the dataset's.
+* **k-shot** (``shots``, ``shot_seed``): Dassl's ``generate_fewshot_dataset`` as CoOp calls it. One
+  ``random.Random(shot_seed)`` draws the train split first, then the validation split; items are grouped by label
+  in order of first appearance, and each group gives ``rng.sample(items, k)`` (all its items when it has fewer).
+  Train gets ``k`` per class, val ``min(k, 4)``; the test split is never sampled.
+* **Base-to-new** (``classes``): Dassl's ``subsample_classes``. With ``n`` classes, ``base`` keeps the first
+  ``ceil(n / 2)`` labels in sorted order and ``new`` the rest, each relabelled from 0. The k-shot draw happens first,
+  on every class (as in CoOp), so a base run and a new run share the images they have in common with an ``all`` run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import random
+from collections.abc import Iterable
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from fgvlm.data.base import DatasetError
+
+if TYPE_CHECKING:
+    from fgvlm.data.base import Record
+
+SPLIT_FILE_PROTOCOLS = ("coop", "split-file")
+CLASS_SUBSETS = ("all", "base", "new")
+COOP_DATASETS_PAGE = "https://github.com/KaiyangZhou/CoOp/blob/main/DATASETS.md"
+"""Where CoOp's authors link their split files (a file-sharing drive, not the datasets' own servers)."""
+VAL_SHOTS_CAP = 4
+"""CoOp's validation set for k-shot runs: min(k, 4) images per class."""
+
+SplitEntries = dict[str, list[tuple[str, int, str]]]
+
+
+def read_split_file(path: Path, dataset: str) -> SplitEntries:
+    """A CoOp-format split file -> split -> [(relative path, label, class name)]; every malformed part is named."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as err:
+        raise DatasetError(f"{dataset}: cannot read split file {path}: {err}") from None
+    if not isinstance(data, dict) or not data:
+        raise DatasetError(f"{dataset}: split file {path} must hold a JSON object {{train|val|test: [...]}}")
+    unknown = sorted(set(data) - {"train", "val", "test"})
+    if unknown:
+        raise DatasetError(f"{dataset}: split file {path} has unknown split(s) {unknown}; use train, val and test")
+    out: SplitEntries = {}
+    for split in ("train", "val", "test"):
+        items = data.get(split)
+        if items is None:
+            continue
+        if not isinstance(items, list):
+            raise DatasetError(f"{dataset}: split file {path}: {split!r} must be a list of [path, label, class name]")
+        for index, item in enumerate(items):
+            valid = isinstance(item, list) and len(item) == 3 and isinstance(item[0], str)
+            if not (valid and isinstance(item[1], int) and isinstance(item[2], str)):
+                raise DatasetError(
+                    f"{dataset}: split file {path}: {split}[{index}] is {item!r}, expected [path, label, class name]"
+                )
+        out[split] = [(str(p), int(label), str(name)) for p, label, name in items]
+    return out
+
+
+def sha256_file(path: Path) -> str:
+    return "sha256:" + hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+
+
+def map_class_names(names: Iterable[str], candidates: dict[int, list[str]], dataset: str, path: Path) -> dict[str, int]:
+    """Each class name of a split file -> the dataset's label whose names (canonical, prompt, aliases) it equals
+    after normalisation. A name matching no class, or two, is an error naming it; so are two file names that land
+    on one class (the file would merge two of its classes)."""
+    from fgvlm.text import normalize
+
+    index: dict[str, set[int]] = {}
+    for label, forms in candidates.items():
+        for form in forms:
+            index.setdefault(normalize(form), set()).add(label)
+    mapping: dict[str, int] = {}
+    for name in sorted(set(names)):
+        labels = index.get(normalize(name), set())
+        if len(labels) != 1:
+            found = "no class" if not labels else f"{len(labels)} classes ({sorted(labels)})"
+            raise DatasetError(f"{dataset}: class name {name!r} in split file {path} maps to {found} of {dataset}")
+        mapping[name] = next(iter(labels))
+    owners: dict[int, str] = {}
+    for name, label in mapping.items():
+        if label in owners:
+            raise DatasetError(
+                f"{dataset}: class names {owners[label]!r} and {name!r} in split file {path} both map to label {label}"
+            )
+        owners[label] = name
+    return mapping
+
+
+def sample_per_class(records: list[Record], shots: int, rng: random.Random) -> list[Record]:
+    """Dassl's draw: records grouped by label in order of first appearance, ``rng.sample`` of each group."""
+    groups: dict[int, list[Record]] = {}
+    for record in records:
+        groups.setdefault(record.label, []).append(record)
+    chosen: list[Record] = []
+    for items in groups.values():
+        chosen.extend(rng.sample(items, shots) if len(items) >= shots else items)
+    return chosen
+
+
+def select_shots(splits: dict[str, list[Record]], shots: int, seed: int) -> dict[str, list[Record]]:
+    """The k-shot train and val splits (one generator: train drawn first, then val); other splits unchanged."""
+    rng = random.Random(seed)
+    out = dict(splits)
+    for split, k in (("train", shots), ("val", min(shots, VAL_SHOTS_CAP))):
+        if split in splits:
+            out[split] = sample_per_class(splits[split], k, rng)
+    return out
+
+
+def class_subset(num_classes: int, classes: str) -> list[int] | None:
+    """The original labels a subset keeps (None for all): base = the first ceil(n/2), new = the rest."""
+    if classes not in CLASS_SUBSETS:
+        raise DatasetError(f"classes must be one of {', '.join(CLASS_SUBSETS)}, got {classes!r}")
+    if classes == "all":
+        return None
+    middle = math.ceil(num_classes / 2)
+    return list(range(middle)) if classes == "base" else list(range(middle, num_classes))
+
+
+def keep_classes(splits: dict[str, list[Record]], kept: list[int]) -> dict[str, list[Record]]:
+    """Only the records of ``kept`` labels, relabelled to their position in ``kept``."""
+    from dataclasses import replace
+
+    new_label = {label: position for position, label in enumerate(kept)}
+    return {
+        split: [replace(r, label=new_label[r.label]) for r in records if r.label in new_label]
+        for split, records in splits.items()
+    }
