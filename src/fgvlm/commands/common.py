@@ -19,6 +19,24 @@ RESUME_HELP = (
 )
 
 
+PROTOCOL_HELP = (
+    "Split protocol: the dataset's own (flowers102: official, trainval, swapped), coop (CoOp's split file in the "
+    "data root) or split-file (with --split-file)."
+)
+
+
+def protocol_option(default: str | None = None) -> Any:
+    return typer.Option(default, help=PROTOCOL_HELP)
+
+
+def split_file_option() -> Any:
+    return typer.Option(
+        None,
+        "--split-file",
+        help="CoOp-format split file of --protocol split-file ({train|val|test: [[path, label, class name], ...]}).",
+    )
+
+
 def out_option(help_text: str, required: bool = True) -> Any:
     return typer.Option(... if required else None, "--out", "-o", help=help_text)
 

@@ -7,7 +7,15 @@ from pathlib import Path
 
 import typer
 
-from fgvlm.commands.common import config_option, limit_option, out_option, resume_option, set_option
+from fgvlm.commands.common import (
+    config_option,
+    limit_option,
+    out_option,
+    protocol_option,
+    resume_option,
+    set_option,
+    split_file_option,
+)
 
 
 class Method(str, Enum):
@@ -25,7 +33,8 @@ def command(
     model: str = typer.Option(None, "--model", "-m", help="Registry name (`fgvlm list models`), hub id or folder."),
     dataset: str = typer.Option(None, "--dataset", "-d", help="Registry name (`fgvlm list datasets`)."),
     root: str = typer.Option(None, help="Folder holding the data (default: the dataset's own)."),
-    protocol: str = typer.Option(None, help="Split protocol (flowers102: official, trainval, swapped)."),
+    protocol: str = protocol_option(),
+    split_file: str = split_file_option(),
     task: str = typer.Option(
         None, help="open-qa, closed-qa, closed-negative-qa or open-qa-mixcut (mixed images) [default: open-qa]."
     ),
@@ -70,6 +79,7 @@ def command(
         "data.dataset": dataset,
         "data.root": root,
         "data.protocol": protocol,
+        "data.split_file": split_file,
         "task": task,
         "mix": parse_mix(mix) if mix else None,
         "method": method.value if method else None,

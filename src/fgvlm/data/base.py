@@ -126,6 +126,10 @@ class Dataset:
     coop_sizes: dict[str, int] | None = None
     """The CoOp split's published train/val/test sizes, asserted when a complete file is read."""
     download_help: str = "fgvlm cannot download it; place its files under --root in the layout the docs describe."
+    downloadable: bool = False
+    """``download`` fetches the files (else it raises ``download_help``)."""
+    files_from: str = "local files"
+    """Where the data comes from when fgvlm does not download it (``fgvlm list datasets``)."""
 
     def __init__(self, root: str | Path | None = None, protocol: str = "official", on_bad_image: str = "error"):
         available = self.available_protocols()

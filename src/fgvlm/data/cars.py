@@ -28,6 +28,7 @@ class StanfordCars(TorchvisionDataset):
     tv_class = "StanfordCars"
     folder = "stanford_cars"
     images = ""
+    downloadable = False
     layout = (
         "stanford_cars/{cars_train/, cars_test/, devkit/cars_meta.mat, devkit/cars_train_annos.mat, "
         "cars_test_annos_withlabels.mat}"
@@ -48,10 +49,6 @@ class StanfordCars(TorchvisionDataset):
     @classmethod
     def download_hint(cls) -> str:
         return "The official download URL is dead: place the files there yourself."
-
-    @classmethod
-    def download(cls, root=None, base_url: str | None = None, *, progress: bool = True) -> dict:
-        return super(TorchvisionDataset, cls).download(root, base_url, progress=progress)
 
     def samples(self, tv: Any) -> list[tuple[Path, int]]:
         return [(Path(path), int(label)) for path, label in tv._samples]

@@ -45,6 +45,7 @@ class Flowers102(Dataset):
     name = "flowers102"
     protocols = tuple(PROTOCOLS)
     object_word = "flower"
+    downloadable = True
     coop_split_file = "split_zhou_OxfordFlowers.json"
     coop_sizes = {"train": 4093, "val": 1633, "test": 2463}
     protocol_docs = {

@@ -162,6 +162,7 @@ class SynthFlowers(Dataset):
     protocols = ("official",)
     object_word = "flower"
     offline = True
+    files_from = "drawn, no files"
     file_backed = False
     protocol_docs = {
         "official": "Generated train/val/test splits (default 24/8/8 images per class), drawn from (seed, split, "

@@ -31,6 +31,7 @@ class TorchvisionDataset(Dataset):
     """Own protocol -> our split -> keyword arguments of the torchvision class (``split=...``)."""
     layout: str = ""
     """The official layout in one line, for errors."""
+    downloadable = True
     extract_into: str = ""
     """Where torchvision extracts the downloaded archives, under its root ('' = the root itself)."""
 
@@ -63,6 +64,8 @@ class TorchvisionDataset(Dataset):
         """The archives torchvision's tables name, md5-checked where published, extracted safely under ``root``."""
         from fgvlm.data.download import download_archives
 
+        if not cls.downloadable:
+            raise DatasetError(f"{cls.name}: {cls.download_help}")
         target = Path(root if root is not None else DEFAULT_ROOT).expanduser() / cls.extract_into
         return download_archives(target, torchvision_archives(cls.tv_class), base_url, progress=progress)
 
