@@ -108,6 +108,8 @@ def _load(cfg: SFTConfig, run: RunDir) -> Setup:
     if cfg.train.num_threads is not None:
         torch.set_num_threads(cfg.train.num_threads)
     dataset = create_dataset(cfg.data)
+    if int(os.environ.get("RANK", "0")) == 0:  # the data it trains on, up front: a resume on other data is refused
+        run.write_meta(command="sft", seed=cfg.train.seed, dataset=dataset.describe())
     model, processor, info = load_model(cfg.model)
     family = info["family"]
     apply_prompt_format(processor, family, cfg.prompt_format)
