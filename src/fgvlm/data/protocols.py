@@ -74,8 +74,8 @@ def sha256_file(path: Path) -> str:
 
 def map_class_names(names: Iterable[str], candidates: dict[int, list[str]], dataset: str, path: Path) -> dict[str, int]:
     """Each class name of a split file -> the dataset's label whose names (canonical, prompt, aliases) it equals
-    after normalisation. A name matching no class, or two, is an error naming it; so are two file names that land
-    on one class (the file would merge two of its classes)."""
+    after normalisation. A name matching no class, or two, is an error naming it; so are two different names that
+    land on one class (the file would merge two of its classes)."""
     from fgvlm.text import normalize
 
     index: dict[str, set[int]] = {}
@@ -91,7 +91,7 @@ def map_class_names(names: Iterable[str], candidates: dict[int, list[str]], data
         mapping[name] = next(iter(labels))
     owners: dict[int, str] = {}
     for name, label in mapping.items():
-        if label in owners:
+        if label in owners and normalize(owners[label]) != normalize(name):
             raise DatasetError(
                 f"{dataset}: class names {owners[label]!r} and {name!r} in split file {path} both map to label {label}"
             )
