@@ -220,3 +220,33 @@ def test_eval_refuses_to_resume_when_the_split_file_changed(coop_root, tmp_path)
     write_coop_file(path, {**splits, "train": splits["train"][1:]})  # same config, other file content
     with pytest.raises(RunConflictError, match=r"run on other data .*selected_ids, split_file_sha256 differ"):
         evaluate(cfg, tmp_path / "run")
+
+
+def test_report_groups_by_protocol_pairs_base_and_new_and_compares_only_like_with_like(tmp_path):
+    """Heads (on the deterministic dummy backbone) on all, base and new classes of a 2-shot synthflowers protocol."""
+    from typer.testing import CliRunner
+
+    from fgvlm.commands.head import app
+    from fgvlm.report.export import task_name
+    from fgvlm.report.protocols import harmonic_mean
+    from fgvlm.report.rundirs import load_runs
+    from fgvlm.report.tables import collect_rows, write_results_table
+
+    common = ["train", "--model", "dummy", "--dataset", "synthflowers", "--steps", "40"]
+    common += ["--set", "data.options={num_classes: 4, images_per_class: [6, 3, 3], image_size: 32}"]
+    common += ["--set", f"cache_dir={tmp_path / 'cache'}", "--set", "eval_every=20", "--set", "data.shots=2"]
+    for run_id, extra in {"all": [], "all-other": ["--set", "lr=0.01"], "base": ["--set", "data.classes=base"],
+                          "new": ["--set", "data.classes=new"]}.items():  # fmt: skip
+        result = CliRunner().invoke(app, [*common, *extra, "--out", str(tmp_path / "runs" / run_id)])
+        assert result.exit_code == 0, result.output
+    rows = {row.run_id: row for row in collect_rows([tmp_path / "runs"], reference="all")}
+    assert (rows["base"].shots, rows["base"].shot_seed, rows["base"].classes) == (2, 1, "base")
+    assert rows["all-other"].delta_n == 12 and rows["base"].delta is None and rows["new"].delta is None
+    _, md = write_results_table(list(rows.values()), tmp_path / "table")
+    text = md.read_text()
+    assert "### synthflowers · official, 2-shot (seed 1)\n" in text and "2-shot (seed 1), base classes\n" in text
+    b, n = rows["base"].accuracy, rows["new"].accuracy
+    assert f"| {100 * b:.1f} | {100 * n:.1f} | {100 * harmonic_mean(b, n):.1f} | base / new |" in text
+    assert harmonic_mean(0.8, 0.4) == pytest.approx(2 * 0.8 * 0.4 / 1.2) and harmonic_mean(0.0, 0.0) == 0.0
+    base = next(run for run in load_runs([tmp_path / "runs"]) if run.run_id == "base")
+    assert task_name(base) == "fgvlm_synthflowers_official_2shot_seed1_base_test_head"
