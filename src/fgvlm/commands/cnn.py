@@ -60,6 +60,8 @@ def train(
 
       fgvlm cnn train --config configs/cnn/resnet50-flowers102.yaml --root data/flowers102 --out runs/r50
 
+      fgvlm cnn train --arch resnet50 --dataset oxford-pets --root DATA --protocol coop --set data.shots=16 -o runs/p16
+
       fgvlm cnn train --arch resnet50 --dataset flowers102 --protocol swapped --pretrained hub --mixup --cutmix
       --out runs/r50-mix
 

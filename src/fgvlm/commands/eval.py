@@ -64,6 +64,9 @@ def command(
       --set task_options.distractors=hard --out runs/closed5
 
       torchrun --standalone --nproc_per_node 2 -m fgvlm eval --model tiny-qwen3-vl --dataset flowers102 --out runs/dp
+
+      fgvlm eval --model qwen3-vl-4b -d flowers102 --root DATA/flowers102 --protocol coop --set data.classes=new
+      --mode rank --out runs/coop-new
     """
     from fgvlm.commands.common import require_model
     from fgvlm.config import given_keys, resolve_config

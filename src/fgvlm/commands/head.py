@@ -58,6 +58,9 @@ def train(
 
       fgvlm head train --model runs/sft/model --dataset flowers102 --protocol swapped --out runs/sft-head
 
+      fgvlm head train --model tiny-qwen3-vl --dataset synthflowers --set data.shots=4 --set data.classes=base
+      --out runs/head-4shot-base
+
       torchrun --standalone --nproc_per_node 2 -m fgvlm head train -c configs/heads/synthflowers-tiny.yaml -o r
     """
     from fgvlm.commands.common import require_model

@@ -64,6 +64,9 @@ def command(
 
       fgvlm sft --model qwen3-vl-4b --dataset flowers102 --objective classify --method lora -o runs/sft-cls
 
+      fgvlm sft --model qwen3-vl-4b -d flowers102 --root DATA/flowers102 --protocol coop --set data.shots=4
+      --set data.shot_seed=1 -o runs/sft-coop-4shot
+
     Then: fgvlm eval --model RUN/model ...; fgvlm head train --model RUN/model ...; (classify) fgvlm predict
     --model RUN/model --head RUN img.jpg, fgvlm head eval --run RUN/head.
     """
