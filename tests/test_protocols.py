@@ -53,6 +53,8 @@ def test_subset_relabels_and_draws_the_original_class():
     described = new.describe()
     assert described["classes"] == "new" and described["class_labels"] == [3, 4, 5] and described["num_classes"] == 3
     assert "classes" in dataset_identity(new) and "classes" not in dataset_identity(full)  # old cache keys hold
+    shots = create_dataset(dataset="synthflowers", shots=2, options={"num_classes": 6, "images_per_class": [4, 2, 2]})
+    assert dataset_identity(shots) == dataset_identity(full)  # the draw picks ids: the test split's cache is shared
 
 
 def write_flowers_coop(root: Path, path: Path, rename: dict[str, str] | None = None) -> dict[str, list]:

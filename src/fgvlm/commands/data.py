@@ -118,7 +118,7 @@ def print_info(ds, sizes: dict[str, int], per_class: dict[str, dict]) -> None:
     console = Console()
     console.print(table)
     console.print(counts)
-    console.print(f"root: {ds.root}\n{ds.protocol_docs.get(ds.protocol, '')}")
+    console.print(f"root: {ds.root}\n{ds.protocol_description()}")
 
 
 @app.command()

@@ -322,6 +322,11 @@ class Dataset:
             counts = {"min": min(per), "median": statistics.median(per), "max": max(per)}
         return counts
 
+    def protocol_description(self) -> str:
+        """The chosen protocol in a sentence: the dataset's own words, else the shared protocol's."""
+        shared = {"split-file": f"The CoOp-format split file {self.split_file} laid over the dataset's own images."}
+        return self.protocol_docs.get(self.protocol) or shared.get(self.protocol, "")
+
     def protocol_header(self) -> dict[str, Any]:
         """The protocol entries of every results header: protocol, shots, shot seed and class subset."""
         return {"protocol": self.protocol, "shots": self.shots, "shot_seed": self.shot_seed, "classes": self.classes}
@@ -344,7 +349,7 @@ class Dataset:
         out = {
             "dataset": self.name,
             "protocol": self.protocol,
-            "protocol_description": self.protocol_docs.get(self.protocol, ""),
+            "protocol_description": self.protocol_description(),
             "root": str(self.root) if self.root else None,
             "num_classes": self.num_classes,
             "splits": self.split_sizes(),
@@ -372,10 +377,11 @@ class Dataset:
         return out
 
 
-NOT_IDENTITY = ("splits", "skipped", "skipped_images", "selected_ids")
-"""``Dataset.describe()`` entries that are counts or lists derived from the records, not what the pixels come from
-(cache keys hold each split's ids on their own)."""
-DEFAULT_SELECTION = {"shots": None, "shot_seed": None, "classes": "all"}
+NOT_IDENTITY = ("splits", "skipped", "skipped_images", "shots", "shot_seed", "selected_ids")
+"""``Dataset.describe()`` entries that are counts or lists derived from the records, not what the pixels and labels
+come from: the k-shot draw only picks ids, and cache keys hold each split's ids on their own (so a 4-shot run and a
+full run share the test split's cached features)."""
+DEFAULT_SELECTION = {"classes": "all"}
 """Protocol choices left out of an identity at their defaults, so cache keys written before they existed still hold."""
 
 
