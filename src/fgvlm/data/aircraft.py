@@ -27,7 +27,6 @@ class FGVCAircraft(TorchvisionDataset):
         "coop": OFFICIAL,
         "trainval": {"train": {"split": "trainval"}, "test": {"split": "test"}},
     }
-    coop_sizes = {"train": 3334, "val": 3333, "test": 3333}
     protocol_docs = {
         "official": "The official train / val / test (3,334 / 3,333 / 3,333).",
         "trainval": "train = the official trainval (6,667), test = test; no validation split.",
