@@ -232,7 +232,7 @@ def run_mode(mode: str, model: Any, processor: Any, args: argparse.Namespace, co
     import torch
 
     from fgvlm.sft.collator import SFTCollator
-    from fgvlm.sft.run import RecordList
+    from fgvlm.sft.setup import RecordList
 
     records = instruction_records(args.batch_size * (args.warmup + args.steps), tuple(args.image_size))
     collator = SFTCollator(processor, "qwen3-vl", packing_model=model if mode == "packed" else None)

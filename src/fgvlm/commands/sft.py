@@ -16,6 +16,7 @@ from fgvlm.commands.common import (
     set_option,
     split_file_option,
 )
+from fgvlm.sft.objectives import objective_names
 
 
 class Method(str, Enum):
@@ -23,9 +24,8 @@ class Method(str, Enum):
     full = "full"
 
 
-class Objective(str, Enum):
-    generate = "generate"
-    classify = "classify"
+Objective = Enum("Objective", {name: name for name in objective_names()}, type=str)
+"""The objectives of ``fgvlm.sft.objectives.OBJECTIVES`` (the table is the one list)."""
 
 
 def command(
@@ -36,12 +36,16 @@ def command(
     protocol: str = protocol_option(),
     split_file: str = split_file_option(),
     task: str = typer.Option(
-        None, help="open-qa, closed-qa, closed-negative-qa or open-qa-mixcut (mixed images) [default: open-qa]."
+        None,
+        help="open-qa, closed-qa, closed-negative-qa; add -mixcut for MixUp/CutMix images (open-qa-mixcut) "
+        "[default: open-qa].",
     ),
     mix: str = typer.Option(None, help="Task mixture instead of one task, e.g. open-qa=0.5,closed-qa=0.5."),
     method: Method = typer.Option(None, help="lora (adapters on the language model) or full [default: full]."),
     objective: Objective = typer.Option(
-        None, help="generate (loss on the answer tokens) or classify (linear head + cross-entropy) [default: generate]."
+        None,
+        help="generate (loss on the answer tokens), classify (linear head + cross-entropy) or rank (listwise "
+        "softmax over the class-name scores of rank evaluation) [default: generate].",
     ),
     max_steps: int = typer.Option(None, "--max-steps", help="Optimizer steps [default: 4000]."),
     lr: float = typer.Option(None, help="Peak learning rate [default: 2e-5]."),
@@ -63,6 +67,8 @@ def command(
       fgvlm sft --model qwen3-vl-4b --dataset flowers102 --task open-qa-mixcut --set mixcut.loss=dominant -o runs/mix
 
       fgvlm sft --model qwen3-vl-4b --dataset flowers102 --objective classify --method lora -o runs/sft-cls
+
+      fgvlm sft --model qwen3-vl-4b --dataset flowers102 --objective rank --set rank.negatives=31 -o runs/sft-rank
 
       fgvlm sft --model qwen3-vl-4b -d flowers102 --root DATA/flowers102 --protocol coop --set data.shots=4
       --set data.shot_seed=1 -o runs/sft-coop-4shot

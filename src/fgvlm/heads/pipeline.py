@@ -221,7 +221,7 @@ def _header(ctx: HeadContext, kind: str, split: str, model: str, num_classes: in
 def _train_and_write(ctx: HeadContext, run: RunDir, spec: FeatureSpec, sources: dict) -> dict[str, Any]:
     """Train the head, then write predictions + metrics, the head, meta.json (``done.json`` comes after)."""
     from fgvlm.heads.config import HeadRecipe
-    from fgvlm.heads.model import save_head
+    from fgvlm.heads.model import head_info, save_head
     from fgvlm.heads.outputs import write_evaluation
     from fgvlm.heads.training import train_head
 
@@ -251,23 +251,22 @@ def _train_and_write(ctx: HeadContext, run: RunDir, spec: FeatureSpec, sources: 
     metrics = write_evaluation(
         run.path, header, result.head, eval_features, labels, eval_ids, dataset.class_names, extra
     )
-    info = {
-        "class_names": dataset.class_names,
-        "prompt_names": dataset.prompt_names,
-        "backbone": {**model_source(cfg.model), **ctx.backend.describe()},
-        "backbone_signature": backbone_signature(ctx.backend, cfg.model),
-        "model_config": to_dict(cfg.model),
-        "prompt": cfg.prompt,
-        "pooling": spec.pooling,
-        "layer": spec.layer,
-        "standardize": cfg.standardize,
-        "training": extra["training"],
-        "dataset": {"name": dataset.name, **dataset.protocol_header(), "options": cfg.data.options},
-        "recipe": dataclasses.asdict(recipe),
-        "best_step": result.best_step,
-        "best_val": result.best_val,
-        "metrics": {cfg.eval_split: {k: metrics[k] for k in ("accuracy", "top5_accuracy", "macro_f1", "n")}},
-    }
+    info = head_info(
+        dataset=dataset,
+        backbone={**model_source(cfg.model), **ctx.backend.describe()},
+        signature=backbone_signature(ctx.backend, cfg.model),
+        model_config=to_dict(cfg.model),
+        prompt=cfg.prompt,
+        pooling=spec.pooling,
+        layer=spec.layer,
+        standardize=cfg.standardize,
+        training=extra["training"],
+        data_options=cfg.data.options,
+        recipe=dataclasses.asdict(recipe),
+        best=(result.best_step, result.best_val),
+        split=cfg.eval_split,
+        metrics=metrics,
+    )
     save_head(result.head, run.path, info)
     run.write_meta(
         command="head train",
