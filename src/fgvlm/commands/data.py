@@ -168,7 +168,7 @@ def download(
 def coop_split_hint(cls, root: str | None) -> str:
     """Where the dataset's CoOp split file is published and where ``--protocol coop`` looks for it."""
     from fgvlm.data.base import DatasetError
-    from fgvlm.data.splitfile import coop_file_help
+    from fgvlm.data.protocols import coop_file_help
 
     try:
         folder = cls(root=root).dataset_folder()

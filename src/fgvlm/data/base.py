@@ -12,37 +12,24 @@ import contextlib
 import dataclasses
 import statistics
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, overload
 
 from PIL import Image
 
+from fgvlm.data.protocols import (
+    SPLIT_FILE_PROTOCOLS,
+    class_subset,
+    keep_classes,
+    select_shots,
+    sha256_file,
+    split_file_path,
+    split_file_records,
+)
+from fgvlm.data.records import BadImageError, DatasetError, Record, Sample
+
 SPLITS = ("train", "val", "test")
-
-
-class BadImageError(ValueError):
-    """An image file that cannot be decoded; the message names the dataset and the file."""
-
-
-class DatasetError(ValueError):
-    """A dataset that cannot be opened as asked (missing files, wrong protocol, bad options)."""
-
-
-@dataclass(frozen=True)
-class Record:
-    """One item without its pixels: a stable id, a 0-based label and where the image comes from."""
-
-    id: str
-    label: int
-    path: Path | None = None
-
-
-@dataclass(frozen=True)
-class Sample:
-    id: str
-    label: int
-    image: Image.Image
+__all__ = ["SPLITS", "BadImageError", "Dataset", "DatasetError", "Record", "Sample", "Split", "dataset_identity"]
 
 
 def load_rgb(path: Path, dataset: str) -> Image.Image:
@@ -235,8 +222,6 @@ class Dataset:
         self, shots: int | None = None, shot_seed: int = 1, classes: str = "all", split_file: str | Path | None = None
     ) -> Dataset:
         """Apply the shared protocol choices (``create_dataset`` calls this with a checked ``DataConfig``)."""
-        from fgvlm.data.protocols import class_subset
-
         self.kept_labels = class_subset(len(self._class_names), classes)
         self.shots, self.shot_seed, self.classes = shots, shot_seed if shots is not None else None, classes
         self.split_file = Path(split_file).expanduser() if split_file is not None else None
@@ -253,12 +238,8 @@ class Dataset:
 
     def _all_records(self) -> dict[str, list[Record]]:
         if not hasattr(self, "_records"):
-            from fgvlm.data.protocols import SPLIT_FILE_PROTOCOLS, keep_classes, select_shots
-
             with self.every_class():
                 if self.protocol in SPLIT_FILE_PROTOCOLS and self.protocol not in self.protocols:
-                    from fgvlm.data.splitfile import split_file_records
-
                     records = split_file_records(self)
                 else:
                     records = self.list_records()
@@ -366,13 +347,9 @@ class Dataset:
             records = self._all_records()
             out["selected_ids"] = {s: [r.id for r in records[s]] for s in ("train", "val") if s in records}
         if self.protocol in ("coop", "split-file") and self.protocol not in self.protocols:
-            from fgvlm.data.splitfile import split_file_path
-
             path = split_file_path(self)
             out["split_file"] = str(path)
             if path.is_file():
-                from fgvlm.data.protocols import sha256_file
-
                 out["split_file_sha256"] = sha256_file(path)
         return out
 

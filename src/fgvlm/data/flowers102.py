@@ -6,12 +6,17 @@ full official ``setid.mat`` is present (8,189 ids), each protocol asserts its pu
 
 from __future__ import annotations
 
+import json
+import os
 from pathlib import Path
+from typing import Any
 
 from fgvlm.data.base import Dataset, DatasetError, Record
+from fgvlm.data.download import EXTRACTED_MARKER, download_file, safe_extract
 from fgvlm.registry import resource_json
 
 BASE_URL = "https://www.robots.ox.ac.uk/~vgg/data/flowers/102/"
+URL_ENV = "FGVLM_FLOWERS102_URL"
 # The three official files and their official md5 sums (the same as torchvision's table).
 FILES = {
     "102flowers.tgz": "52808999861908f626f3c1f4e79d11fa",
@@ -78,8 +83,6 @@ class Flowers102(Dataset):
     @classmethod
     def download(cls, root=None, base_url: str | None = None, *, progress: bool = True) -> dict:
         """The three official files from Oxford (or ``base_url``), md5-checked and safely extracted."""
-        from fgvlm.data.download import download_flowers102
-
         return download_flowers102(root, base_url, progress=progress)
 
     @property
@@ -125,3 +128,52 @@ class Flowers102(Dataset):
                     f"{FULL_SIZES[self.own_protocol]} although setid.mat lists all {OFFICIAL_TOTAL} ids"
                 )
         return splits
+
+
+# -- download: the three official files, md5-checked, extracted safely, once ----------------------------------
+def resolve_base_url(base_url: str | None) -> str:
+    """The argument, else ``$FGVLM_FLOWERS102_URL``, else the official Oxford URL; always ends with '/'."""
+    url = base_url or os.environ.get(URL_ENV) or BASE_URL
+    return url if url.endswith("/") else url + "/"
+
+
+def _extraction_complete(root: Path, archive_md5: str) -> bool:
+    """True when the marker says this archive (by md5) was fully extracted and every file it listed is still there."""
+    marker = root / "jpg" / EXTRACTED_MARKER
+    try:
+        info = json.loads(marker.read_text())
+    except (OSError, ValueError):
+        return False
+    return info.get("md5") == archive_md5 and all((root / name).is_file() for name in info.get("files", []))
+
+
+def download_flowers102(
+    root: str | Path | None = None,
+    base_url: str | None = None,
+    *,
+    files: dict[str, str] | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Fetch Oxford Flowers102 into ``root`` in its official layout (jpg/, imagelabels.mat, setid.mat).
+
+    ``files`` maps file name -> md5 (default: the official table in ``fgvlm.data.flowers102.FILES``; tests pass
+    their own). Idempotent: files whose md5 matches are not fetched, and the image archive is neither fetched nor
+    extracted again once a marker in ``jpg/`` records a complete extraction. Returns what was done.
+    """
+    root = Path(root).expanduser() if root is not None else default_root()
+    files = dict(files or FILES)
+    url = resolve_base_url(base_url)
+    archive_name = "102flowers.tgz"
+    summary: dict[str, Any] = {"root": str(root), "base_url": url, "downloaded": [], "skipped": [], "extracted": False}
+    for name, md5 in files.items():
+        if name == archive_name and _extraction_complete(root, md5):
+            summary["skipped"].append(name)
+            continue
+        fetched = download_file(url + name, root / name, md5, progress=progress)
+        summary["downloaded" if fetched else "skipped"].append(name)
+        if name == archive_name:
+            extracted = safe_extract(root / name, root, progress=progress)
+            marker = {"archive": name, "md5": md5, "files": sorted(extracted)}
+            (root / "jpg" / EXTRACTED_MARKER).write_text(json.dumps(marker))
+            summary["extracted"] = True
+    return summary

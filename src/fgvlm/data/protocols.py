@@ -13,6 +13,12 @@ These are the protocols of CoOp/CoCoOp and of the RL papers that reuse their fil
 * **Base-to-new** (``classes``): Dassl's ``subsample_classes``. With ``n`` classes, ``base`` keeps the first
   ``ceil(n / 2)`` labels in sorted order and ``new`` the rest, each relabelled from 0. The k-shot draw happens first,
   on every class (as in CoOp), so a base run and a new run share the images they have in common with an ``all`` run.
+
+``split_file_records`` lays a split file over a dataset's images: every path must be one of the dataset's images (its
+own listing, relative to ``image_folder()``) and every class name one of its classes; the image's label in the
+dataset must agree with the class the file names. Records keep the dataset's ids, so a CoOp run and an official run
+of the same image share ids (and feature caches). A complete CoOp file (as many images as published) must have the
+published split sizes. ``Dataset`` (``fgvlm.data.base``) calls these functions; they take it as ``dataset``.
 """
 
 from __future__ import annotations
@@ -23,12 +29,9 @@ import math
 import random
 from collections.abc import Iterable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Any
 
-from fgvlm.data.base import DatasetError
-
-if TYPE_CHECKING:
-    from fgvlm.data.base import Record
+from fgvlm.data.records import DatasetError, Record
 
 SPLIT_FILE_PROTOCOLS = ("coop", "split-file")
 CLASS_SUBSETS = ("all", "base", "new")
@@ -139,3 +142,83 @@ def keep_classes(splits: dict[str, list[Record]], kept: list[int]) -> dict[str, 
         split: [replace(r, label=new_label[r.label]) for r in records if r.label in new_label]
         for split, records in splits.items()
     }
+
+
+# -- split files laid over a dataset's images ---------------------------------------------------------------------
+def split_file_path(dataset: Any) -> Path:
+    """``--split-file`` for protocol split-file; CoOp's file in the dataset's folder for protocol coop."""
+    if dataset.protocol == "split-file":
+        if dataset.split_file is None:
+            raise DatasetError(f"{dataset.name}: protocol split-file needs --split-file PATH (data.split_file)")
+        return dataset.split_file
+    return dataset.dataset_folder() / str(dataset.coop_split_file)
+
+
+def coop_file_help(dataset: Any, folder: Path | str) -> str:
+    """Where CoOp's split file is published and where fgvlm looks for it."""
+    return (
+        f"CoOp's split file {dataset.coop_split_file} is not on the dataset's own server: download it from the "
+        f"links in CoOp's DATASETS.md ({COOP_DATASETS_PAGE}) and put it at "
+        f"{Path(folder) / str(dataset.coop_split_file)}"
+    )
+
+
+def _pool(dataset: Any) -> dict[str, Record]:
+    """Every image the dataset lists (any split of its own protocol), by path relative to its image folder."""
+    folder = dataset.image_folder()
+    pool: dict[str, Record] = {}
+    for records in dataset.list_records().values():
+        for record in records:
+            if record.path is not None:
+                pool.setdefault(record.path.relative_to(folder).as_posix(), record)
+    return pool
+
+
+def _candidates(dataset: Any) -> dict[int, list[str]]:
+    names, shown, aliases = dataset.class_names, dataset.prompt_names, dataset.aliases
+    return {label: [names[label], shown[label], *aliases.get(label, [])] for label in range(len(names))}
+
+
+def split_file_records(dataset: Any) -> dict[str, list[Record]]:
+    """The splits a split file lays over the dataset's images (called with every class shown)."""
+    path = split_file_path(dataset)
+    if not path.is_file():
+        if dataset.protocol == "coop":
+            raise DatasetError(f"{dataset.name}: {path} not found. {coop_file_help(dataset, path.parent)}")
+        raise DatasetError(f"{dataset.name}: split file {path} not found (--split-file / data.split_file)")
+    entries = read_split_file(path, dataset.name)
+    label_of = map_class_names(
+        (name for items in entries.values() for _, _, name in items), _candidates(dataset), dataset.name, path
+    )
+    pool = _pool(dataset)
+    splits: dict[str, list[Record]] = {}
+    for split, items in entries.items():
+        splits[split] = []
+        for rel, _, name in items:
+            record = pool.get(Path(rel).as_posix())
+            if record is None:
+                raise DatasetError(
+                    f"{dataset.name}: split file {path} lists {rel!r} ({split}), which is not an image of "
+                    f"{dataset.name} under {dataset.image_folder()}"
+                )
+            if record.label != label_of[name]:
+                raise DatasetError(
+                    f"{dataset.name}: split file {path} labels {rel!r} {name!r}, but {dataset.name} labels it "
+                    f"{dataset.class_names[record.label]!r}"
+                )
+            splits[split].append(record)
+    check_published_sizes(dataset, splits, path)
+    return splits
+
+
+def check_published_sizes(dataset: Any, splits: dict[str, list[Record]], path: Path) -> None:
+    """A complete CoOp file (as many images as published in all) must have the published sizes per split."""
+    published = dataset.coop_sizes
+    if dataset.protocol != "coop" or not published:
+        return
+    sizes = {split: len(records) for split, records in splits.items()}
+    if sum(sizes.values()) == sum(published.values()) and sizes != published:
+        raise DatasetError(
+            f"{dataset.name} (coop): {path} has split sizes {sizes}, not CoOp's published {published}, although it "
+            f"lists as many images ({sum(published.values())})"
+        )

@@ -14,7 +14,9 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from fgvlm.report.rundirs import RunInfo
-    from fgvlm.report.tables import ResultRow
+
+ResultRow = Any
+"""``fgvlm.report.tables.ResultRow`` (which imports this module, so it is not imported back)."""
 
 
 def protocol_fields(run: RunInfo) -> dict[str, Any]:
