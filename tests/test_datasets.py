@@ -61,6 +61,7 @@ def test_loads_from_its_real_layout(trees, name):
         and ds.head_prompt == f"What is the name of the {ds.object_word} in this image?"
     )
     assert not ds.offline and dataset_class(name).downloadable == (name not in ("stanford-cars", "cub200"))
+    assert ds.citation.startswith("@") and ds.citation.rstrip().endswith("}")
 
 
 @pytest.mark.parametrize("name", sorted(FIXTURES))

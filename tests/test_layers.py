@@ -23,7 +23,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("train",),
     ("heads",),
     ("kinds",),
-    ("sft", "study", "report"),
+    ("sft", "study", "report", "publish"),
     ("commands", "cli", "__main__", "__init__"),
 )
 """Bottom first. The key of a module is its first name below ``fgvlm`` (``fgvlm.data.base`` -> ``data``);

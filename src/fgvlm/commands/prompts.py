@@ -56,7 +56,9 @@ def build(
 
     Each image gets one task (with --mix, the weights' exact shares); open-qa-mixcut mixes each image with one of
     another class (MixUp or CutMix), writes the mixed image, answers with the first class's name and records
-    lambda, the box, the pair and the second answer under each entry's "meta".
+    lambda, the box, the pair and the second answer under each entry's "meta". Beside OUT, OUT's stem + .build.json
+    records how it was built (dataset, protocol, citation, tasks, seed, MixUp/CutMix settings: `fgvlm publish
+    --dataset` reads it).
 
     Examples:
 
@@ -72,6 +74,7 @@ def build(
     """
     from fgvlm.config import ConfigError
     from fgvlm.data import create_dataset
+    from fgvlm.prompts.build_record import BuildSettings, write_build_record
     from fgvlm.prompts.instructions import build_instructions, check_tasks, export_instructions, parse_mix
     from fgvlm.prompts.mixcut import MixCutOptions
 
@@ -100,6 +103,10 @@ def build(
             progress=advance,
         )
     export_instructions(records, fmt.value, out)
+    settings = BuildSettings(
+        data, split, tasks, seed, fmt.value, family, _task_options(task_option), mixcut, limit, _options(data_option)
+    )
+    write_build_record(out, records, settings)
     counts = ", ".join(f"{name} {n}" for name, n in sorted(Counter(r.task for r in records).items()))
     typer.echo(f"wrote {len(records)} conversations ({counts}) to {out}")
 

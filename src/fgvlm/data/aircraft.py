@@ -27,6 +27,14 @@ class FGVCAircraft(TorchvisionDataset):
         "coop": OFFICIAL,
         "trainval": {"train": {"split": "trainval"}, "test": {"split": "test"}},
     }
+    citation = (
+        "@article{maji2013fine,\n"
+        "  title = {Fine-Grained Visual Classification of Aircraft},\n"
+        "  author = {Maji, Subhransu and Rahtu, Esa and Kannala, Juho and Blaschko, Matthew and Vedaldi, Andrea},\n"
+        "  journal = {arXiv preprint arXiv:1306.5151},\n"
+        "  year = {2013}\n"
+        "}"
+    )
     protocol_docs = {
         "official": "The official train / val / test (3,334 / 3,333 / 3,333).",
         "trainval": "train = the official trainval (6,667), test = test; no validation split.",

@@ -117,6 +117,8 @@ class Dataset:
     """``download`` fetches the files (else it raises ``download_help``)."""
     files_from: str = "local files"
     """Where the data comes from when fgvlm does not download it (``fgvlm list datasets``)."""
+    citation: str = ""
+    """BibTeX of the dataset's paper (the cards of published models and instruction data cite it); "" if none."""
 
     def __init__(self, root: str | Path | None = None, protocol: str = "official", on_bad_image: str = "error"):
         available = self.available_protocols()

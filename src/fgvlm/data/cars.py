@@ -36,6 +36,14 @@ class StanfordCars(TorchvisionDataset):
     protocols = ("official",)
     split_args = {"official": {"train": {"split": "train"}, "test": {"split": "test"}}}
     coop_split_file = "split_zhou_StanfordCars.json"
+    citation = (
+        "@inproceedings{krause20133d,\n"
+        "  title = {3D Object Representations for Fine-Grained Categorization},\n"
+        "  author = {Krause, Jonathan and Stark, Michael and Deng, Jia and Fei-Fei, Li},\n"
+        "  booktitle = {4th International IEEE Workshop on 3D Representation and Recognition (3dRR-13)},\n"
+        "  year = {2013}\n"
+        "}"
+    )
     coop_sizes = {"train": 6509, "val": 1635, "test": 8041}
     download_help = (
         "the official download URL is dead, so fgvlm cannot fetch it: obtain the files (cars_train/, cars_test/, "

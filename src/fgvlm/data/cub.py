@@ -41,6 +41,15 @@ class CUB200(Dataset):
     name = "cub200"
     object_word = "bird species"
     protocols = ("official",)
+    citation = (
+        "@techreport{wah2011cub,\n"
+        "  title = {The Caltech-UCSD Birds-200-2011 Dataset},\n"
+        "  author = {Wah, Catherine and Branson, Steve and Welinder, Peter and Perona, Pietro and Belongie, Serge},\n"
+        "  institution = {California Institute of Technology},\n"
+        "  number = {CNS-TR-2011-001},\n"
+        "  year = {2011}\n"
+        "}"
+    )
     protocol_docs = {"official": "The official train_test_split.txt: train (5,994) and test (5,794); no val split."}
     download_help = (
         f"fgvlm does not fetch it: download CUB_200_2011.tgz from Caltech ({PAGE}) and extract it under --root "

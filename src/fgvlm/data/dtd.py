@@ -24,6 +24,15 @@ class DTD(TorchvisionDataset):
     protocols = ("official",)
     split_args = {"official": {"train": {"split": "train"}, "val": {"split": "val"}, "test": {"split": "test"}}}
     coop_split_file = "split_zhou_DescribableTextures.json"
+    citation = (
+        "@inproceedings{cimpoi2014describing,\n"
+        "  title = {Describing Textures in the Wild},\n"
+        "  author = {Cimpoi, Mircea and Maji, Subhransu and Kokkinos, Iasonas and Mohamed, Sammy and "
+        "Vedaldi, Andrea},\n"
+        "  booktitle = {IEEE Conference on Computer Vision and Pattern Recognition (CVPR)},\n"
+        "  year = {2014}\n"
+        "}"
+    )
     coop_sizes = {"train": 2820, "val": 1128, "test": 1692}
     protocol_docs = {
         "official": "The official train / val / test of the chosen partition (1,880 each).",

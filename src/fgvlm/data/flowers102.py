@@ -61,6 +61,14 @@ class Flowers102(Dataset):
         "coop": "CoOp's split_zhou_OxfordFlowers.json (4,093 / 1,633 / 2,463), as Visual-RFT, CLS-RL and "
         "ReFine-RFT use it.",
     }
+    citation = (
+        "@inproceedings{nilsback2008automated,\n"
+        "  title = {Automated Flower Classification over a Large Number of Classes},\n"
+        "  author = {Nilsback, Maria-Elena and Zisserman, Andrew},\n"
+        "  booktitle = {Indian Conference on Computer Vision, Graphics and Image Processing (ICVGIP)},\n"
+        "  year = {2008}\n"
+        "}"
+    )
 
     def __init__(self, root=None, protocol: str = "official", on_bad_image: str = "error"):
         super().__init__(root if root is not None else default_root(), protocol, on_bad_image)

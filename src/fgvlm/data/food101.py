@@ -21,6 +21,14 @@ class Food101(TorchvisionDataset):
     protocols = ("official",)
     split_args = {"official": {"train": {"split": "train"}, "test": {"split": "test"}}}
     coop_split_file = "split_zhou_Food101.json"
+    citation = (
+        "@inproceedings{bossard2014food,\n"
+        "  title = {Food-101 -- Mining Discriminative Components with Random Forests},\n"
+        "  author = {Bossard, Lukas and Guillaumin, Matthieu and Van Gool, Luc},\n"
+        "  booktitle = {European Conference on Computer Vision (ECCV)},\n"
+        "  year = {2014}\n"
+        "}"
+    )
     coop_sizes = {"train": 50500, "val": 20200, "test": 30300}
     protocol_docs = {
         "official": "The official train (75,750) and test (25,250); no validation split.",

@@ -25,6 +25,14 @@ class OxfordPets(TorchvisionDataset):
     protocols = ("official",)
     split_args = {"official": {"train": {"split": "trainval"}, "test": {"split": "test"}}}
     coop_split_file = "split_zhou_OxfordPets.json"
+    citation = (
+        "@inproceedings{parkhi2012cats,\n"
+        "  title = {Cats and Dogs},\n"
+        "  author = {Parkhi, Omkar M. and Vedaldi, Andrea and Zisserman, Andrew and Jawahar, C. V.},\n"
+        "  booktitle = {IEEE Conference on Computer Vision and Pattern Recognition (CVPR)},\n"
+        "  year = {2012}\n"
+        "}"
+    )
     coop_sizes = {"train": 2944, "val": 736, "test": 3669}
     protocol_docs = {
         "official": "The official trainval (3,680) as train and test (3,669); no validation split.",

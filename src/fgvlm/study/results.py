@@ -20,9 +20,12 @@ COLUMNS = ("configuration", "accuracy (95% CI)", "vs reference", "published", "n
 
 
 def finished_runs(study: Study) -> list[Path]:
-    """Run directories of the study that finished (``done.json`` written last), in study order: a run that failed
-    after writing its metrics is not a result."""
-    return [run.out for run in study.runs.values() if (run.out / "done.json").is_file()]
+    """Run directories of the study that finished (``done.json`` written last) and have results, in study order: a
+    run that failed after writing its metrics is not a result, nor is a kind without results (audits, publishing)."""
+    from fgvlm.kinds import get_kind
+
+    finished = [run for run in study.runs.values() if (run.out / "done.json").is_file()]
+    return [run.out for run in finished if get_kind(run.spec.kind).results]
 
 
 def study_rows(study: Study) -> list[ResultRow]:
