@@ -267,6 +267,22 @@ def test_no_module_outside_the_family_records_compares_family_names():
     assert not problems, "family facts outside FamilyRecord (add a record field instead):\n" + "\n".join(problems)
 
 
+DATA_DIR = SRC / "data"
+
+
+def test_no_module_outside_the_dataset_classes_compares_dataset_names():
+    """Dataset facts (object word, head prompt, offline flag, download, aliases) live on the dataset class."""
+    from fgvlm.registry import DATASETS
+
+    assert family_name_uses('OFFLINE_DATASETS = ("synthflowers",)\n', set(DATASETS))  # the table it replaced
+    problems = []
+    for path in all_modules():
+        if DATA_DIR in path.parents or path == SRC / "registry.py":
+            continue
+        problems += [f"{module_name(path)}:{use}" for use in family_name_uses(path.read_text(), set(DATASETS))]
+    assert not problems, "dataset facts outside the dataset class (add a class attribute):\n" + "\n".join(problems)
+
+
 @pytest.mark.parametrize(
     "source",
     [

@@ -195,8 +195,18 @@ def test_reference_study_on_tiny_twins_dry_runs(tmp_path, flowers_mini, capsys):
         "sft-head-qwen3-vl-4b": 95.19,
     }
     with_data = [run for run in study.runs.values() if hasattr(run.config, "data")]  # publish rows have none
-    assert {run.config.data.protocol for run in with_data} == {"swapped"}
     assert {run.spec.kind for run in study.runs.values()} - {run.spec.kind for run in with_data} == {"publish"}
+    protocols = {run.id: run.config.data.protocol for run in with_data}
+    coop = {run_id for run_id, protocol in protocols.items() if protocol == "coop"}
+    assert set(protocols.values()) == {"swapped", "coop"}
+    assert coop == {
+        "coop4-zs-qwen3-vl-4b",
+        "coop4-rank-qwen3-vl-4b",
+        "coop4-sft-qwen3-vl-4b",
+        "coop4-sft-rank-qwen3-vl-4b",
+    }
+    assert study.runs["coop4-sft-rank-qwen3-vl-4b"].config.objective == "rank"
+    assert {(study.runs[i].config.data.shots, study.runs[i].config.data.shot_seed) for i in coop} == {(4, 1)}
     overrides = [f"*.data.root={flowers_mini}", "*.limit=4"]
     tiny = load_study(path, tmp_path / "out", overrides=overrides, swaps=[s.split("=", 1)[1] for s in TINY_TWINS])
     names = {getattr(run.config, "model", None) and run.config.model.name for run in tiny.runs.values()}

@@ -7,7 +7,15 @@ from pathlib import Path
 
 import typer
 
-from fgvlm.commands.common import config_option, limit_option, out_option, resume_option, set_option
+from fgvlm.commands.common import (
+    config_option,
+    limit_option,
+    out_option,
+    protocol_option,
+    resume_option,
+    set_option,
+    split_file_option,
+)
 from fgvlm.sft.objectives import objective_names
 
 
@@ -25,7 +33,8 @@ def command(
     model: str = typer.Option(None, "--model", "-m", help="Registry name (`fgvlm list models`), hub id or folder."),
     dataset: str = typer.Option(None, "--dataset", "-d", help="Registry name (`fgvlm list datasets`)."),
     root: str = typer.Option(None, help="Folder holding the data (default: the dataset's own)."),
-    protocol: str = typer.Option(None, help="Split protocol (flowers102: official, trainval, swapped)."),
+    protocol: str = protocol_option(),
+    split_file: str = split_file_option(),
     task: str = typer.Option(
         None,
         help="open-qa, closed-qa, closed-negative-qa; add -mixcut for MixUp/CutMix images (open-qa-mixcut) "
@@ -61,6 +70,9 @@ def command(
 
       fgvlm sft --model qwen3-vl-4b --dataset flowers102 --objective rank --set rank.negatives=31 -o runs/sft-rank
 
+      fgvlm sft --model qwen3-vl-4b -d flowers102 --root DATA/flowers102 --protocol coop --set data.shots=4
+      --set data.shot_seed=1 -o runs/sft-coop-4shot
+
     Then: fgvlm eval --model RUN/model ...; fgvlm head train --model RUN/model ...; (classify) fgvlm predict
     --model RUN/model --head RUN img.jpg, fgvlm head eval --run RUN/head.
     """
@@ -76,6 +88,7 @@ def command(
         "data.dataset": dataset,
         "data.root": root,
         "data.protocol": protocol,
+        "data.split_file": split_file,
         "task": task,
         "mix": parse_mix(mix) if mix else None,
         "method": method.value if method else None,

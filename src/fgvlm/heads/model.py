@@ -106,7 +106,7 @@ def head_info(
         "layer": layer,
         "standardize": standardize,
         "training": training,
-        "dataset": {"name": dataset.name, "protocol": dataset.protocol, "options": data_options},
+        "dataset": {"name": dataset.name, **dataset.protocol_header(), "options": data_options},
         "recipe": recipe,
         "best_step": best[0],
         "best_val": best[1],

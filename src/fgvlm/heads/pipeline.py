@@ -98,6 +98,8 @@ def open_context(
     if group.world_size > 1 and cfg.online:
         raise ConfigError("online: true runs the backbone inside the head's training loop; launch it as one process")
     dataset = create_dataset(cfg.data)
+    if cfg.prompt is None:  # the dataset's own question ("... flower ...", "... bird species ...")
+        cfg = dataclasses.replace(cfg, prompt=dataset.head_prompt)
     backend = backend or create_backend(cfg.model, group)
     return HeadContext(cfg, dataset, backend, FeatureCache(cfg.cache_dir), group, progress and group.is_main)
 
@@ -188,6 +190,7 @@ def train_run(
         if run is not None and run.status.state == "partial":
             say(f"{run.path}: the head is trained again from step 0 (its features come from the cache)")
         ctx = open_context(cfg, progress, backend, group)
+        cfg = ctx.cfg  # with the dataset's prompt filled in
         if cfg.sweep:
             best = sweep_best(ctx, run)
             cfg = dataclasses.replace(cfg, pooling=best["pooling"], layer=best["layer"], lr=best["lr"])
@@ -207,7 +210,7 @@ def _header(ctx: HeadContext, kind: str, split: str, model: str, num_classes: in
     return {
         "kind": kind,
         "dataset": ctx.dataset.name,
-        "protocol": ctx.dataset.protocol,
+        **ctx.dataset.protocol_header(),
         "split": split,
         "model": model,
         "num_classes": num_classes,

@@ -44,9 +44,10 @@ def task_kind(task: str) -> TaskKind:
 
 
 def object_word(dataset: str) -> str:
-    """What ``{object}`` stands for with this dataset ("flower" for flowers102), from ``tasks.json``'s ``_objects``."""
-    objects = prompt_tasks()["_objects"]
-    return objects.get(dataset, objects["default"])
+    """What ``{object}`` stands for with this dataset ("flower" for flowers102): the dataset class's ``object_word``."""
+    from fgvlm.registry import dataset_class
+
+    return dataset_class(dataset).object_word
 
 
 def item_seed(seed: int, item_id: str) -> int:

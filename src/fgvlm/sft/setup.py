@@ -10,6 +10,7 @@ what it needs on top (``Objective.prepare``).
 from __future__ import annotations
 
 import dataclasses
+import os
 from typing import Any
 
 from fgvlm.runs import RunDir
@@ -62,7 +63,7 @@ class Setup:
         return {
             "kind": "sft",
             "dataset": dataset.name,
-            "protocol": dataset.protocol,
+            **dataset.protocol_header(),
             "split": self.cfg.eval_split,
             "model": model,
             "num_classes": dataset.num_classes,
@@ -89,6 +90,8 @@ def load_setup(cfg: SFTConfig, run: RunDir, *, packing: bool = False) -> Setup:
     if cfg.train.num_threads is not None:
         torch.set_num_threads(cfg.train.num_threads)
     dataset = create_dataset(cfg.data)
+    if int(os.environ.get("RANK", "0")) == 0:  # the data it trains on, up front: a resume on other data is refused
+        run.write_meta(command="sft", seed=cfg.train.seed, dataset=dataset.describe())
     model, processor, info = load_model(cfg.model)
     family = info["family"]
     apply_prompt_format(processor, family, cfg.prompt_format)

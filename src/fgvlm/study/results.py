@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from fgvlm.report.protocols import protocol_label
 from fgvlm.report.rundirs import load_runs
 from fgvlm.report.tables import ResultRow, build_row, collect_rows, write_results_table
 from fgvlm.study.resolve import Study
@@ -74,7 +75,8 @@ def format_row(row: ResultRow) -> list[str]:
     accuracy = pct(row.accuracy) + (f" ({pct(row.ci_low)}–{pct(row.ci_high)})" if row.ci_low is not None else "")
     change = "reference" if row.is_reference else pct(row.delta, signed=True)
     n = "" if row.n is None else f"{row.n:,}"
-    return [row.configuration, accuracy, change, pct(row.reference_value), n, row.protocol or "", pct(row.top5)] + [
+    protocol = protocol_label(row) if row.protocol else ""
+    return [row.configuration, accuracy, change, pct(row.reference_value), n, protocol, pct(row.top5)] + [
         pct(row.unmatched_rate)
     ]
 
