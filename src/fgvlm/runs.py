@@ -30,7 +30,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from fgvlm.config import ConfigError, config_differences, load_yaml, save_yaml, to_dict
+from fgvlm.config import ConfigError, config_differences, from_dict, load_yaml, save_yaml, to_dict
 
 DONE_FILE = "done.json"
 CONFIG_FILE = "config.yaml"
@@ -237,6 +237,18 @@ def check_same_data(run: RunDir, dataset: dict[str, Any] | None) -> None:
         )
 
 
+def _with_defaults(saved: dict[str, Any], cfg: Any) -> dict[str, Any]:
+    """A saved config.yaml read through ``cfg``'s config class: a key added to the class after the run was written
+    takes its default (the behaviour the run had), so adding an option never orphans finished runs. A saved config
+    the class cannot read (a key since removed) is compared as it is."""
+    if isinstance(cfg, dict) or not dataclasses.is_dataclass(cfg):
+        return saved
+    try:
+        return _plain_config(from_dict(type(cfg), saved))
+    except (ConfigError, TypeError, ValueError):
+        return saved
+
+
 def _plain_config(cfg: Any) -> dict[str, Any]:
     """The config as config.yaml stores it (YAML round trip: tuples become lists), ``resume`` aside."""
     import yaml
@@ -284,13 +296,14 @@ def run_status(out: str | Path, cfg: Any) -> RunStatus:
         return RunStatus("absent")
     if not (path / CONFIG_FILE).is_file():
         return RunStatus("conflicting", [f"{CONFIG_FILE}: missing (the folder holds other files)"])
-    differences = config_differences(load_yaml(path / CONFIG_FILE), _plain_config(cfg))
+    saved = load_yaml(path / CONFIG_FILE)
+    differences = config_differences(_with_defaults(saved, cfg), _plain_config(cfg))
     if differences:
         return RunStatus("conflicting", differences)
     done = path / DONE_FILE
     if done.is_file():
         saved_hash, now = read_json(done).get("config_hash"), config_hash(cfg)
-        if saved_hash != now:
+        if saved_hash not in (now, config_hash(saved)):  # done.json was written for this very config.yaml
             return RunStatus("conflicting", [f"config_hash: {saved_hash} -> {now}"])
         return RunStatus("complete")
     return RunStatus("partial", progress=run_progress(path))
