@@ -1,0 +1,255 @@
+"""``objective: rl`` (GRPO): the batched, right-padded training forward gives each sampled token the log-probability a
+forward of that sample alone gives (float64, every decoder-only family), a misaligned per-token tensor is caught,
+the shared-prefix sampler draws what one full forward per step would, banned tokens and several stop ids by hand,
+the loss and advantages by hand, the matcher rewards (strict vs lenient, cut-off answers), the mechanism (a reward
+for one fixed answer makes it several times likelier, every family), and the run end to end (files, resume equal
+to uninterrupted, two processes equal one).
+
+Run as a script (``python tests/test_sft_rl.py ARGS``) it is ``fgvlm rl ARGS`` with this file's ``vowel`` reward
+registered: the multi-process test launches it under torchrun.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from models_fixtures import synth_flower_images  # noqa: E402
+
+from fgvlm.config import ConfigError, from_dict  # noqa: E402
+from fgvlm.models.families import backend_class, family_names, get_family  # noqa: E402
+from fgvlm.sft.config import RLConfig, RLOptions  # noqa: E402
+from fgvlm.sft.objectives.rewards import REWARDS, Rollout, format_ok, lenient_reward, match_reward  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+QUESTION = "What is the name of the flower in this image? Answer with the name only."
+RL_FAMILIES = [name for name in family_names() if not get_family(name).encoder_decoder]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def vowel_reward(rollout: Rollout) -> float:
+    """A reward a random tiny model earns about a third of the time: the answer opens with a vowel."""
+    return float(rollout.text[:1].lower() in "aeiou")
+
+
+def float64_backend(tiny_model_dir, family: str):
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    model = AutoModelForImageTextToText.from_pretrained(tiny_model_dir(family), dtype=torch.float64).eval()
+    processor = AutoProcessor.from_pretrained(tiny_model_dir(family))
+    return backend_class(family)(model, processor, {"family": family})
+
+
+def answers_of_different_lengths(backend) -> list[list[int]]:
+    """Three answers (a name and its stop id) of 1..n tokens: the batch pads them to different lengths."""
+    from fgvlm.models.sampling import stop_token_ids
+
+    stop = stop_token_ids(backend)[0]
+    tokenize = backend.tokenizer
+    return [tokenize(text, add_special_tokens=False)["input_ids"] + [stop] for text in ("rose", "pink primrose", "a")]
+
+
+def alone_logprobs(backend, image, text: str, answer: list[int]) -> torch.Tensor:
+    """The answer's token log-probabilities from one forward of this sample alone (processor prompt + ids, no
+    padding, full logits)."""
+    nested = [[image]] if backend.nested_images else [image]
+    inputs = dict(backend.processor(images=nested, text=[text], return_tensors="pt"))
+    n = inputs["input_ids"].shape[1]
+    inputs["input_ids"] = torch.cat([inputs["input_ids"], torch.tensor([answer])], dim=1)
+    inputs["attention_mask"] = torch.ones_like(inputs["input_ids"])
+    if "mm_token_type_ids" in inputs:
+        inputs["mm_token_type_ids"] = torch.cat([inputs["mm_token_type_ids"], torch.zeros(1, len(answer))], 1).long()
+    logits = backend.model(**backend.to_model(inputs), use_cache=False).logits[0]
+    logprobs = torch.log_softmax(logits[n - 1 : -1].double(), dim=-1)
+    return logprobs.gather(-1, torch.tensor(answer)[:, None]).squeeze(-1)
+
+
+def batched_logprobs(backend, images, texts, answers, corrupt=None) -> torch.Tensor:
+    from fgvlm.sft.objectives.rl_model import answered_batch, token_logprobs
+
+    pad = backend.tokenizer.pad_token_id
+    inputs, mask = answered_batch(backend.processor, images, texts, answers, backend.nested_images, pad)
+    if corrupt is not None:
+        corrupt(inputs)
+    with torch.no_grad():
+        return token_logprobs(backend.model, backend.to_model(inputs), mask, 1.0)[0]
+
+
+@pytest.mark.parametrize("family", RL_FAMILIES)
+def test_batched_training_logprobs_equal_each_sample_alone(family, tiny_model_dir):
+    """Two images x three answers of different lengths in one right-padded batch: every answer token's
+    log-probability equals a forward of that sample alone, within 1e-9 (float64; measured ~1e-15)."""
+    backend = float64_backend(tiny_model_dir, family)
+    images = synth_flower_images(2)
+    text = backend.render_prompt(QUESTION)
+    answers = answers_of_different_lengths(backend)
+    rows = [(image, answer) for image in images for answer in answers]
+    with torch.no_grad():
+        batched = batched_logprobs(backend, [r[0] for r in rows], [text] * len(rows), [r[1] for r in rows])
+        alone = torch.cat([alone_logprobs(backend, image, text, answer) for image, answer in rows])
+    assert batched.shape == alone.shape == (sum(len(a) for _, a in rows),)
+    torch.testing.assert_close(batched, alone, atol=1e-9, rtol=1e-9)
+
+
+def test_a_per_token_tensor_padded_on_the_other_side_is_caught(tiny_model_dir):
+    """trl#5785: ``mm_token_type_ids`` padded on the left while the ids are padded on the right moves the image
+    tokens' M-RoPE positions of the shorter rows: their log-probabilities change, and the comparison fails."""
+    backend = float64_backend(tiny_model_dir, "qwen3-vl")
+    image = synth_flower_images(1)[0]
+    text = backend.render_prompt(QUESTION)
+    answers = answers_of_different_lengths(backend)
+    alone = torch.cat([alone_logprobs(backend, image, text, answer) for answer in answers])
+
+    def left_pad_token_types(inputs):
+        types, mask = inputs["mm_token_type_ids"], inputs["attention_mask"]
+        for row in range(len(types)):
+            types[row] = torch.roll(types[row], int((mask[row] == 0).sum()))  # padding moved to the left
+
+    good = batched_logprobs(backend, [image] * 3, [text] * 3, answers)
+    torch.testing.assert_close(good, alone, atol=1e-9, rtol=1e-9)
+    try:
+        bad = batched_logprobs(backend, [image] * 3, [text] * 3, answers, corrupt=left_pad_token_types)
+    except (RuntimeError, ValueError, IndexError):
+        return  # the model refused the misaligned batch outright: caught too
+    assert (bad - alone).abs().max() > 1e-4
+
+
+# -- sampling -------------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("family", ["qwen3-vl", "idefics2"])
+def test_shared_prefix_sampling_draws_what_full_forwards_would(family, tiny_model_dir):
+    """The answers sampled from one prefill with its cache expanded equal, token for token, those drawn with the
+    same generator from one full (cache-free) forward of image + prompt + answer-so-far per step."""
+    from fgvlm.models.sampling import draw, never_sampled_ids, sample_answers, stop_token_ids
+
+    backend = float64_backend(tiny_model_dir, family)
+    image = synth_flower_images(1)[0]
+    text = backend.render_prompt(QUESTION)
+    shared = sample_answers(backend, image, text, 4, 5, temperature=0.7, generator=torch.Generator().manual_seed(3))
+    generator = torch.Generator().manual_seed(3)
+    banned = torch.tensor(never_sampled_ids(backend))
+    stops = stop_token_ids(backend)
+    rows: list[list[int]] = [[] for _ in range(4)]
+    with torch.no_grad():
+        for _ in range(5):
+            logits = torch.stack([alone_next_logits(backend, image, text, row) for row in rows])
+            token = draw(logits, 0.7, 1.0, banned, generator).tolist()
+            rows = [row if (row and row[-1] in stops) else row + [t] for row, t in zip(rows, token, strict=True)]
+    assert shared.tokens == rows
+
+
+def alone_next_logits(backend, image, text, answer):
+    nested = [[image]] if backend.nested_images else [image]
+    inputs = dict(backend.processor(images=nested, text=[text], return_tensors="pt"))
+    if answer:
+        inputs["input_ids"] = torch.cat([inputs["input_ids"], torch.tensor([answer])], dim=1)
+        inputs["attention_mask"] = torch.ones_like(inputs["input_ids"])
+        if "mm_token_type_ids" in inputs:
+            extra = torch.zeros(1, len(answer), dtype=torch.long)
+            inputs["mm_token_type_ids"] = torch.cat([inputs["mm_token_type_ids"], extra], 1)
+    return backend.model(**backend.to_model(inputs), use_cache=False).logits[0, -1]
+
+
+def test_banned_tokens_are_never_drawn_and_answers_end_at_the_first_stop(tiny_model_dir):
+    from fgvlm.models.sampling import _cut_at_stops, draw, never_sampled_ids
+
+    logits = torch.zeros(64, 10)
+    logits[:, 3] = 50.0  # the placeholder would win every draw
+    drawn = draw(logits, 1.0, 1.0, torch.tensor([3, 4]), torch.Generator().manual_seed(0))
+    assert not bool(torch.isin(drawn, torch.tensor([3, 4])).any()) and len(set(drawn.tolist())) > 3
+    logits = torch.tensor([[3.0, 2.0, 0.0, -9.0]] * 200)
+    none = torch.tensor([], dtype=torch.long)
+    # p = .705, .260, .035, ~0: top_p .7 keeps token 0 alone (it reaches .7); .9 keeps 0 and 1 (.965)
+    assert set(draw(logits, 1.0, 0.7, none, torch.Generator().manual_seed(0)).tolist()) == {0}
+    assert set(draw(logits, 1.0, 0.9, none, torch.Generator().manual_seed(0)).tolist()) == {0, 1}
+    cut = _cut_at_stops([[5, 2, 7, 0], [5, 0, 2, 2], [5, 6, 7, 8]], {2, 0})
+    assert cut.tokens == [[5, 2], [5, 0], [5, 6, 7, 8]] and cut.finished == [True, True, False]
+    backend = float64_backend(tiny_model_dir, "qwen3-vl")
+    vocab = backend.tokenizer.get_vocab()
+    expected = {vocab[t] for t in ("<|image_pad|>", "<|video_pad|>", "<|vision_start|>", "<|vision_end|>")}
+    assert set(never_sampled_ids(backend)) == expected
+
+
+# -- the loss, by hand ------------------------------------------------------------------------------------------------
+def test_group_advantages_and_policy_loss_by_hand():
+    from fgvlm.sft.objectives.rl_model import group_advantages, policy_loss
+
+    rewards = torch.tensor([[1.0, 0.0], [1.0, 1.0]], dtype=torch.float64)
+    scaled = group_advantages(rewards, scale=True)  # std of (1, 0) = 0.7071 (unbiased)
+    torch.testing.assert_close(scaled[0], torch.tensor([0.5, -0.5], dtype=torch.float64) / (0.5**0.5 + 1e-4))
+    assert group_advantages(rewards, scale=False).tolist() == [[0.5, -0.5], [0.0, 0.0]]
+    # answers 0 (2 tokens), 1 (1 token), 2 and 3 (1 token each); ratio 1 everywhere except token 1 (e^0.5 = 1.65)
+    logp = torch.tensor([-1.0, -0.5, -2.0, -1.0, -1.0], dtype=torch.float64, requires_grad=True)
+    old = torch.tensor([-1.0, -1.0, -2.0, -1.0, -1.0], dtype=torch.float64)
+    rows = torch.tensor([0, 0, 1, 2, 3])
+    adv = torch.tensor([1.0, -1.0, 0.0, 0.0], dtype=torch.float64)
+    kept = torch.ones(4)
+    grpo = RLOptions(loss="grpo", clip_low=0.2, clip_high=0.28)
+    loss, stats = policy_loss(logp, old, adv, rows, kept, grpo)
+    # answer 0: tokens -(1 * 1), -(1.28 * 1) (clipped) -> mean -1.14; answer 1: -(1 * -1) = 1; answers 2, 3: 0
+    assert float(loss.detach()) == pytest.approx((-1.14 + 1.0) / 4) and stats["clip_fraction"] == pytest.approx(1 / 5)
+    dapo, _ = policy_loss(logp, old, adv, rows, kept, RLOptions(loss="dapo"))
+    assert float(dapo.detach()) == pytest.approx((-1 - 1.28 + 1) / 5)
+    dr, _ = policy_loss(logp, old, adv, rows, kept, RLOptions(loss="dr-grpo", max_new_tokens=4))
+    assert float(dr.detach()) == pytest.approx(((-1 - 1.28) / 4 + 1 / 4) / 4)
+    skipped, _ = policy_loss(logp, old, adv, rows, torch.tensor([1, 1, 0, 0]), grpo)
+    assert float(skipped.detach()) == pytest.approx((-1.14 + 1.0) / 2)
+    with_kl, stats = policy_loss(logp, old, adv, rows, kept, RLOptions(kl=0.5), ref=old)
+    k3 = torch.exp(old - logp) - (old - logp) - 1  # 0 except token 1: e^-0.5 + 0.5 - 1
+    assert stats["kl"] == pytest.approx(float(k3.mean()))
+    assert float(with_kl.detach()) == pytest.approx((-1.0 + (-1.28 + 0.5 * float(k3[1]))) / 2 / 4 + 1 / 4)
+
+
+# -- rewards ----------------------------------------------------------------------------------------------------------
+def test_match_and_lenient_rewards_read_the_answer_with_the_matcher(flowers_mini):
+    from fgvlm.data import create_dataset
+    from fgvlm.eval.scoring import TaskScorer
+    from fgvlm.prompts.instructions import build_instructions
+
+    data = create_dataset(dataset="flowers102", root=str(flowers_mini))
+    scorer = TaskScorer("open-qa", data, None, {"object": "flower"}, 0)
+    record = build_instructions(data, "train", {"open-qa": 1.0}, 0, limit=1)[0]
+    prompt = scorer.prompt(record)
+    phlox = data.prompt_names.index("garden phlox")
+
+    def judged(text: str, finished: bool = True, target: int = phlox) -> Rollout:
+        from fgvlm.models.chat import strip_reasoning
+
+        answer = strip_reasoning(text)
+        return Rollout(text, answer, target, *scorer.parse(answer, prompt), finished)
+
+    assert match_reward(judged("garden phlox")) == lenient_reward(judged("garden phlox")) == 1.0
+    assert match_reward(judged("Phlox paniculata")) == 0.0 and lenient_reward(judged("Phlox paniculata")) == 1.0
+    assert match_reward(judged("garden phlox or a rose")) == 0.0  # ambiguous: two classes
+    assert match_reward(judged("garden phlox", finished=False)) == 0.0  # cut off by max_new_tokens
+    assert match_reward(judged("<think>pink panicles</think> garden phlox")) == 1.0
+    assert format_ok("<think>pink panicles</think> garden phlox") and not format_ok("garden phlox")
+    assert set(REWARDS) >= {"match", "lenient"}
+
+
+def test_config_refusals_name_the_key():
+    with pytest.raises(ConfigError, match="rl.reward"):
+        RLOptions(reward="exact")
+    with pytest.raises(ConfigError, match="rl.group_size"):
+        RLOptions(group_size=1)
+    with pytest.raises(ConfigError, match="rl.loss"):
+        RLOptions(loss="ppo")
+    with pytest.raises(ConfigError, match="adapters disabled"):
+        from_dict(RLConfig, {"rl": {"kl": 0.1}})
+    with pytest.raises(ConfigError, match="save_every"):
+        from_dict(RLConfig, {"rl": {"updates_per_batch": 3}, "train": {"save_every": 10}})
+    cfg = from_dict(RLConfig, {"rl": {"kl": 0.1}, "freeze": "vision,projector", "train": {"max_steps": 7}})
+    assert cfg.objective == "rl" and cfg.method == "lora" and cfg.train.lr == 1e-5 and cfg.train.max_steps == 7
+    assert RLOptions().answer_tokens == 32 and RLOptions(thinking="on").answer_tokens == 512
