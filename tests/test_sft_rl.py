@@ -253,3 +253,144 @@ def test_config_refusals_name_the_key():
     cfg = from_dict(RLConfig, {"rl": {"kl": 0.1}, "freeze": "vision,projector", "train": {"max_steps": 7}})
     assert cfg.objective == "rl" and cfg.method == "lora" and cfg.train.lr == 1e-5 and cfg.train.max_steps == 7
     assert RLOptions().answer_tokens == 32 and RLOptions(thinking="on").answer_tokens == 512
+
+
+# -- the mechanism: a reward for one fixed answer makes it likelier ----------------------------------------------------
+@pytest.mark.slow
+@pytest.mark.parametrize("family", RL_FAMILIES)
+def test_a_reward_for_one_fixed_answer_makes_it_several_times_likelier(family, tiny_model_dir):
+    """GRPO (G = 8, 4 images, no KL) rewarding answers that open with one fixed token, the model's 8th likeliest
+    first token: after 25 steps the exact expected reward (that token's first-token probability, mean over the
+    images) is at least 3x what it was."""
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    from fgvlm.prompts.instructions import InstructionRecord
+    from fgvlm.sft.objectives.rl_model import RLModel
+
+    model = AutoModelForImageTextToText.from_pretrained(tiny_model_dir(family))
+    backend = backend_class(family)(model, AutoProcessor.from_pretrained(tiny_model_dir(family)), {"family": family})
+    images = synth_flower_images(4)
+    text = backend.render_prompt(QUESTION)
+    records = [InstructionRecord(id=f"x{i}", image=im, question=QUESTION, answer="-", task="open-qa", label=0)
+               for i, im in enumerate(images)]  # fmt: skip
+
+    def first_token_probs() -> torch.Tensor:
+        with torch.no_grad():
+            return torch.stack([torch.softmax(alone_next_logits(backend, im, text, []).float(), -1) for im in images])
+
+    target = int(first_token_probs().mean(0).argsort(descending=True)[7])
+
+    def judge(record, prompt, tokens, finished):
+        return Rollout("", "", 1, None, None, finished), float(tokens[0] == target)
+
+    rl = RLModel(model, backend, RLOptions(group_size=8, max_new_tokens=2), judge, 0, None)
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)
+    before = float(first_token_probs()[:, target].mean())
+    model.train()
+    for step in range(25):
+        rl.step = step
+        loss = rl(records, images, [None] * 4, [text] * 4)["loss"]
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    model.eval()
+    after = float(first_token_probs()[:, target].mean())
+    assert after >= 3 * before, (before, after, rl.drain_metrics())
+
+
+# -- the run end to end ---------------------------------------------------------------------------------------------
+def rl_args(**extra: str) -> dict:
+    data = {"dataset": "synthflowers", "options": {"num_classes": 4, "images_per_class": [2, 1, 1]}}
+    return {
+        "model": {"name": "tiny-qwen3-vl"},
+        "data": data,
+        "rl": {"group_size": 4, "max_new_tokens": 4, "reward": "vowel", "log_rollouts_every": 2, **extra},
+        "train": {"max_steps": 4, "lr": 1e-3, "eval_every": 2, "save_every": 2, "log_every": 1},
+        "report_to": "none",
+    }
+
+
+@pytest.fixture
+def vowel(monkeypatch):
+    monkeypatch.setitem(REWARDS, "vowel", "test_sft_rl:vowel_reward")
+
+
+def test_rl_run_writes_the_contract_files_and_resumes_exactly(use_tiny_cache, vowel, tmp_path, monkeypatch):
+    from safetensors.torch import load_file
+
+    from fgvlm.sft.run import run_sft
+    from fgvlm.sft.trainer import SFTMonitor
+
+    whole = run_sft(from_dict(RLConfig, rl_args()), tmp_path / "whole")
+    run = tmp_path / "whole"
+    for name in ("config.yaml", "meta.json", "train_log.jsonl", "metrics.json", "rollouts.jsonl", "done.json"):
+        assert (run / name).is_file(), name
+    assert whole["objective"] == "rl" and whole["rl"]["group_size"] == 4 and whole["n"] == 4
+    assert 0 <= whole["generate_accuracy"] <= 1 and (run / "eval-test-generate" / "metrics.json").is_file()
+    log = [json.loads(line) for line in (run / "train_log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log] == [1, 2, 3, 4]
+    assert all({"reward_mean", "zero_variance_groups", "answer_length", "entropy", "clip_fraction"} <= set(r) for r in log)
+    assert any(r["reward_mean"] > 0 for r in log) and "val_gen_accuracy" in log[1]
+    rollouts = [json.loads(line) for line in (run / "rollouts.jsonl").read_text().splitlines()]
+    assert sorted({r["step"] for r in rollouts}) == [1, 2, 4] and len(rollouts) == 3 * 4  # 1 image x G = 4 a step
+    assert all(r["reward"] == vowel_reward(Rollout(r["text"], "", 0, None, None, True)) for r in rollouts)
+
+    original = SFTMonitor.on_step_end
+
+    def crash_at_step_3(self, args, state, control, **kwargs):
+        if state.global_step == 3:
+            raise RuntimeError("simulated kill")
+        return original(self, args, state, control, **kwargs)
+
+    monkeypatch.setattr(SFTMonitor, "on_step_end", crash_at_step_3)
+    with pytest.raises(RuntimeError, match="simulated kill"):
+        run_sft(from_dict(RLConfig, rl_args()), tmp_path / "resumed")
+    monkeypatch.setattr(SFTMonitor, "on_step_end", original)
+    run_sft(from_dict(RLConfig, rl_args()), tmp_path / "resumed")
+    a = load_file(str(run / "model" / "model.safetensors"))
+    b = load_file(str(tmp_path / "resumed" / "model" / "model.safetensors"))
+    assert max((a[k] - b[k]).abs().max().item() for k in a) <= 1e-6
+    assert (tmp_path / "resumed" / "rollouts.jsonl").read_text() == (run / "rollouts.jsonl").read_text()
+    base = load_file(str(tmp_path / "resumed" / "checkpoints" / "checkpoint-2" / "trainable.safetensors"))
+    assert base  # the LoRA adapters and projector were checkpointed
+
+
+@pytest.mark.slow
+def test_fgvlm_rl_ddp_two_processes_match_one(tiny_model_dir, tiny_cache, tmp_path):
+    """``torchrun --nproc_per_node 2`` with 1 image per process against 1 process with 2 accumulation steps: the
+    same images per step and the same rollouts (sampling is seeded per step and image), so the same curve. LoRA
+    dropout is off: its masks come from the global generator, which two processes draw in parallel and one in turn
+    (a difference of the dropout noise, not of the method)."""
+    import os
+
+    env = {**os.environ, "FGVLM_CACHE": str(tiny_cache), "OMP_NUM_THREADS": "1", "ACCELERATE_USE_CPU": "true"}
+    tiny_model_dir("qwen3-vl")
+    args = ["--model", "tiny-qwen3-vl", "--dataset", "synthflowers", "--limit", "8", "--max-steps", "3", "--lr",
+            "1e-3", "-g", "4", "--set", "rl.max_new_tokens=4", "--set", "rl.reward=vowel", "--set", "report_to=none",
+            "--set", "train.eval_every=3", "--set", "eval_limit=2", "--set", "train.eval_limit=2",
+            "--set", "lora.dropout=0"]  # fmt: skip
+    script = str(Path(__file__).resolve())
+    torchrun = str(Path(sys.executable).with_name("torchrun"))
+    logs = []
+    for name, command in (
+        ("ddp", [torchrun, "--standalone", "--nproc_per_node", "2", script]),
+        ("one", [sys.executable, script, "--set", "train.grad_accum=2"]),
+    ):
+        out = tmp_path / name
+        proc = subprocess.run([*command, *args, "-o", str(out)], capture_output=True, text=True, env=env, cwd=REPO)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        assert (out / "done.json").is_file()
+        logs.append([json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()])
+    two, one = logs
+    assert [r["step"] for r in two] == [r["step"] for r in one] == [1, 2, 3]
+    assert [r["train_loss"] for r in two] == pytest.approx([r["train_loss"] for r in one], rel=1e-4, abs=1e-7)
+    assert [r["grad_norm"] for r in two] == pytest.approx([r["grad_norm"] for r in one], rel=1e-4, abs=1e-7)
+    assert any(r["grad_norm"] > 0 for r in one)
+
+
+if __name__ == "__main__":  # `fgvlm rl` with the test reward registered (the multi-process test runs this)
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    REWARDS["vowel"] = "test_sft_rl:vowel_reward"
+    from fgvlm.cli import main
+
+    main(["rl", *sys.argv[1:]])

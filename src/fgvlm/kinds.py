@@ -48,6 +48,7 @@ KINDS: dict[str, Kind] = {
         Kind("cnn-eval", ("cnn", "eval"), "fgvlm.train.cnn_config:CNNEvalConfig", "fgvlm.train.cnn:evaluate_run"),
         Kind("data-audit", ("data", "audit"), "fgvlm.data.audit:AuditConfig", "fgvlm.data.audit:run_audit"),
         Kind("sft", ("sft",), "fgvlm.sft.config:SFTConfig", "fgvlm.sft.run:run_sft", "sft"),
+        Kind("rl", ("rl",), "fgvlm.sft.config:RLConfig", "fgvlm.sft.run:run_sft", "rl"),
     )
 }
 

@@ -228,6 +228,8 @@ class RLOptions:
     def __post_init__(self) -> None:
         from fgvlm.sft.objectives.rewards import REWARDS
 
+        if isinstance(self.thinking, bool):  # YAML reads a bare off / on as a boolean
+            self.thinking = "on" if self.thinking else "off"
         for key, value, allowed in (
             ("thinking", self.thinking, THINKING),
             ("loss", self.loss, RL_LOSSES),

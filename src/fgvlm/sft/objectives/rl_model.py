@@ -188,7 +188,8 @@ class RLModel(nn.Module):
     ) -> dict[str, torch.Tensor]:
         options = self.options
         cycle = self.step // options.updates_per_batch
-        if self.stored is None or self.stored[0] != cycle:  # new rollouts; else the cycle's are reused
+        reuse = options.updates_per_batch > 1 and self.stored is not None and self.stored[0] == cycle
+        if not reuse:  # new rollouts (every micro-batch; with updates_per_batch > 1, once per cycle of steps)
             self.stored = (cycle, self.rollouts(records, images, prompts, texts, cycle))
         judged, rewards, inputs, answer_mask, old = self.stored[1]
         inputs = self.backend.to_model(inputs)
