@@ -259,9 +259,10 @@ def test_config_refusals_name_the_key():
 @pytest.mark.slow
 @pytest.mark.parametrize("family", RL_FAMILIES)
 def test_a_reward_for_one_fixed_answer_makes_it_several_times_likelier(family, tiny_model_dir):
-    """GRPO (G = 8, 4 images, no KL) rewarding answers that open with one fixed token, the model's 8th likeliest
-    first token: after 25 steps the exact expected reward (that token's first-token probability, mean over the
-    images) is at least 3x what it was."""
+    """GRPO (G = 8, 4 images, no KL) rewarding answers that open with one fixed token, the random model's 2nd
+    likeliest first token, sampled at temperature 0.1 (a random model's logits are nearly flat: at temperature 1
+    every token has ~1/V and a group almost never finds the rewarded one): after 25 steps the exact expected reward
+    (that token's probability at the sampling temperature, mean over the images) is at least 3x what it was."""
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
     from fgvlm.prompts.instructions import InstructionRecord
@@ -276,15 +277,15 @@ def test_a_reward_for_one_fixed_answer_makes_it_several_times_likelier(family, t
 
     def first_token_probs() -> torch.Tensor:
         with torch.no_grad():
-            return torch.stack([torch.softmax(alone_next_logits(backend, im, text, []).float(), -1) for im in images])
+            return torch.stack([torch.softmax(alone_next_logits(backend, im, text, []).float() / 0.1, -1) for im in images])
 
-    target = int(first_token_probs().mean(0).argsort(descending=True)[7])
+    target = int(first_token_probs().mean(0).argsort(descending=True)[1])
 
     def judge(record, prompt, tokens, finished):
         return Rollout("", "", 1, None, None, finished), float(tokens[0] == target)
 
-    rl = RLModel(model, backend, RLOptions(group_size=8, max_new_tokens=2), judge, 0, None)
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)
+    rl = RLModel(model, backend, RLOptions(group_size=8, max_new_tokens=1, temperature=0.1), judge, 0, None)
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=3e-3)
     before = float(first_token_probs()[:, target].mean())
     model.train()
     for step in range(25):
