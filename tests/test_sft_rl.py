@@ -277,7 +277,9 @@ def test_a_reward_for_one_fixed_answer_makes_it_several_times_likelier(family, t
 
     def first_token_probs() -> torch.Tensor:
         with torch.no_grad():
-            return torch.stack([torch.softmax(alone_next_logits(backend, im, text, []).float() / 0.1, -1) for im in images])
+            return torch.stack(
+                [torch.softmax(alone_next_logits(backend, im, text, []).float() / 0.1, -1) for im in images]
+            )
 
     target = int(first_token_probs().mean(0).argsort(descending=True)[1])
 
@@ -330,7 +332,9 @@ def test_rl_run_writes_the_contract_files_and_resumes_exactly(use_tiny_cache, vo
     assert 0 <= whole["generate_accuracy"] <= 1 and (run / "eval-test-generate" / "metrics.json").is_file()
     log = [json.loads(line) for line in (run / "train_log.jsonl").read_text().splitlines()]
     assert [r["step"] for r in log] == [1, 2, 3, 4]
-    assert all({"reward_mean", "zero_variance_groups", "answer_length", "entropy", "clip_fraction"} <= set(r) for r in log)
+    assert all(
+        {"reward_mean", "zero_variance_groups", "answer_length", "entropy", "clip_fraction"} <= set(r) for r in log
+    )
     assert any(r["reward_mean"] > 0 for r in log) and "val_gen_accuracy" in log[1]
     rollouts = [json.loads(line) for line in (run / "rollouts.jsonl").read_text().splitlines()]
     assert sorted({r["step"] for r in rollouts}) == [1, 2, 4] and len(rollouts) == 3 * 4  # 1 image x G = 4 a step

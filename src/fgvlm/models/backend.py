@@ -431,7 +431,7 @@ class HFBackend(VLMBackend):
 
     def _continue(self, prefix: Prefix, cache: Any, ids: torch.Tensor, start: int = 0) -> torch.Tensor:
         """Logits ``[n, L, V]`` of ``n`` equal-length continuations ``ids`` after the repeated prefix ``cache``;
-        ``start``: continuation tokens already in the cache (the sampler's decoding steps, ``fgvlm.models.sampling``)."""
+        ``start``: continuation tokens already in the cache (decoding steps of ``fgvlm.models.sampling``)."""
         import torch
 
         n, length = ids.shape

@@ -245,11 +245,15 @@ class RLOptions:
             if value < 1 or (key == "group_size" and value < 2):
                 raise ConfigError(f"rl.{key} must be >= {2 if key == 'group_size' else 1}, got {value}")
         if not self.temperature > 0 or not 0 < self.top_p <= 1:
-            raise ConfigError(f"rl.temperature must be > 0 and rl.top_p in (0, 1], got {self.temperature}, {self.top_p}")
+            raise ConfigError(
+                f"rl.temperature must be > 0 and rl.top_p in (0, 1], got {self.temperature}, {self.top_p}"
+            )
         if self.max_new_tokens is not None and self.max_new_tokens < 1:
             raise ConfigError(f"rl.max_new_tokens must be >= 1 (or null), got {self.max_new_tokens}")
         if self.kl < 0 or not 0 <= self.clip_low < 1 or self.clip_high < 0:
-            raise ConfigError(f"rl.kl, rl.clip_low, rl.clip_high out of range: {self.kl}, {self.clip_low}, {self.clip_high}")
+            raise ConfigError(
+                f"rl.kl, rl.clip_low, rl.clip_high out of range: {self.kl}, {self.clip_low}, {self.clip_high}"
+            )
 
 
 @dataclasses.dataclass

@@ -156,7 +156,9 @@ class RLObjective(Objective):
             seed=cfg.seed,
             max_new_tokens=cfg.rl.answer_tokens,
         )
-        generated = evaluate(eval_cfg, self.setup.run / f"eval-{cfg.eval_split}-generate", resume=False, backend=backend)
+        generated = evaluate(
+            eval_cfg, self.setup.run / f"eval-{cfg.eval_split}-generate", resume=False, backend=backend
+        )
         extra = {"generate_accuracy": generated["accuracy"], "generate_accuracy_lenient": generated["accuracy_lenient"]}
         return {**metrics, **extra} if is_main else metrics
 

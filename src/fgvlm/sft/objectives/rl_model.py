@@ -205,7 +205,9 @@ class RLModel(nn.Module):
         rows = answer_mask.nonzero()[:, 0].to(logp.device)
         advantages = group_advantages(rewards, scale=options.loss != "dr-grpo").reshape(-1).to(logp.device)
         varied = rewards.std(dim=1) > 0
-        kept = varied.repeat_interleave(options.group_size) if options.skip_equal_groups else torch.ones(len(answer_mask))
+        kept = (
+            varied.repeat_interleave(options.group_size) if options.skip_equal_groups else torch.ones(len(answer_mask))
+        )
         loss, stats = policy_loss(logp, old, advantages, rows, kept.to(logp.device), options, ref)
         self.record_metrics(judged, rewards, answer_mask, entropy, stats)
         return {"loss": loss}
@@ -293,9 +295,7 @@ class RLModel(nn.Module):
         return out
 
 
-def judge_rollout(
-    backend: Any, scorer_for: Any, thinking: bool, format_reward: float, reward: Any
-) -> Any:
+def judge_rollout(backend: Any, scorer_for: Any, thinking: bool, format_reward: float, reward: Any) -> Any:
     """A judge for ``RLModel``: decode the answer (without its stop id), read it with the task's matchers,
     reward it (plus the format reward with thinking on; 0 for an answer cut off)."""
 
