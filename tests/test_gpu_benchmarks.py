@@ -22,7 +22,7 @@ def load(name: str) -> ModuleType:
     return module
 
 
-@pytest.mark.parametrize("name", ["gpu_sft", "gpu_eval"])
+@pytest.mark.parametrize("name", ["gpu_sft", "gpu_eval", "gpu_rl"])
 def test_skips_without_cuda(name: str, capsys: pytest.CaptureFixture) -> None:
     import torch
 
@@ -56,3 +56,11 @@ def test_peak_table_matches_device_names() -> None:
     assert peak("NVIDIA A100-SXM4-40GB") == 312.0 and peak("NVIDIA A10") == 125.0
     assert peak("NVIDIA L40S") == 362.0 and peak("NVIDIA GH200 480GB") == 989.0
     assert peak("Some Future GPU") is None
+
+
+def test_gpu_rl_smoke_on_cpu(use_tiny_cache, capsys: pytest.CaptureFixture) -> None:
+    argv = ["--device", "cpu", "--tiny", "--images", "1", "--group", "2", "--new-tokens", "3", "--steps", "1"]
+    assert load("gpu_rl").main(argv) == 0
+    out = capsys.readouterr().out
+    for method in ("lora", "full"):
+        assert f"gpu_rl method {method}:" in out and "answers/s" in out and "rollouts/s trained" in out

@@ -35,6 +35,7 @@ COMMANDS = [
     ("fgvlm.commands.report", "report"),
     ("fgvlm.commands.export", "export"),
     ("fgvlm.commands.sft", "sft"),
+    ("fgvlm.commands.rl", "rl"),
     ("fgvlm.commands.study", "study"),
     ("fgvlm.commands.publish", "publish"),
 ]

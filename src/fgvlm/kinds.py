@@ -59,6 +59,7 @@ KINDS: dict[str, Kind] = {
             "fgvlm.publish.run:publish_run",
             results=False,
         ),
+        Kind("rl", ("rl",), "fgvlm.sft.config:RLConfig", "fgvlm.sft.run:run_sft", "rl"),
     )
 }
 

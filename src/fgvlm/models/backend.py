@@ -429,13 +429,14 @@ class HFBackend(VLMBackend):
         out = self._forward(inputs, use_cache=True, **self._last_logits_only(inputs))
         return Prefix(out.logits[0, -1], out.cache, inputs["input_ids"].shape[1], {})
 
-    def _continue(self, prefix: Prefix, cache: Any, ids: torch.Tensor) -> torch.Tensor:
-        """Logits ``[n, L, V]`` of ``n`` equal-length continuations ``ids`` after the repeated prefix ``cache``."""
+    def _continue(self, prefix: Prefix, cache: Any, ids: torch.Tensor, start: int = 0) -> torch.Tensor:
+        """Logits ``[n, L, V]`` of ``n`` equal-length continuations ``ids`` after the repeated prefix ``cache``;
+        ``start``: continuation tokens already in the cache (decoding steps of ``fgvlm.models.sampling``)."""
         import torch
 
         n, length = ids.shape
-        mask = torch.ones(n, prefix.length + length, dtype=torch.long, device=ids.device)
-        offsets = torch.arange(length, device=ids.device).unsqueeze(0).expand(n, length)
+        mask = torch.ones(n, prefix.length + start + length, dtype=torch.long, device=ids.device)
+        offsets = torch.arange(start, start + length, device=ids.device).unsqueeze(0).expand(n, length)
         positions = self._continuation_positions(prefix, offsets)
         out = self._text_module(prefix)(
             input_ids=ids, attention_mask=mask, position_ids=positions, cache=cache, use_cache=True

@@ -173,8 +173,10 @@ def train(setup: Setup, objective: Any, resume: bool) -> tuple[Any, dict[str, An
     checkpoint = last_checkpoint(run / CHECKPOINTS)
     if trainer.is_world_process_zero():  # before the monitor reads best/: a best step after the checkpoint is gone
         truncate_log(run / TRAIN_LOG, int(Path(checkpoint).name.rsplit("-", 1)[1]) if checkpoint else 0)
-    monitor = SFTMonitor(run.path, objective.validate, cfg.train.eval_every)
+    monitor = SFTMonitor(run.path, objective.validate, cfg.train.eval_every, extra_keys=objective.log_keys)
     trainer.callback_handler.callbacks.insert(1, monitor)  # before TensorBoard: it sees the validation numbers
+    for callback in objective.callbacks():  # before the monitor: the numbers they log reach train_log.jsonl
+        trainer.callback_handler.callbacks.insert(1, callback)
     use_training_progress(trainer)  # after the monitor: the bar shows the validation accuracy it adds to a log
     for callback in trainer.callback_handler.callbacks:
         if isinstance(callback, TensorBoardCallback):

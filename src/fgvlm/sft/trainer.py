@@ -160,8 +160,11 @@ class SFTMonitor(TrainerCallback):
         validate: Callable[[Any], dict[str, Any]],
         eval_every: int,
         log_name: str = "train_log.jsonl",
+        extra_keys: tuple[str, ...] = (),
     ):
         self.run_dir = Path(run_dir)
+        self.extra_keys = extra_keys
+        """The objective's own numbers copied from a log into train_log.jsonl (``Objective.log_keys``)."""
         self.validate = validate
         self.eval_every = eval_every
         self.pending: dict[str, Any] | None = None
@@ -199,6 +202,7 @@ class SFTMonitor(TrainerCallback):
             logs.update({k: v for k, v in self.pending.items() if isinstance(v, (int, float))})
             self.pending = None
         values["grad_norm"] = logs.get("grad_norm")
+        values.update({key: logs[key] for key in self.extra_keys if key in logs and key not in values})
         TrainLogger(RunDir(self.run_dir), enabled=state.is_world_process_zero).log(state.global_step, **values)
         return control
 

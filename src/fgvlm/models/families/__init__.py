@@ -85,6 +85,9 @@ class FamilyRecord:
     unpadded sample, so samples can be packed padding-free in one row (``fgvlm.sft.packing``); None: the family
     pads (its attention needs a padding mask)."""
 
+    never_sample: tuple[str, ...] = ()
+    """Tokens an RL rollout must never sample (``fgvlm.models.sampling``): the image, video and vision-boundary
+    placeholders. A sampled one makes the training forward fail ("Image features and image tokens do not match")."""
     tiny_lr: float | None = None
     """Learning rate at which this family's tiny random model learns SynthFlowers when trained whole
     (``scripts/sft_evidence.py``); None: the script's default (3e-3). A measured fact, not a recipe for real

@@ -31,6 +31,7 @@ FAMILY = FamilyRecord(
     vision_modules=("vision_model",),
     projector_modules=("query_tokens", "qformer", "language_projection"),
     language_modules=("language_model",),
+    never_sample=("<image>",),
 )
 
 

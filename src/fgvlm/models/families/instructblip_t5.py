@@ -30,6 +30,7 @@ FAMILY = FamilyRecord(
     vision_modules=("vision_model",),
     projector_modules=("query_tokens", "qformer", "language_projection"),
     language_modules=("language_model",),
+    never_sample=("<image>",),
 )
 
 
@@ -59,7 +60,7 @@ class InstructBlipT5Backend(InstructBlipBackend):
         extra = {"encoder": out.encoder_last_hidden_state, "mask": inputs["attention_mask"]}
         return Prefix(out.logits[0, -1], out.cache, 1, extra)
 
-    def _continue(self, prefix: Prefix, cache: Any, ids: torch.Tensor) -> torch.Tensor:
+    def _continue(self, prefix: Prefix, cache: Any, ids: torch.Tensor, start: int = 0) -> torch.Tensor:
         from transformers.modeling_outputs import BaseModelOutput
 
         n = ids.shape[0]

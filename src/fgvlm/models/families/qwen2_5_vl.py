@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from fgvlm.models.families import FamilyRecord
-from fgvlm.models.families.qwen3_vl import QWEN_LORA_TARGETS, Qwen3VLBackend
+from fgvlm.models.families.qwen3_vl import QWEN_LORA_TARGETS, QWEN_VISION_TOKENS, Qwen3VLBackend
 from fgvlm.models.tiny.parts import Dims, chat_template, qwen_pixels, qwen_text_config, qwen_tokenizer, token_ids
 
 if TYPE_CHECKING:
@@ -26,6 +26,7 @@ FAMILY = FamilyRecord(
     like_shrink="fgvlm.models.tiny.like:shrink_qwen_vl",
     prompt_formats=("chat-template", "lmms-engine"),
     packing_positions="fgvlm.models.families.qwen3_vl:packed_positions",
+    never_sample=QWEN_VISION_TOKENS,
 )
 
 

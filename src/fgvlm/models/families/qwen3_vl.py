@@ -22,6 +22,9 @@ if TYPE_CHECKING:
 QWEN_LORA_TARGETS = r"(.*\.)?language_model\.layers\.\d+\.(self_attn|mlp)\.(q|k|v|o|gate|up|down)_proj"
 """The Qwen language model's attention and MLP projections (not the vision tower's ``qkv``/``proj``/``linear_fc``)."""
 
+QWEN_VISION_TOKENS = ("<|image_pad|>", "<|video_pad|>", "<|vision_start|>", "<|vision_end|>")
+"""Image/video placeholders and vision boundaries of the Qwen VL families: never sampled in an RL rollout."""
+
 FAMILY = FamilyRecord(
     name="qwen3-vl",
     model_types=("qwen3_vl",),
@@ -38,6 +41,7 @@ FAMILY = FamilyRecord(
     like_shrink="fgvlm.models.tiny.like:shrink_qwen_vl",
     prompt_formats=("chat-template", "lmms-engine"),
     packing_positions="fgvlm.models.families.qwen3_vl:packed_positions",
+    never_sample=QWEN_VISION_TOKENS,
 )
 
 

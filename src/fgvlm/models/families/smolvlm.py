@@ -13,6 +13,14 @@ from fgvlm.models.tiny.tokenizer import train_bpe_tokenizer
 if TYPE_CHECKING:
     from transformers import PreTrainedConfig, ProcessorMixin
 
+SMOLVLM_VISION_TOKENS = (
+    "<image>",
+    "<fake_token_around_image>",
+    "<global-img>",
+    *(f"<row_{r}_col_{c}>" for r in range(1, 7) for c in range(1, 7)),
+)
+"""The image placeholder, its boundary, the global-view and tile-position markers: never sampled in an RL rollout."""
+
 FAMILY = FamilyRecord(
     name="smolvlm",
     model_types=("smolvlm", "idefics3"),  # HuggingFaceTB/SmolVLM-Instruct is an Idefics3 checkpoint
@@ -23,6 +31,7 @@ FAMILY = FamilyRecord(
     vision_modules=("model.vision_model",),
     projector_modules=("model.connector",),
     language_modules=("model.text_model", "lm_head"),
+    never_sample=SMOLVLM_VISION_TOKENS,
 )
 
 

@@ -19,6 +19,7 @@ OBJECTIVES: dict[str, str] = {
     "generate": "fgvlm.sft.objectives.generate:GenerateObjective",
     "classify": "fgvlm.sft.objectives.classify:ClassifyObjective",
     "rank": "fgvlm.sft.objectives.rank:RankObjective",
+    "rl": "fgvlm.sft.objectives.rl:RLObjective",
 }
 """Objective name (``objective:`` in a config or study row) -> its class."""
 

@@ -38,6 +38,9 @@ class Objective:
     """Whether ``packing: true`` applies (padding-free rows of the generate collator)."""
     collator_checks_lengths: ClassVar[bool] = False
     """Whether every training record is encoded once before training (a too-long sample is refused by id)."""
+    log_keys: ClassVar[tuple[str, ...]] = ()
+    """Numbers of the objective's own that ``train_log.jsonl`` records when a log line has them (its callbacks or
+    ``validate`` put them in the Trainer's logs)."""
 
     def __init__(self, setup: Setup):
         self.setup = setup
@@ -78,6 +81,10 @@ class Objective:
     def loss(self, model: Any, inputs: dict[str, Any]) -> torch.Tensor:
         """The loss of one micro-batch (``model`` is ``training_model``, possibly wrapped by DDP)."""
         raise NotImplementedError(f"objective {self.name} defines no loss")
+
+    def callbacks(self) -> list[Any]:
+        """Trainer callbacks of the objective (placed before the run's monitor, so their log numbers reach it)."""
+        return []
 
     def optimizer_groups(self, model: Any, lr: float) -> list[dict[str, Any]] | None:
         """AdamW parameter groups when some parameters need their own learning rate; None: the Trainer's own."""
