@@ -204,6 +204,7 @@ def test_reference_study_on_tiny_twins_dry_runs(tmp_path, flowers_mini, capsys):
         "coop4-rank-qwen3-vl-4b",
         "coop4-sft-qwen3-vl-4b",
         "coop4-sft-rank-qwen3-vl-4b",
+        "coop4-rl-qwen3-vl-4b",
     }
     assert study.runs["coop4-sft-rank-qwen3-vl-4b"].config.objective == "rank"
     assert {(study.runs[i].config.data.shots, study.runs[i].config.data.shot_seed) for i in coop} == {(4, 1)}
