@@ -1,9 +1,13 @@
 """Zero-shot speed on the small random Qwen3-VL (~27 M params), real 224-px Flowers102 images, 2 threads.
 
-Four ratios (three with targets), all measured in one run on the same machine so they do not depend on how fast it is:
+Five ratios (three with targets), all measured in one run on the same machine so they do not depend on how fast it is:
 - ``rank_naive_over_cached``: ranking the 102 class names with one full forward per name / with the image+prompt
   prefix run once and its KV cache shared (per image, the text-only prior excluded from both).
-- ``rank_cached_over_generate8``: prefix-cached ranking of 102 names / one 8-token greedy answer (per image).
+- ``rank_cached_over_generate8``: prefix-cached ranking of 102 names (packed as a token trie) / one 8-token greedy
+  answer (per image).
+- ``rank_batch8_over_batch1`` (INFO, no target): images/s ranking 8 images per call (one prefill and one candidate
+  forward for all 8) / one image per call. On a CPU the prefill is compute-bound already at batch 1 (as for
+  generation below), so this says what batching amortises here; on a GPU it is the lever (``gpu_eval.py``).
 - ``generate_batch16_over_batch1`` (INFO, no target): images/s generating at batch 16 / at batch 1. The batch-1
   prefill is already compute-bound on a CPU (most of its FLOPs are the vision tower at near-matmul speed), so
   batching only amortises per-call overhead; the ratio is reported, not held to a target.
@@ -85,6 +89,9 @@ def measure(backend: Any, images: list, names: list[str]) -> dict[str, float]:
     naive_subset = best_time(lambda: backend.rank(one, QUESTION, subset, reuse_prefix=False), 2) - naive_prior
     naive = naive_subset * len(names) / len(subset)
     generate8 = best_time(lambda: backend.generate(one, [QUESTION], max_new_tokens=8), 5)
+    eight = images[:8]
+    rank_batch1 = best_time(lambda: [backend.rank([image], QUESTION, names) for image in eight], 1)
+    rank_batch8 = best_time(lambda: backend.rank(eight, QUESTION, names), 2)
     batch = images[:16]
     batch1 = best_time(lambda: [backend.generate([image], [QUESTION], max_new_tokens=8) for image in batch], 1)
     batch16 = best_time(lambda: backend.generate(batch, [QUESTION] * len(batch), max_new_tokens=8), 2)
@@ -93,6 +100,8 @@ def measure(backend: Any, images: list, names: list[str]) -> dict[str, float]:
         "rank_cached_s": cached,
         "rank_naive_s": naive,
         "generate8_s": generate8,
+        "rank_batch1_images_per_s": len(eight) / rank_batch1,
+        "rank_batch8_images_per_s": len(eight) / rank_batch8,
         "batch1_images_per_s": len(batch) / batch1,
         "batch16_images_per_s": len(batch) / batch16,
         "forward_flops": forward_flops,
@@ -134,9 +143,16 @@ def run() -> list[dict[str, Any]]:
             "name": "rank_cached_over_generate8",
             "value": m["rank_cached_s"] / m["generate8_s"],
             "op": "<=",
-            "target": 2,
+            "target": 1.0,
             "detail": f"cached rank {m['rank_cached_s']:.3f} s vs 8-token generation {m['generate8_s']:.3f} s "
             "per image",
+        },
+        {
+            # INFO, not a target: on a CPU the prefill is compute-bound at batch 1 (BENCHMARKS.md)
+            "name": "rank_batch8_over_batch1",
+            "value": m["rank_batch8_images_per_s"] / m["rank_batch1_images_per_s"],
+            "detail": f"{m['rank_batch8_images_per_s']:.1f} vs {m['rank_batch1_images_per_s']:.1f} images/s ranking "
+            f"{len(names)} names",
         },
         {
             # INFO, not a target: batch 1 is already compute-bound here (see forward_flops_over_matmul_peak), so

@@ -3,14 +3,15 @@
 The model is built as in ``gpu_sft.py`` (the real Qwen3-VL-4B config, random bf16 weights, on the GPU) and wrapped
 in fgvlm's own backend (``Qwen3VLBackend``, what ``fgvlm eval`` uses), on synthetic 667 x 500 images:
 
-- rank: the log-likelihood of all 102 Flowers102 class names per image (one image+prompt prefill, its KV cache
-  shared by the candidates packed in one row), ``--rank-images`` images;
+- rank: the log-likelihood of all 102 Flowers102 class names per image, ``--rank-images`` images at each of
+  ``--rank-batch-sizes`` images per call (as ``fgvlm eval --mode rank --set batch_size=N``: one left-padded prefill of
+  the N images, then one forward of the candidates packed as a token trie per image, sharing its KV cache);
 - generate: greedy answers of ``--max-new-tokens`` tokens, batches of ``--batch-size`` images.
 
 Random weights give random answers; the cost per image is that of the real model (same shapes, same token counts;
 generation always runs the full ``--max-new-tokens`` unless an end token comes first). Peak memory is printed too.
 
-    python benchmarks/gpu_eval.py                      # ~1-2 minutes on an H100/H200
+    python benchmarks/gpu_eval.py                      # ~2 minutes on an H100/H200
     python benchmarks/gpu_eval.py --device cpu --tiny  # smoke test of the code path on tiny-qwen3-vl
 
 Without CUDA (and without ``--device cpu``) it prints ``no CUDA: skipped`` and exits 0.
@@ -45,14 +46,16 @@ def synchronize(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def time_rank(backend: Any, images: list[Any], names: list[str], device: str, max_seconds: float) -> tuple[int, float]:
-    """Images ranked and seconds, one image at a time (as ``fgvlm eval --mode rank`` scores them)."""
-    backend.rank(images[:1], QUESTION, names)  # warm-up; also computes the text-only prior, kept on the backend
+def time_rank(
+    backend: Any, images: list[Any], names: list[str], batch: int, device: str, max_seconds: float
+) -> tuple[int, float]:
+    """Images ranked and seconds, ``batch`` images per ``rank`` call (``fgvlm eval``'s ``batch_size`` in rank mode)."""
+    backend.rank(images[:batch], QUESTION, names)  # warm-up; also computes the text-only prior, kept on the backend
     synchronize(device)
     start, done = time.perf_counter(), 0
-    for image in images:
-        backend.rank([image], QUESTION, names)
-        done += 1
+    for first in range(0, len(images) - batch + 1, batch):
+        backend.rank(images[first : first + batch], QUESTION, names)
+        done += batch
         if time.perf_counter() - start > max_seconds:
             break
     synchronize(device)
@@ -80,7 +83,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--tiny", action="store_true", help="tiny-qwen3-vl instead of Qwen3-VL-4B (smoke test)")
     parser.add_argument("--layers", type=int, default=None, help="cut the 4B config to N layers (CPU smoke test)")
-    parser.add_argument("--rank-images", type=int, default=32)
+    parser.add_argument("--rank-images", type=int, default=32, help="images ranked at each batch size")
+    parser.add_argument(
+        "--rank-batch-sizes", type=int, nargs="+", default=[1, 8], metavar="N", help="images per rank call"
+    )
     parser.add_argument("--generate-images", type=int, default=128)
     parser.add_argument("--batch-size", type=int, default=16, help="images per generate call")
     parser.add_argument("--max-new-tokens", type=int, default=8)
@@ -112,14 +118,19 @@ def main(argv: list[str]) -> int:
     )
     if args.device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()
-    done, seconds = time_rank(backend, images[: args.rank_images], names, args.device, args.max_seconds)
-    print(f"gpu_eval rank: {done / seconds:.2f} images/s ({done} images x {len(names)} names, {seconds:.1f} s)")
+    for batch in args.rank_batch_sizes:
+        done, seconds = time_rank(backend, images[: args.rank_images], names, batch, args.device, args.max_seconds)
+        print(
+            f"gpu_eval rank batch {batch}: {done / seconds:.2f} images/s ({done} images x {len(names)} names, "
+            f"{seconds:.1f} s)",
+            flush=True,
+        )
     done, seconds = time_generate(
         backend, images[: args.generate_images], args.batch_size, args.max_new_tokens, args.device, args.max_seconds
     )
     print(
-        f"gpu_eval generate: {done / seconds:.2f} images/s ({done} images, batch {args.batch_size}, "
-        f"{args.max_new_tokens} new tokens, {seconds:.1f} s)"
+        f"gpu_eval generate batch {args.batch_size}: {done / seconds:.2f} images/s ({done} images, batch "
+        f"{args.batch_size}, {args.max_new_tokens} new tokens, {seconds:.1f} s)"
     )
     if args.device.startswith("cuda"):
         print(f"gpu_eval: peak memory {torch.cuda.max_memory_allocated() / 2**30:.1f} GiB")

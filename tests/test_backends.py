@@ -1,8 +1,10 @@
 """The VLM backends on real tiny models of every family and drawn SynthFlowers images.
 
-What is pinned: prefix-cached ranking equals brute-force ranking (one full forward per candidate), candidates are
-scored as the template renders the assistant turn, batched generation equals one-at-a-time generation, pooled
-embeddings match a hand computation from ``output_hidden_states`` and do not depend on the batch.
+What is pinned: prefix-cached ranking equals brute-force ranking (one full forward per candidate), a batch of images
+ranked in one forward equals one image at a time (rows that really pad, positions per row; a planted position error is
+caught), the candidate trie by hand, candidates are scored as the template renders the assistant turn, batched
+generation equals one-at-a-time generation, pooled embeddings match a hand computation from ``output_hidden_states``
+and do not depend on the batch.
 """
 
 from __future__ import annotations
@@ -18,7 +20,16 @@ from fgvlm.registry import UnknownNameError  # noqa: E402
 
 QUESTION = "What is the name of the flower in this image?"
 # Flowers102 names of 1 to many tokens: the continuations have different lengths and need padding.
-NAMES = ["rose", "lotus", "pink primrose", "bird of paradise", "canterbury bells", "hard-leaved pocket orchid"]
+# "pink primrose" and "pink-yellow dahlia" share their leading token(s): the candidate trie computes them once.
+NAMES = [
+    "rose",
+    "lotus",
+    "pink primrose",
+    "bird of paradise",
+    "canterbury bells",
+    "hard-leaved pocket orchid",
+    "pink-yellow dahlia",
+]
 # How each family's template renders the assistant turn "pink primrose" (the string ranking must score).
 RENDERED_ANSWER = {
     "qwen3-vl": "pink primrose<|im_end|>",
@@ -101,6 +112,124 @@ def test_candidate_logprobs_are_rank_scores_with_gradients(backend, images):
     reached = {record.part_of(n) for n, p in model.named_parameters() if p.grad is not None and p.grad.abs().sum() > 0}
     model.zero_grad(set_to_none=True)
     assert {"vision", "language"} <= reached, reached
+
+
+# Prompts of different lengths: with them every family whose processor pads the whole prompt gets padded rows, even
+# where all images become the same number of tokens (Idefics2's perceiver, InstructBLIP's query tokens).
+PROMPTS = [
+    QUESTION + " Answer with the name of the flower only, nothing else.",
+    "Name the flower.",
+    QUESTION,
+]
+
+
+def sized_images(images) -> list:
+    """Three images of different sizes (and aspect ratios): dynamic-resolution processors give them different token
+    counts, so a batch of them pads."""
+    return [images[0], images[1].resize((200, 96)), images[2].resize((64, 220))]
+
+
+def relative_error(got, want) -> float:
+    """Largest difference relative to the scores' size (the issue's measure: 1e-5 in float32)."""
+    return float((got - want).abs().max() / want.abs().max())
+
+
+def batched_and_single(backend, images, prompts) -> tuple:
+    """``[B, C]`` candidate scores of the rows ``(image, prompt)`` from ONE left-padded prefill and packed (or
+    grouped) pass, and the same rows one at a time, through the hooks ``rank`` runs; plus each row's padding."""
+    _, _, cont_ids = backend._render_candidates(QUESTION, tuple(NAMES), with_image=True)
+    texts = [backend.render_prompt(prompt) for prompt in prompts]
+    with backend._inference():
+        inputs = backend.encode(images, texts)
+        batched = backend._score_from_prefix(backend._prefill(inputs), cont_ids, 128)
+        single = [
+            backend._score_from_prefix(backend._prefill(backend.encode([i], [t])), cont_ids, 128)
+            for i, t in zip(images, texts, strict=True)
+        ]
+    return batched, torch.cat(single), (inputs["attention_mask"] == 0).sum(dim=1).tolist()
+
+
+def test_batched_rank_equals_one_image_at_a_time(backend, images):
+    """``rank`` of images of different sizes in one forward = one image at a time, in float32 to 1e-5 of the
+    scores' size, on the packed path and on the grouped one (the fallback under other attention kernels)."""
+    batch = sized_images(images)
+    pads = (backend.encode(batch, [backend.render_prompt(QUESTION)] * 3)["attention_mask"] == 0).sum(dim=1).tolist()
+    # Dynamic-resolution processors (Qwen's, SmolVLM's tiles) give the images different token counts: rows pad.
+    # Idefics2's perceiver and InstructBLIP's query tokens give every image the same count: one prompt never pads.
+    assert (max(pads) > 0) == (backend.family in ("qwen3-vl", "qwen2.5-vl", "smolvlm")), pads
+    paths = [backend.packed_rank, False] if backend.packed_rank else [False]
+    try:
+        for packed in paths:
+            backend.packed_rank = packed
+            batched = backend.rank(batch, QUESTION, NAMES)
+            single = [backend.rank([image], QUESTION, NAMES) for image in batch]
+            for kind in ("sum", "mean"):
+                want = torch.cat([scores.get(kind) for scores in single])
+                assert relative_error(batched.get(kind), want) < 1e-5, (packed, kind)
+            # the text-only prior is the same kept tensor on both sides: the difference is the sums'
+            prior = torch.cat([scores.prior_subtracted for scores in single])
+            assert float((batched.prior_subtracted - prior).abs().max()) < 1e-5 * float(batched.sum.abs().max())
+    finally:
+        del backend.packed_rank  # back to the class default
+
+
+def test_batched_rank_with_padded_rows_of_every_family(backend, images):
+    """Rows that really pad on every family whose processor pads the whole prompt (prompts of different lengths):
+    the batched prefill + candidate pass equals one row at a time to 1e-5 of the scores' size.
+
+    InstructBLIP's processor puts its query tokens before the padding, so padded rows would move the text against
+    the image there (as in ``generate``); ``rank`` never pads them, since a batch shares one prompt (previous test).
+    """
+    if backend.family.startswith("instructblip"):
+        pytest.skip("InstructBLIP pads between its query tokens and the prompt; rank batches share one prompt")
+    batched, single, pads = batched_and_single(backend, sized_images(images), PROMPTS)
+    assert pads[0] == 0 and min(pads[1:]) > 0, pads
+    assert relative_error(batched, single) < 1e-5
+
+
+def test_wrong_positions_of_padded_rows_are_caught(backend, images, monkeypatch):
+    """Planted failure: each row's continuation placed ``pads`` positions early (what a language model numbering
+    tokens from the attention mask would want, not a RoPE model numbering them by cache index, nor M-RoPE's per-row
+    deltas). The unpadded row still agrees, every padded row fails the previous test's 1e-5: the comparison sees a
+    row's positions. (Measured: 3e-5 to 4e-3 of the scores' size on the tiny random models, whose attention barely
+    depends on position, against 1e-8 to 1e-7 when the positions are right.)"""
+    if backend.family.startswith("instructblip"):
+        pytest.skip("no padded rows (see test_batched_rank_with_padded_rows_of_every_family)")
+    right = type(backend)._continuation_positions
+
+    def early(self, prefix, offsets):
+        return right(self, prefix, offsets - prefix.pads.reshape(-1, 1).to(offsets.device))
+
+    monkeypatch.setattr(type(backend), "_continuation_positions", early)
+    batched, single, pads = batched_and_single(backend, sized_images(images), PROMPTS)
+    assert pads[0] == 0 and relative_error(batched[:1], single[:1]) < 1e-5
+    for row in (1, 2):
+        assert relative_error(batched[row], single[row]) > 1e-5, (row, pads)
+
+
+def test_candidate_trie_by_hand():
+    """Candidates ``5 6 9``, ``5 7 9``, ``5 6 8 9``, ``4 9``: their inputs (all but the last token) share ``5`` and
+    ``5 6``; five nodes instead of seven tokens, and each scored token is read at the node of what precedes it."""
+    from fgvlm.models.trie import candidate_trie
+
+    trie = candidate_trie(((5, 6, 9), (5, 7, 9), (5, 6, 8, 9), (4, 9)))
+    assert trie.tokens == (5, 6, 7, 8, 4) and trie.depths == (0, 1, 1, 2, 0)
+    mask = {(row, col) for row, col in zip(trie.mask_rows, trie.mask_cols, strict=True)}
+    assert mask == {(0, 0), (1, 0), (1, 1), (2, 0), (2, 2), (3, 0), (3, 1), (3, 3), (4, 4)}
+    assert trie.nodes == (0, 1, 0, 2, 0, 1, 3, 4)
+    assert trie.targets == (6, 9, 7, 9, 6, 8, 9, 9)
+    assert trie.owners == (0, 0, 1, 1, 2, 2, 2, 3)
+    with pytest.raises(ValueError, match="candidate 1 has 1 token"):
+        candidate_trie(((5, 6), (7,)))
+
+
+def test_the_test_names_share_trie_nodes(backend):
+    """The names above really exercise the trie: "pink primrose" and "pink-yellow dahlia" share a node."""
+    from fgvlm.models.trie import candidate_trie
+
+    _, _, cont_ids = backend._render_candidates(QUESTION, tuple(NAMES), with_image=True)
+    trie = candidate_trie(tuple(tuple(ids) for ids in cont_ids if len(ids) > 1))
+    assert trie.size < sum(len(ids) - 1 for ids in cont_ids)
 
 
 def test_pooled_features_are_embed_with_gradients(backend, images):

@@ -43,11 +43,13 @@ def test_gpu_sft_smoke_on_cpu(use_tiny_cache, capsys: pytest.CaptureFixture) -> 
 
 
 def test_gpu_eval_smoke_on_cpu(use_tiny_cache, capsys: pytest.CaptureFixture) -> None:
-    argv = ["--device", "cpu", "--tiny", "--rank-images", "1", "--generate-images", "2", "--batch-size", "2"]
+    argv = ["--device", "cpu", "--tiny", "--rank-images", "2", "--rank-batch-sizes", "1", "2"]
+    argv += ["--generate-images", "2", "--batch-size", "2"]
     assert load("gpu_eval").main(argv) == 0
     out = capsys.readouterr().out
-    assert "gpu_eval rank:" in out and "1 images x 102 names" in out
-    assert "gpu_eval generate:" in out and "(2 images, batch 2" in out
+    for batch in (1, 2):
+        assert f"gpu_eval rank batch {batch}:" in out and "2 images x 102 names" in out
+    assert "gpu_eval generate batch 2:" in out and "(2 images, batch 2" in out
 
 
 def test_peak_table_matches_device_names() -> None:

@@ -47,9 +47,10 @@ class EvalConfig:
     task_options: dict[str, Any] = dataclasses.field(default_factory=dict)
     """Options of the prompt task (``fgvlm.prompts.build_prompt``), e.g. num_options, distractors, object."""
     batch_size: int = 8
-    """Images per step (one progress update and one append to predictions.jsonl). Generate mode answers a batch in
-    one left-padded forward; rank mode groups the batch's images that share a prompt and candidates, but the
-    backend still runs their image+prompt prefixes one image at a time (the candidates are batched instead)."""
+    """Images per step (one progress update and one append to predictions.jsonl) and per forward: generate mode
+    answers a batch in one left-padded forward; rank mode runs the image+prompt prefixes of the batch's images that
+    share a prompt and candidates in one left-padded forward, then their candidates in one packed forward (scores
+    equal to one image at a time)."""
     limit: int | None = None
     """Evaluate only the first N images of the split (quick checks)."""
     score: str = "mean"

@@ -5,10 +5,12 @@ left-padded batching, greedy generation, candidate log-likelihoods and pooled hi
 (``fgvlm/models/families/``) overrides only the few hooks that differ (``_prefill``/``_continue`` for M-RoPE
 positions or an encoder-decoder language model, where hidden states live, which token marks an image).
 
-Ranking reuses the image+prompt prefix: one forward with the KV cache on per image, then the candidates'
-continuations either packed in one row that shares the prefix cache (families with ``packed_rank``), or with the
-cache repeated per candidate and one forward per group of equal-length candidates. ``rank(..., reuse_prefix=False)`` is
-the brute-force reference (one full forward per candidate) that the tests and the benchmark compare against.
+Ranking reuses the image+prompt prefix: one left-padded forward of every image's prompt with the KV cache on, then
+the candidates' continuations either packed as a token trie in one row per image that shares its prefix cache
+(families with ``packed_rank``; ``fgvlm.models.trie``), or with the cache repeated per candidate and one forward per
+group of equal-length candidates. Continuation positions follow each row's left padding as the family's language
+model placed the prefix (``_continuation_positions``). ``rank(..., reuse_prefix=False)`` is the brute-force reference
+(one full forward per image and candidate) that the tests and the benchmark compare against.
 
 Public API beyond the three requests, for training code (heads, ``objective: classify``, a rank objective): ``encode``
 and ``to_model`` (processor inputs on the model), ``hidden_states`` / ``pool`` / ``pooled_features`` (what ``embed``
@@ -28,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 from fgvlm.models import chat
 from fgvlm.models.base import POOLINGS, RankScores, VLMBackend
 from fgvlm.models.helpers import BoundedCache, forward_takes_logits_to_keep, unwrap_model
+from fgvlm.models.trie import candidate_trie
 
 __all__ = ["HFBackend", "Prefix", "BoundedCache", "copy_cache", "forward_takes_logits_to_keep", "unwrap_model"]
 
@@ -84,16 +87,30 @@ def check_pooling(pooling: str) -> None:
 
 @dataclass
 class Prefix:
-    """State after running a prompt (with or without its image) once: what the continuations start from."""
+    """State after running ``B`` prompts (with or without their images) once, left-padded to one length: what the
+    continuations start from."""
 
     last_logits: torch.Tensor
-    """``[V]`` logits after the prompt's last token: they score each candidate's first token."""
+    """``[B, V]`` logits after each prompt's last token: they score each candidate's first token."""
     cache: Any
-    """The KV cache (``DynamicCache``; ``EncoderDecoderCache`` for encoder-decoder models), batch 1."""
+    """The KV cache (``DynamicCache``; ``EncoderDecoderCache`` for encoder-decoder models), batch ``B``."""
     length: int
-    """Tokens already in the cache (the prompt, or the decoder start token for encoder-decoder models)."""
+    """Tokens per row already in the cache, padding included (the padded prompt, or the decoder start token for
+    encoder-decoder models)."""
+    mask: torch.Tensor
+    """``[B, length]`` 1 for a real token, 0 for padding: continuations must not attend to the padded slots."""
     extra: dict[str, Any]
     """Family state the continuation needs (M-RoPE deltas, encoder outputs and mask)."""
+
+    @property
+    def rows(self) -> int:
+        return self.mask.shape[0]
+
+    @property
+    def pads(self) -> torch.Tensor:
+        """``[B]`` padded slots per row (left padding): where a language model counts positions from the attention
+        mask, a row's continuation starts this much earlier than ``length``."""
+        return self.length - self.mask.sum(dim=1)
 
 
 class HFBackend(VLMBackend):
@@ -103,11 +120,13 @@ class HFBackend(VLMBackend):
     nested_images = False
     """Pass images to the processor as one list per sample (Idefics2/SmolVLM) rather than one flat list."""
     packed_rank = False
-    """Rank with all candidates packed in one row after the shared prefix cache (``_score_packed``): needs a
-    text module that takes a 4-D additive attention mask and explicit position ids; otherwise the cache is
-    repeated per candidate (``_score_grouped``). Used only under an attention implementation in ``PACKED_ATTENTION``."""
+    """Rank with all candidates packed as a token trie in one row per image after the shared prefix cache
+    (``_score_packed``): needs a text module that takes a 4-D additive attention mask and takes its positions from
+    explicit position ids; otherwise the cache is repeated per candidate (``_score_grouped``). Used only under an
+    attention implementation in ``PACKED_ATTENTION``."""
     group_size = 16
-    """Grouped path: candidates per forward (each holds its own copy of the prefix KV cache, so this bounds memory)."""
+    """Grouped path: (image, candidate) rows per forward (each holds its own copy of an image's prefix KV cache, so
+    this bounds memory)."""
 
     def __init__(self, model: Any, processor: Any, info: dict[str, Any]):
         # The model and processor may belong to a trainer: the backend changes neither (no eval(), no permanent
@@ -264,28 +283,28 @@ class HFBackend(VLMBackend):
     ) -> RankScores:
         """Log-likelihood of every candidate as the assistant's answer to ``prompt`` about each image.
 
-        With ``reuse_prefix`` (the default) the image+prompt runs once per image and its KV cache is shared by
-        all candidates, ``candidate_batch`` continuations per forward; without it every candidate runs a full
-        forward (the slow reference). ``prior_subtracted`` subtracts the text-only log-likelihood, computed once
-        per (prompt, candidates) and kept on the backend until a trainable weight changes.
-
-        Images are scored one prefix at a time: passing several images batches the candidates, not the image
-        prefill (each image's cache is batch 1), so a larger eval ``batch_size`` groups images per progress and
-        record step without running their prefixes together.
+        With ``reuse_prefix`` (the default) the images' image+prompt prefixes run in ONE left-padded forward and
+        each image's KV cache is shared by all candidates, ``candidate_batch`` candidates per forward for all images
+        together; without it every (image, candidate) runs a full forward of its own (the slow reference). So the
+        number of images passed is the batch of a forward, as in ``generate``, and the scores equal those of one
+        image at a time. ``prior_subtracted`` subtracts the text-only log-likelihood, computed once per (prompt,
+        candidates) and kept on the backend until a trainable weight changes.
         """
         import torch
 
         if not candidates:
             raise ValueError(f"{self.family}: rank needs at least one candidate")
         prompt_text, suffixes, cont_ids = self._render_candidates(prompt, tuple(candidates), with_image=True)
-        rows = []
-        for image in images:
-            if reuse_prefix:
-                with self._inference():
-                    rows.append(self.candidate_logprobs(image, prompt, candidates, candidate_batch)[0].cpu())
-            else:
-                rows.append(self._score_brute_force([image], prompt_text, suffixes, cont_ids))
-        summed = torch.stack(rows) if rows else torch.zeros(0, len(candidates))
+        if not images:
+            summed = torch.zeros(0, len(candidates))
+        elif reuse_prefix:
+            with self._inference():
+                prefix = self._prefill(self.encode(list(images), [prompt_text] * len(images)))
+                summed = self._score_from_prefix(prefix, cont_ids, candidate_batch).cpu()
+        else:
+            summed = torch.stack(
+                [self._score_brute_force([image], prompt_text, suffixes, cont_ids) for image in images]
+            )
         num_tokens = [len(ids) for ids in cont_ids]
         prior = self._prior(prompt, candidates, reuse_prefix, candidate_batch)
         mean = summed / torch.tensor(num_tokens, dtype=summed.dtype)
@@ -297,20 +316,21 @@ class HFBackend(VLMBackend):
         """Summed log-probability ``[C]`` (float32) and token count ``[C]`` (long) of every candidate as the answer to
         ``prompt`` about ``image``, on the model's device, with gradients when autograd is on.
 
-        What ``rank`` computes per image (it calls this under inference mode, in eval mode): one prefill of
-        image + prompt with the KV cache on, then the candidates' tokens after it, packed in one row sharing the
-        prefix cache (``packed_rank`` families under sdpa/eager attention; ``candidate_batch`` candidates per
-        forward) or by groups of equal length. Nothing is detached and no mode is switched: called in a training
-        step, the model runs in its current mode (dropout on in train mode) and ``sum.backward()`` reaches the
-        weights. ``sum / count`` is the per-token mean; the same ``prompt`` and ``candidates`` render the same
-        tokens as ``rank`` and ``SFTCollator``.
+        What ``rank`` computes for each image of a batch (it runs the same hooks under inference mode, in eval mode):
+        one prefill of image + prompt with the KV cache on, then the candidates' tokens after it, packed as a trie in
+        one row sharing the prefix cache (``packed_rank`` families under sdpa/eager attention; ``candidate_batch``
+        candidates per forward) or by groups of equal length. Nothing is detached and no mode is switched: called
+        in a training step, the model runs in its current mode (dropout on in train mode) and ``sum.backward()``
+        reaches the weights. ``sum / count`` is the per-token mean; the same ``prompt`` and ``candidates`` render
+        the same tokens as ``rank`` and ``SFTCollator``.
         """
         import torch
 
         if not candidates:
             raise ValueError(f"{self.family}: candidate_logprobs needs at least one candidate")
         prompt_text, _, cont_ids = self._render_candidates(prompt, tuple(candidates), with_image=True)
-        summed = self._score_from_prefix(self._prefill(self.encode([image], [prompt_text])), cont_ids, candidate_batch)
+        prefix = self._prefill(self.encode([image], [prompt_text]))
+        summed = self._score_from_prefix(prefix, cont_ids, candidate_batch)[0]
         return summed, torch.tensor([len(ids) for ids in cont_ids], device=summed.device)
 
     def _prior(self, prompt: str, candidates: list[str], reuse_prefix: bool, candidate_batch: int) -> torch.Tensor:
@@ -323,26 +343,27 @@ class HFBackend(VLMBackend):
         if prior is None:
             with self._inference():
                 prefix = self._prefill(self.encode(None, [prompt_text]))
-                prior = self._prior_cache[key] = self._score_from_prefix(prefix, cont_ids, candidate_batch).cpu()
+                prior = self._prior_cache[key] = self._score_from_prefix(prefix, cont_ids, candidate_batch)[0].cpu()
         return prior
 
     def _score_from_prefix(self, prefix: Prefix, cont_ids: list[list[int]], candidate_batch: int) -> torch.Tensor:
-        """``[C]`` summed log-probs (float32, on the prefix's device) of the continuations after one cached prefix.
+        """``[B, C]`` summed log-probs (float32, on the prefix's device) of the continuations after each row of a
+        cached prefix.
 
         The first token of every candidate is scored by the prefix's last logits; the rest run in packs of at most
         ``candidate_batch`` candidates (``_score_packed``) or, for families without packing or under another
-        attention implementation, in groups of equal length (``_score_grouped``). Differentiable: no mode switch,
-        no detaching (callers choose inference mode).
+        attention implementation, in groups of equal length (``_score_grouped``), every image of the prefix in the
+        same forward. Differentiable: no mode switch, no detaching (callers choose inference mode).
         """
         import torch
 
         first = torch.log_softmax(at_least_float32(prefix.last_logits), dim=-1)
-        scores = first[torch.tensor([ids[0] for ids in cont_ids], device=first.device)]
+        scores = first[:, torch.tensor([ids[0] for ids in cont_ids], device=first.device)]
         rest = [index for index, ids in enumerate(cont_ids) if len(ids) > 1]  # one-token candidates are done
         score = self._score_packed if self.uses_packed_rank else self._score_grouped
         for start in range(0, len(rest), candidate_batch):
             chunk = torch.tensor(rest[start : start + candidate_batch], device=scores.device)
-            scores = scores.index_add(0, chunk, score(prefix, [cont_ids[i] for i in chunk.tolist()]).to(scores.device))
+            scores = scores.index_add(1, chunk, score(prefix, [cont_ids[i] for i in chunk.tolist()]).to(scores.device))
         return scores
 
     @property
@@ -351,67 +372,68 @@ class HFBackend(VLMBackend):
         return self.packed_rank and getattr(self.model.config, "_attn_implementation", None) in PACKED_ATTENTION
 
     def _score_packed(self, prefix: Prefix, cont_ids: list[list[int]]) -> torch.Tensor:
-        """``[n]`` log-probs of tokens 2..k of ``n`` candidates packed in ONE row after the prefix.
+        """``[B, n]`` log-probs of tokens 2..k of ``n`` candidates packed as a trie in ONE row per prefix row.
 
         The prefix's KV cache is shared instead of repeated per candidate: a 4-D additive mask lets each packed
-        token see the whole prefix and, causally, its own candidate's earlier tokens only, and positions restart at
-        the prefix's end for every candidate. So each candidate computes exactly what it would alone, without
-        padding, in one forward whatever the lengths.
+        token see its row's real prefix tokens (not the padding) and, through the trie (``fgvlm.models.trie``), its
+        own candidate's earlier tokens only; positions restart after the prefix along every branch. So each
+        candidate computes exactly what it would alone, without padding, in one forward whatever the lengths, and
+        tokens that candidates share at their start are computed once.
         """
         import torch
 
-        inputs = [ids[:-1] for ids in cont_ids]  # tokens 1..k-1 go in; their logits score tokens 2..k
-        tokens = torch.tensor([t for ids in inputs for t in ids], device=self.device)
-        targets = torch.tensor([t for ids in cont_ids for t in ids[1:]], device=self.device)
-        segment = torch.cat([torch.full((len(ids),), j, device=self.device) for j, ids in enumerate(inputs)])
-        offsets = torch.cat([torch.arange(len(ids), device=self.device) for ids in inputs])
-        same = segment[:, None] == segment[None, :]
-        allowed = torch.cat(
-            [same.new_ones(len(tokens), prefix.length), same & (offsets[None, :] <= offsets[:, None])], dim=1
-        )
-        mask = torch.zeros(allowed.shape, dtype=self.dtype, device=self.device)
+        trie = candidate_trie(tuple(tuple(ids) for ids in cont_ids))
+        device, rows = self.device, prefix.rows
+        tree = torch.zeros(trie.size, trie.size, dtype=torch.bool, device=device)
+        tree[torch.tensor(trie.mask_rows, device=device), torch.tensor(trie.mask_cols, device=device)] = True
+        seen = prefix.mask.to(device=device, dtype=torch.bool)[:, None, :].expand(rows, trie.size, prefix.length)
+        allowed = torch.cat([seen, tree.expand(rows, -1, -1)], dim=2)
+        mask = torch.zeros(allowed.shape, dtype=self.dtype, device=device)
         mask.masked_fill_(~allowed, torch.finfo(self.dtype).min)
-        cache = copy_cache(prefix.cache)  # the packed tokens extend a copy; the prefix stays intact
-        positions = self._continuation_positions(prefix, offsets.unsqueeze(0))
+        offsets = torch.tensor(trie.depths, device=device).expand(rows, -1)
         out = self._text_module(prefix)(
-            input_ids=tokens.unsqueeze(0),
-            attention_mask=mask[None, None],
-            position_ids=positions,
-            cache=cache,
+            input_ids=torch.tensor(trie.tokens, device=device).expand(rows, -1),
+            attention_mask=mask[:, None],
+            position_ids=self._continuation_positions(prefix, offsets),
+            cache=copy_cache(prefix.cache),  # the packed tokens extend a copy; the prefix stays intact
             use_cache=True,
         )
-        logprobs = torch.log_softmax(at_least_float32(out.logits[0]), dim=-1)
-        picked = logprobs.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
-        return torch.zeros(len(cont_ids), device=picked.device, dtype=picked.dtype).index_add_(0, segment, picked)
+        nodes, targets = torch.tensor(trie.nodes, device=device), torch.tensor(trie.targets, device=device)
+        # one row at a time: a float32 [tokens, vocabulary] log-softmax per image, not [B, tokens, vocabulary] at once
+        picked = torch.stack([torch.log_softmax(at_least_float32(row), -1)[nodes, targets] for row in out.logits])
+        owners = torch.tensor(trie.owners, device=picked.device)
+        return picked.new_zeros(rows, len(cont_ids)).index_add_(1, owners, picked)
 
     def _score_grouped(self, prefix: Prefix, cont_ids: list[list[int]]) -> torch.Tensor:
-        """``[n]`` log-probs of tokens 2..k with the prefix cache repeated per candidate, one forward per length.
+        """``[B, n]`` log-probs of tokens 2..k with the prefix cache repeated per candidate, one forward per length.
 
         Groups of equal token length carry no padding: 102 Flowers102 names fall into a handful of lengths, and
         padding to the longest name would more than double the tokens. A group runs in chunks of at most
-        ``group_size`` candidates, since each one holds a full copy of the prefix cache.
+        ``group_size`` (image, candidate) rows, since each one holds a full copy of its image's prefix cache.
         """
         import torch
 
         by_length: dict[int, list[int]] = {}
         for index, ids in enumerate(cont_ids):
             by_length.setdefault(len(ids), []).append(index)
+        per_forward = max(1, self.group_size // prefix.rows)
         chunks = [
-            group[start : start + self.group_size]
+            group[start : start + per_forward]
             for group in by_length.values()
-            for start in range(0, len(group), self.group_size)
+            for start in range(0, len(group), per_forward)
         ]
-        scores = torch.zeros(
-            len(cont_ids), device=self.device, dtype=at_least_float32(torch.zeros(0, dtype=self.dtype)).dtype
-        )
+        dtype = at_least_float32(torch.zeros(0, dtype=self.dtype)).dtype
+        scores = torch.zeros(prefix.rows, len(cont_ids), device=self.device, dtype=dtype)
         for chunk in chunks:
-            tokens = torch.tensor([cont_ids[i] for i in chunk], device=self.device)
+            # rows image-major: row b * len(chunk) + j is image b's candidate chunk[j], as batch_repeat_interleave lays
+            # out the cache
+            tokens = torch.tensor([cont_ids[i] for i in chunk], device=self.device).repeat(prefix.rows, 1)
             cache = copy_cache(prefix.cache)  # each group extends its own copy of the prefix
             cache.batch_repeat_interleave(len(chunk))
             logprobs = torch.log_softmax(at_least_float32(self._continue(prefix, cache, tokens[:, :-1])), dim=-1)
-            picked = logprobs.gather(-1, tokens[:, 1:].unsqueeze(-1)).squeeze(-1)
+            picked = logprobs.gather(-1, tokens[:, 1:].unsqueeze(-1)).squeeze(-1).sum(dim=1).view(prefix.rows, -1)
             # .to: under device_map='auto' the logits may sit on another device than the first parameters
-            scores = scores.index_add(0, torch.tensor(chunk, device=self.device), picked.sum(dim=1).to(self.device))
+            scores = scores.index_add(1, torch.tensor(chunk, device=self.device), picked.to(self.device))
         return scores
 
     def _forward(self, inputs: dict[str, Any], **kwargs: Any) -> Any:
@@ -425,26 +447,40 @@ class HFBackend(VLMBackend):
         return {"logits_to_keep": 1} if forward_takes_logits_to_keep(type(unwrap_model(self.model))) else {}
 
     def _prefill(self, inputs: dict[str, Any]) -> Prefix:
-        """Run the prompt (batch 1) once with the cache on (in the caller's grad and train mode)."""
+        """Run the left-padded prompts once with the cache on (in the caller's grad and train mode)."""
+        import torch
+
         out = self._forward(inputs, use_cache=True, **self._last_logits_only(inputs))
-        return Prefix(out.logits[0, -1], out.cache, inputs["input_ids"].shape[1], {})
+        ids = inputs["input_ids"]
+        mask = inputs.get("attention_mask")
+        return Prefix(out.logits[:, -1], out.cache, ids.shape[1], torch.ones_like(ids) if mask is None else mask, {})
 
     def _continue(self, prefix: Prefix, cache: Any, ids: torch.Tensor, start: int = 0) -> torch.Tensor:
-        """Logits ``[n, L, V]`` of ``n`` equal-length continuations ``ids`` after the repeated prefix ``cache``;
+        """Logits ``[n, L, V]`` of ``n`` equal-length continuations ``ids`` after the repeated prefix ``cache``:
+        ``n / B`` candidates per prefix row, image-major (as ``batch_repeat_interleave`` repeats the cache);
         ``start``: continuation tokens already in the cache (decoding steps of ``fgvlm.models.sampling``)."""
         import torch
 
         n, length = ids.shape
-        mask = torch.ones(n, prefix.length + start + length, dtype=torch.long, device=ids.device)
-        offsets = torch.arange(start, start + length, device=ids.device).unsqueeze(0).expand(n, length)
-        positions = self._continuation_positions(prefix, offsets)
+        per_row = n // prefix.rows
+        mask = torch.cat([prefix.mask.repeat_interleave(per_row, dim=0), ids.new_ones(n, start + length)], dim=1)
+        offsets = torch.arange(start, start + length, device=ids.device).expand(prefix.rows, length)
+        positions = self._continuation_positions(prefix, offsets).repeat_interleave(per_row, dim=-2)
         out = self._text_module(prefix)(
             input_ids=ids, attention_mask=mask, position_ids=positions, cache=cache, use_cache=True
         )
         return out.logits
 
     def _continuation_positions(self, prefix: Prefix, offsets: torch.Tensor) -> torch.Tensor:
-        """Position ids of continuation tokens at ``offsets`` ``[n, L]`` (0 = first token after the prefix)."""
+        """Position ids of continuation tokens at ``offsets`` ``[B, L]`` (0 = first token after the prefix; row ``b``
+        continues prefix row ``b``).
+
+        The default serves language models that number tokens by their cache index (RoPE Llama / Mistral / Qwen
+        text models): a left-padded row's prompt sat at ``pads .. length - 1``, so its continuation goes on at
+        ``length``; the shift against the unpadded prompt is the same for every token of the row, and rotary
+        attention only sees relative distances. A language model that numbers tokens from the attention mask
+        (learned absolute positions) would subtract ``prefix.pads`` instead; M-RoPE families add per-row deltas.
+        """
         return offsets + prefix.length
 
     def _text_module(self, prefix: Prefix) -> Any:

@@ -38,6 +38,7 @@ class Idefics2Backend(HFBackend):
 
     family = "idefics2"
     nested_images = True
+    packed_rank = True
 
 
 def tiny_recipe(dims: Dims) -> tuple[PreTrainedConfig, ProcessorMixin]:

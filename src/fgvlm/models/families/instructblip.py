@@ -39,6 +39,7 @@ class InstructBlipBackend(HFBackend):
     """Decoder-only language model: the cached prefix is the query tokens + prompt."""
 
     family = "instructblip"
+    packed_rank = True
 
     def _forward(self, inputs: dict[str, Any], **kwargs: Any) -> Any:
         if "pixel_values" in inputs:

@@ -42,6 +42,7 @@ class InstructBlipT5Backend(InstructBlipBackend):
     """
 
     family = "instructblip-t5"
+    packed_rank = False
 
     @property
     def _start_ids(self) -> torch.Tensor:
@@ -56,17 +57,22 @@ class InstructBlipT5Backend(InstructBlipBackend):
         return super()._forward(inputs, **kwargs)
 
     def _prefill(self, inputs: dict[str, Any]) -> Prefix:
+        import torch
+
         out = self._forward(inputs, use_cache=True)
         extra = {"encoder": out.encoder_last_hidden_state, "mask": inputs["attention_mask"]}
-        return Prefix(out.logits[0, -1], out.cache, 1, extra)
+        start = torch.ones(inputs["input_ids"].shape[0], 1, dtype=torch.long, device=self.device)  # never padded
+        return Prefix(out.logits[:, -1], out.cache, 1, start, extra)
 
     def _continue(self, prefix: Prefix, cache: Any, ids: torch.Tensor, start: int = 0) -> torch.Tensor:
         from transformers.modeling_outputs import BaseModelOutput
 
-        n = ids.shape[0]
+        per_row = ids.shape[0] // prefix.rows  # image-major rows, as the repeated cache
         out = self.language_model(
-            encoder_outputs=BaseModelOutput(last_hidden_state=prefix.extra["encoder"].expand(n, -1, -1)),
-            attention_mask=prefix.extra["mask"].expand(n, -1),
+            encoder_outputs=BaseModelOutput(
+                last_hidden_state=prefix.extra["encoder"].repeat_interleave(per_row, dim=0)
+            ),
+            attention_mask=prefix.extra["mask"].repeat_interleave(per_row, dim=0),
             decoder_input_ids=ids,
             cache=cache,
             use_cache=True,

@@ -115,7 +115,8 @@ def speed_up_qwen3_vision(model: Any) -> int:
 
 
 class Qwen3VLBackend(HFBackend):
-    """Image tokens shift the text positions: after the prefix, position = cache position + ``rope_deltas``."""
+    """Image tokens shift the text positions: after the prefix, each row's M-RoPE position continues from its own
+    prompt, i.e. unpadded length + ``rope_deltas`` (per row)."""
 
     family = "qwen3-vl"
     packed_rank = True
@@ -134,16 +135,19 @@ class Qwen3VLBackend(HFBackend):
         inner.rope_deltas = None
         prefix = super()._prefill(inputs)
         deltas = inner.rope_deltas
-        prefix.extra["rope_deltas"] = torch.zeros(1, 1, dtype=torch.long) if deltas is None else deltas.cpu()
+        prefix.extra["rope_deltas"] = torch.zeros(prefix.rows, 1, dtype=torch.long) if deltas is None else deltas.cpu()
         return prefix
 
     def _continuation_positions(self, prefix: Prefix, offsets: torch.Tensor) -> torch.Tensor:
         import torch
 
         # Passing the full-length attention mask makes the model derive M-RoPE ids for the whole mask (wrong shape),
-        # so give them explicitly: row 0 = text positions (causal mask), rows 1-3 = the M-RoPE axes.
+        # so give them explicitly: row 0 = text positions (the cache index), rows 1-3 = the M-RoPE axes. The model
+        # numbered each prompt's real tokens only (``get_rope_index`` skips the padding) and its delta is
+        # ``max position + 1 - real tokens``: a row continues at real tokens + delta, ``length - pads + delta``.
         text = super()._continuation_positions(prefix, offsets)
-        mrope = text + prefix.extra["rope_deltas"].to(text.device).reshape(-1)[0]
+        shift = prefix.extra["rope_deltas"].reshape(-1, 1).to(text.device) - prefix.pads.reshape(-1, 1).to(text.device)
+        mrope = text + shift
         return torch.stack([text, mrope, mrope, mrope])
 
 

@@ -40,6 +40,7 @@ class SmolVLMBackend(HFBackend):
 
     family = "smolvlm"
     nested_images = True
+    packed_rank = True
 
 
 def tiny_recipe(dims: Dims) -> tuple[PreTrainedConfig, ProcessorMixin]:
