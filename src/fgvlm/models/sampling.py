@@ -101,7 +101,7 @@ def sample_answers(
         prefix = backend._prefill(backend.encode([image], [prompt_text]))
         cache = copy_cache(prefix.cache)
         cache.batch_repeat_interleave(n)
-        logits = prefix.last_logits.unsqueeze(0).expand(n, -1)
+        logits = prefix.last_logits[:1].expand(n, -1)  # [1, V]: one image
         done = torch.zeros(n, dtype=torch.bool, device=backend.device)
         steps: list[torch.Tensor] = []
         for step in range(max_new_tokens):
