@@ -221,7 +221,7 @@ def test_cnn_train_rerun_from_its_config_reproduces_the_run(tmp_path):
     assert "limit: 16" in (first / "config.yaml").read_text()
 
 
-TIMING = {"seconds", "images_per_s", "train_images_per_s", "best"}
+TIMING = {"seconds", "images_per_s", "train_images_per_s", "best", "cost"}
 
 
 def strip_timing(run) -> dict:

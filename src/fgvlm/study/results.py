@@ -13,6 +13,7 @@ from pathlib import Path
 
 from fgvlm.report.rundirs import load_runs
 from fgvlm.report.tables import ResultRow, build_row, collect_rows, write_results_table
+from fgvlm.runs import run_done
 from fgvlm.study.resolve import Study
 
 COLUMNS = ("configuration", "accuracy (95% CI)", "vs reference", "published", "n", "protocol", "top-5", "unmatched")
@@ -21,7 +22,7 @@ COLUMNS = ("configuration", "accuracy (95% CI)", "vs reference", "published", "n
 def finished_runs(study: Study) -> list[Path]:
     """Run directories of the study that finished (``done.json`` written last), in study order: a run that failed
     after writing its metrics is not a result."""
-    return [run.out for run in study.runs.values() if (run.out / "done.json").is_file()]
+    return [run.out for run in study.runs.values() if run_done(run.out)]
 
 
 def study_rows(study: Study) -> list[ResultRow]:
