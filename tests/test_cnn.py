@@ -359,6 +359,46 @@ def test_resume_rewrites_the_log_atomically(tmp_path, monkeypatch):
 
 
 # -- two processes ------------------------------------------------------------------------------------------
+CLOSE_PROBE = """
+import os, torch
+from fgvlm.distributed import ProcessGroup
+group = ProcessGroup.from_env()
+
+
+def train():  # as train_cnn: the DDP model is gone when the group closes
+    import timm  # imports torch._dynamo, as building a CNN does
+    model = torch.nn.parallel.DistributedDataParallel(torch.nn.Linear(4, 2))
+    model(torch.zeros(2, 4)).sum().backward()
+
+
+train()
+group.close()
+names = [open(f"/proc/self/task/{t}/comm").read().strip() for t in os.listdir("/proc/self/task")]
+print("gloo threads after close:", sorted(n for n in names if "gloo" in n))
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="reads thread names from /proc (Linux)")
+def test_closing_the_group_stops_its_gloo_threads(tmp_path):
+    """A group closed after DDP and a torch._dynamo import (timm) leaves no gloo thread running into interpreter exit,
+    where one now and then aborted a torchrun child ("terminate called without an active exception")."""
+    script = tmp_path / "probe.py"
+    script.write_text(CLOSE_PROBE)
+    torchrun = Path(sys.executable).with_name("torchrun")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(
+        [str(torchrun), "--standalone", "--nproc_per_node", "2", str(script)],
+        capture_output=True,
+        text=True,
+        timeout=240,
+        env=env,
+        cwd=tmp_path,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.count("gloo threads after close: []") == 2, proc.stdout
+
+
 @pytest.mark.slow
 def test_torchrun_two_processes(tmp_path):
     config = tmp_path / "ddp.yaml"
@@ -395,6 +435,8 @@ def test_torchrun_two_processes(tmp_path):
     assert metrics["world_size"] == 2 and metrics["replicas_in_sync"]
     assert len(metrics["replica_checksums"]) == 2 and metrics["replica_checksums"][0] == metrics["replica_checksums"][1]
     assert metrics["n"] == 16  # the whole test split, gathered from both ranks' halves
+    cost = metrics["cost"]  # gathered from both processes: their devices, all images (2 epochs + 2 validations + test)
+    assert cost["device_count"] == len(cost["devices"]) == 2 and cost["images"] == 2 * 64 + 2 * 16 + 16
     log = (out / "train_log.jsonl").read_text().splitlines()
     assert len(log) == 2 and json.loads(log[0])["images"] == 64  # 2 ranks x 4 steps x 8 images, one line per epoch
     assert len(list((out / "tb").glob("events.out.tfevents.*"))) == 1  # rank 0 alone writes

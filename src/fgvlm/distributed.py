@@ -38,6 +38,12 @@ class ProcessGroup:
         local_rank = int(os.environ.get("LOCAL_RANK", "0"))
         owns = not dist.is_initialized()
         if owns:
+            # torch._dynamo imported while a group exists (DDP's constructor and timm import it) keeps references to
+            # the group that destroy_process_group cannot drop: its gloo threads then outlive ``close`` and now and
+            # then abort the process at exit ("terminate called without an active exception"). Imported first,
+            # it holds none.
+            import torch._dynamo  # noqa: F401
+
             if backend == "nccl":
                 import torch
 
