@@ -135,12 +135,10 @@ class CostMeter:
         """Add the watched backend's work since the last look."""
         if self._watched is None:
             return
-        from fgvlm.models.flops import VLM_FORWARD_RULE
-
         backend, since, token_kinds = self._watched
         done = backend.usage.since(since)
         self.add_tokens(**{kind: getattr(done, f"{kind}_tokens") for kind in token_kinds})
-        self.add_flops(backend.counted_flops(done), VLM_FORWARD_RULE)
+        self.add_flops(backend.counted_flops(done), backend.flops_rule)
         self._watched = (backend, backend.usage.copy(), token_kinds)
 
     def _local(self) -> dict[str, Any]:

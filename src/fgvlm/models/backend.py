@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from fgvlm.models import chat
 from fgvlm.models.base import POOLINGS, RankScores, VLMBackend
-from fgvlm.models.flops import ModelUsage, forward_flops, parameter_counts, vision_patch_size
+from fgvlm.models.flops import VLM_FORWARD_RULE, ModelUsage, forward_flops, parameter_counts, vision_patch_size
 from fgvlm.models.helpers import BoundedCache, forward_takes_logits_to_keep, unwrap_model
 
 __all__ = ["HFBackend", "Prefix", "BoundedCache", "forward_takes_logits_to_keep", "unwrap_model"]
@@ -61,6 +61,7 @@ class HFBackend(VLMBackend):
     repeated per candidate (``_score_grouped``). Used only under an attention implementation in ``PACKED_ATTENTION``."""
     group_size = 16
     """Grouped path: candidates per forward (each holds its own copy of the prefix KV cache, so this bounds memory)."""
+    flops_rule = VLM_FORWARD_RULE
 
     def __init__(self, model: Any, processor: Any, info: dict[str, Any]):
         # The model and processor may belong to a trainer: the backend changes neither (no eval(), no permanent
