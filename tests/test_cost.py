@@ -51,6 +51,13 @@ def test_meter_block_by_hand(tmp_path):
         meter.add_tokens(answer=1)
     untouched = CostMeter().block(wall_seconds=1.0)
     assert "tokens" not in untouched and untouched["flops"] is None and untouched["flops_rule"] is None
+    outer = CostMeter()  # a run that adds a sub-run's counts (fine-tuning + its final evaluation)
+    outer.add_tokens(trained=50)
+    outer.add_flops(10.0, "rule B")
+    outer.add_block(block)
+    merged = outer.block(wall_seconds=1.0)
+    assert (merged["images"], merged["tokens"]) == (10, {"trained": 50, "prompt": 120, "generated": 7})
+    assert merged["flops"] == 1.5e6 + 10 and merged["flops_rule"] == "rule B; rule A"
 
 
 def test_write_results_adds_the_run_cost_last(tmp_path):

@@ -121,6 +121,15 @@ class CostMeter:
         if rule not in self.rules:
             self.rules.append(rule)
 
+    def add_block(self, block: dict[str, Any] | None) -> None:
+        """Add the counts of another run's ``cost`` block (a sub-run, e.g. a fine-tuning run's final evaluation):
+        its images, tokens and FLOPs (with its rule). Its time, memory and devices are this run's already."""
+        if not block:
+            return
+        self.add_images(block.get("images") or 0)
+        self.add_tokens(**(block.get("tokens") or {}))
+        self.add_flops(block.get("flops"), block.get("flops_rule") or "")
+
     def watch_backend(self, backend: Any, token_kinds: tuple[str, ...]) -> None:
         """Count what a VLM backend runs from now on: its tokens and its forward FLOPs (``fgvlm.models.flops``).
 
