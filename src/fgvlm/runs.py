@@ -44,8 +44,12 @@ CONFIG_FILE = "config.yaml"
 METRICS_FILE = "metrics.json"
 TRAIN_LOG = "train_log.jsonl"
 STATES = ("absent", "partial", "complete", "conflicting")
-HEADER_KEYS = ("kind", "dataset", "protocol", "split", "model", "num_classes", "seconds")
-"""The fixed first keys of every ``metrics.json``, in this order (see ``write_results``)."""
+HEADER_KEYS = (
+    *("kind", "dataset", "protocol", "shots", "shot_seed", "classes"),
+    *("split", "model", "num_classes", "seconds"),
+)
+"""The fixed first keys of every ``metrics.json``, in this order (see ``write_results``): the protocol travels with
+every number (``Dataset.protocol_header()`` gives its four keys)."""
 TRAIN_LOG_KEYS = ("step", "epoch", "train_loss", "lr", "val_accuracy", "val_top5", "val_loss")
 """The keys of every ``train_log.jsonl`` line, in this order (null where not measured); extra keys follow."""
 
@@ -81,6 +85,8 @@ class RunDir:
     def write_meta(
         self, *, command: str, seed: int | None, dataset: dict | None = None, model: dict | None = None, **extra: Any
     ) -> dict[str, Any]:
+        """Write ``meta.json``; refuses (``RunConflictError``) when the run recorded another data selection."""
+        check_same_data(self, dataset)
         meta = {
             "command": command,
             "argv": sys.argv,
@@ -122,6 +128,30 @@ class RunStatus:
     """For a conflicting run: 'key: saved -> now' per differing config key."""
     progress: str | None = None
     """For a partial run: how far it got, e.g. '412 of 6149 predictions' or 'epoch 3 of 30 checkpointed'."""
+
+
+SELECTION_KEYS = ("selected_ids", "class_labels", "split_file_sha256")
+"""``Dataset.describe()`` entries that say which images and classes a run used beyond its config: the k-shot ids,
+the class subset's labels and the split file's content hash."""
+
+
+def check_same_data(run: RunDir, dataset: dict[str, Any] | None) -> None:
+    """Refuse to continue a run whose ``meta.json`` records another data selection than ``dataset`` (a
+    ``Dataset.describe()``): other k-shot ids, classes or split-file content, as a changed config is refused."""
+    path = run.path / "meta.json"
+    if not dataset or not path.is_file():
+        return
+    try:
+        saved = read_json(path).get("dataset") or {}
+    except (OSError, ValueError):
+        return
+    differing = [key for key in SELECTION_KEYS if saved.get(key) != dataset.get(key)]
+    if differing:
+        raise RunConflictError(
+            f"{run.path} was run on other data than this invocation selects ({', '.join(differing)} differ in "
+            "meta.json: a changed split file or dataset); cannot resume. Use another --out, or --no-resume to start "
+            "over (the old run is moved aside)."
+        )
 
 
 def _plain_config(cfg: Any) -> dict[str, Any]:
@@ -308,14 +338,15 @@ def results_header(
 ) -> dict[str, Any]:
     """The fixed ``metrics.json`` header (``HEADER_KEYS``) of a run of ``kind`` on ``dataset``'s ``split``.
 
-    ``dataset`` is a ``fgvlm.data.Dataset`` (its name, protocol and class count); ``num_classes`` overrides the
-    count where the scored classes differ (a yes/no task, a head trained on another class list). ``seconds``:
-    this invocation's wall time (``time.time() - run.started``).
+    ``dataset`` is a ``fgvlm.data.Dataset``: its name, class count and protocol fields (``protocol_header()``:
+    protocol, k-shot draw, class subset); ``num_classes`` overrides the count where the scored classes differ (a
+    yes/no task, a head trained on another class list). ``seconds``: this invocation's wall time
+    (``time.time() - run.started``).
     """
     return {
         "kind": kind,
         "dataset": dataset.name,
-        "protocol": dataset.protocol,
+        **dataset.protocol_header(),
         "split": split,
         "model": model,
         "num_classes": dataset.num_classes if num_classes is None else num_classes,
@@ -329,9 +360,10 @@ def write_results(
     """Write ``metrics.json``: the fixed header (``HEADER_KEYS``, in order) first, then the metrics, then ``cost``.
 
     The header says what was measured: ``kind`` (eval, head-train, cnn-train, ...), ``dataset``, ``protocol``,
-    ``split``, ``model``, ``num_classes`` and ``seconds`` (this invocation's wall time); ``results_header``
-    builds it. ``cost`` (``fgvlm.cost``) defaults to the block of ``run.cost`` when ``run`` is a ``RunDir``
-    (a path alone gets none). Returns the written dict.
+    ``shots`` and ``shot_seed`` (k-shot training sets; null for all images), ``classes`` (all, base or new),
+    ``split``, ``model``, ``num_classes`` and ``seconds`` (this invocation's wall time); ``results_header`` builds
+    it. ``cost`` (``fgvlm.cost``) defaults to the block of ``run.cost`` when ``run`` is a ``RunDir`` (a path alone
+    gets none). Returns the written dict.
     """
     missing = [key for key in HEADER_KEYS if key not in header]
     unknown = [key for key in header if key not in HEADER_KEYS]

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from fgvlm.eval.matching import get_matcher, match_yes_no
 from fgvlm.prompts import Prompt, build_prompt, get_task, item_seed
+from fgvlm.prompts.kinds import TASK_KINDS, VERIFY_CLASSES, Matchers
 
 if TYPE_CHECKING:
     from fgvlm.data.base import Dataset, Record, Sample
@@ -23,12 +24,15 @@ if TYPE_CHECKING:
 
 TOPK = 5
 SCORES = ("sum", "mean", "prior")
-VERIFY_CLASSES = ("no", "yes")
-"""Class names of the verification task's metrics: label 0 = the answer should be no, 1 = yes."""
+__all__ = ["SCORES", "TOPK", "VERIFY_CLASSES", "TaskScorer"]
 
 
 class TaskScorer:
-    """Builds each image's prompt and turns the backend's replies or scores into records."""
+    """Builds each image's prompt and turns the backend's replies or scores into records.
+
+    What differs between task kinds (candidates, parsing, record fields, metric classes) is the kind class's
+    (``fgvlm.prompts.kinds``); the scorer holds the task's settings and the dataset's matchers.
+    """
 
     def __init__(
         self, task: str, dataset: Dataset, family: str | None, options: dict[str, Any], seed: int, score: str = "mean"
@@ -37,7 +41,7 @@ class TaskScorer:
             raise ValueError(f"score must be one of {', '.join(SCORES)}, got {score!r}")
         self.task = task
         self.spec = get_task(task, family)
-        self.kind = self.spec["kind"]
+        self.kind = TASK_KINDS[self.spec["kind"]]
         self.family = family
         self.names = dataset.prompt_names
         self.options = options
@@ -45,23 +49,23 @@ class TaskScorer:
         """The task's options with its defaults filled in."""
         self.seed = seed
         self.score = score
-        self.strict = get_matcher(self.names, lenient=False)
-        self.lenient = get_matcher(self.names, dataset.aliases, lenient=True)
+        generic = dataset.ignored_head_words
+        self.matchers = Matchers(
+            strict=get_matcher(self.names, lenient=False, ignored_head_words=generic),
+            lenient=get_matcher(self.names, dataset.aliases, lenient=True, ignored_head_words=generic),
+            yes_no=match_yes_no,
+        )
 
     @property
     def metric_class_names(self) -> Sequence[str] | None:
         """Class names the metrics are computed over: yes/no for verification, else None (the dataset's)."""
-        return VERIFY_CLASSES if self.kind == "verify" else None
+        return self.kind.metric_class_names
 
     @property
     def num_candidates(self) -> int:
         """How many answers rank mode scores per image: 2 for verification, the option count for closed-qa, else
         every class. Top-5 accuracy means something only when this exceeds ``TOPK``."""
-        if self.kind == "verify":
-            return len(VERIFY_CLASSES)
-        if self.kind == "closed":
-            return self.settings["num_options"] or len(self.names)
-        return len(self.names)
+        return self.kind.num_candidates(self.settings, len(self.names))
 
     @property
     def reports_topk(self) -> bool:
@@ -72,12 +76,7 @@ class TaskScorer:
     @property
     def prompt_varies(self) -> bool:
         """Whether images get different prompt texts (then each record keeps its own)."""
-        if self.kind == "open":
-            return False
-        if self.kind == "verify":
-            return True
-        count = self.settings["num_options"] or len(self.names)
-        return bool(self.settings["shuffle"]) or count < len(self.names)
+        return self.kind.prompt_varies(self.settings, len(self.names))
 
     def prompt(self, record: Record) -> Prompt:
         return build_prompt(
@@ -90,17 +89,7 @@ class TaskScorer:
         )
 
     def _base(self, sample: Sample, prompt: Prompt) -> dict[str, Any]:
-        if self.kind == "verify":
-            base = {
-                "id": sample.id,
-                "label": int(prompt.is_positive),
-                "class_label": sample.label,
-                "candidate": prompt.candidate,
-            }
-        else:
-            base = {"id": sample.id, "label": sample.label}
-            if self.kind == "closed":
-                base["options"] = list(prompt.options)
+        base = self.kind.base_record(sample.id, sample.label, prompt)
         if self.prompt_varies:
             base["prompt"] = prompt.text
         return base
@@ -108,12 +97,7 @@ class TaskScorer:
     # -- generate + parse -----------------------------------------------------------------------------------------
     def parse(self, answer: str, prompt: Prompt) -> tuple[int | None, int | None]:
         """(strict, lenient) prediction for one reply."""
-        if self.kind == "verify":
-            said_yes = match_yes_no(answer)
-            pred = None if said_yes is None else int(said_yes)
-            return pred, pred
-        options = prompt.key_to_label if self.kind == "closed" else None
-        return self.strict.match(answer, options), self.lenient.match(answer, options)
+        return self.kind.parse(answer, prompt, self.matchers)
 
     def generate(self, backend: VLMBackend, samples: list[Sample], max_new_tokens: int) -> list[dict[str, Any]]:
         prompts = [self.prompt(s) for s in samples]
@@ -132,14 +116,7 @@ class TaskScorer:
     # -- rank -----------------------------------------------------------------------------------------------------
     def candidates(self, prompt: Prompt) -> tuple[list[str], list[int]]:
         """Candidate answer strings and the label each one stands for."""
-        if self.kind == "verify":
-            answers = self.spec["answers"]
-            return [answers["positive"], answers["negative"]], [1, 0]
-        if self.kind == "closed":
-            by_key = self.settings["answer_by"] == "key"
-            texts = list(prompt.keys) if by_key else [self.names[c] for c in prompt.options]
-            return texts, list(prompt.options)
-        return list(self.names), list(range(len(self.names)))
+        return self.kind.candidates(self.spec, self.settings, self.names, prompt)
 
     def rank(self, backend: VLMBackend, samples: list[Sample]) -> list[dict[str, Any]]:
         """Images that share a prompt and candidate set go to the backend together; records keep sample order."""

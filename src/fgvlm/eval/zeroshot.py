@@ -149,8 +149,7 @@ def summarize(run: RunDir, cfg: EvalConfig, dataset: Any, scorer: Any, speed: fl
             kind: sum(r["pred_by_score"][kind] == r["label"] for r in records) / max(1, len(records))
             for kind in ("sum", "mean", "prior")
         }
-    if scorer.kind == "verify":
-        extra["positives"] = sum(labels)
+    extra.update(scorer.kind.metric_extras(labels))
     metrics = classification_metrics(
         labels,
         preds,
@@ -224,7 +223,7 @@ def _write_meta(
     render = getattr(backend, "render_prompt", None)
     prompt = {
         "task": cfg.task,
-        "kind": scorer.kind,
+        "kind": scorer.kind.name,
         "family": example.family if example else None,
         "template": scorer.spec["template"],
         "options": {k: v for k, v in scorer.settings.items() if k != "similarity"},

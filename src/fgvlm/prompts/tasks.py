@@ -8,52 +8,18 @@ Randomness (option order, random distractors, positive vs negative) comes only f
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import random
 from collections.abc import Sequence
 from typing import Any
 
-from fgvlm.prompts.distractors import confusable_classes
+from fgvlm.prompts.kinds import TASK_KINDS, Prompt, TaskKind, option_keys, with_article
 from fgvlm.registry import prompt_tasks, unknown_name
 
-KINDS = ("open", "closed", "verify")
-DISTRACTORS = ("random", "hard")
-ANSWER_BY = ("key", "name")
-OPTION_KEYS = ("letters", "numbers")
+__all__ = ["KINDS", "Prompt", "build_prompt", "check_options", "get_task", "item_seed", "option_keys", "task_kind"]
+__all__ += ["object_word", "task_names", "with_article"]
 
-
-@dataclasses.dataclass(frozen=True)
-class Prompt:
-    """One rendered question: its text, the target answer, and what it showed.
-
-    For SFT, ``text`` is the user turn and ``answer`` the assistant turn; for evaluation, ``options``/``keys`` map a
-    multiple-choice reply back to a class and ``candidate``/``is_positive`` score a verification reply.
-    """
-
-    task: str
-    kind: str
-    text: str
-    answer: str | None
-    """Target answer text; None when no label was given."""
-    label: int | None = None
-    options: tuple[int, ...] = ()
-    """closed: class ids in the order shown."""
-    keys: tuple[str, ...] = ()
-    """closed: the option keys ("A", "B", ... or "1", "2", ...) in the same order."""
-    candidate: int | None = None
-    """verify: the class asked about."""
-    is_positive: bool | None = None
-    """verify: whether the candidate is the true class."""
-    family: str | None = None
-    """The model family whose wording was used (None: the default wording)."""
-
-    @property
-    def key_to_label(self) -> dict[str, int]:
-        return dict(zip(self.keys, self.options, strict=True))
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+KINDS = tuple(TASK_KINDS)
 
 
 def task_names() -> list[str]:
@@ -72,35 +38,21 @@ def get_task(task: str, family: str | None = None) -> dict[str, Any]:
     return spec
 
 
+def task_kind(task: str) -> TaskKind:
+    """The kind class of a prompt task (``open``, ``closed`` or ``verify``, from ``tasks.json``)."""
+    return TASK_KINDS[get_task(task)["kind"]]
+
+
 def object_word(dataset: str) -> str:
-    """What ``{object}`` stands for with this dataset ("flower" for flowers102), from ``tasks.json``'s ``_objects``."""
-    objects = prompt_tasks()["_objects"]
-    return objects.get(dataset, objects["default"])
+    """What ``{object}`` stands for with this dataset ("flower" for flowers102): the dataset class's ``object_word``."""
+    from fgvlm.registry import dataset_class
 
-
-def option_keys(count: int, style: str = "letters") -> list[str]:
-    """Keys for ``count`` options: A..Z, then AA, AB, ... (spreadsheet columns), or 1..count."""
-    if style not in OPTION_KEYS:
-        raise ValueError(f"option_keys must be one of {OPTION_KEYS}, got {style!r}")
-    if style == "numbers":
-        return [str(i + 1) for i in range(count)]
-    keys = []
-    for index in range(count):
-        key, n = "", index + 1
-        while n:
-            n, rest = divmod(n - 1, 26)
-            key = chr(ord("A") + rest) + key
-        keys.append(key)
-    return keys
+    return dataset_class(dataset).object_word
 
 
 def item_seed(seed: int, item_id: str) -> int:
     """A stable per-item seed: the same (seed, id) always gives the same prompt, whatever the order or sharding."""
     return int.from_bytes(hashlib.sha256(f"{seed}:{item_id}".encode()).digest()[:8], "big")
-
-
-def with_article(name: str) -> str:
-    return f"{'an' if name[:1].lower() in 'aeiou' else 'a'} {name}"
 
 
 def check_options(task: str, options: dict[str, Any]) -> dict[str, Any]:
@@ -109,11 +61,7 @@ def check_options(task: str, options: dict[str, Any]) -> dict[str, Any]:
 
 
 def _check_options(task: str, spec: dict[str, Any], options: dict[str, Any]) -> dict[str, Any]:
-    allowed = {"object", *spec.get("defaults", {})}
-    if spec["kind"] != "open":
-        allowed |= {"similarity"}
-    if spec["kind"] == "verify":
-        allowed |= {"candidate"}
+    allowed = {"object", *spec.get("defaults", {}), *TASK_KINDS[spec["kind"]].extra_options}
     unknown = sorted(set(options) - allowed)
     if unknown:
         known = ", ".join(sorted(allowed))
@@ -149,63 +97,4 @@ def build_prompt(
         "label": label,
         "family": family if family in prompt_tasks()[task].get("families", {}) else None,
     }
-    if spec["kind"] == "open":
-        text = spec["template"].format(object=opts["object"])
-        return Prompt(text=text, answer=None if label is None else class_names[label], **fields)
-    if spec["kind"] == "closed":
-        return _closed(spec, class_names, label, rng, opts, fields)
-    return _verify(task, spec, class_names, label, rng, opts, fields)
-
-
-def _closed(
-    spec: dict, class_names: Sequence[str], label: int | None, rng: random.Random, opts: dict, fields: dict
-) -> Prompt:
-    num_classes = len(class_names)
-    count = opts["num_options"] or num_classes
-    if not 2 <= count <= num_classes:
-        raise ValueError(f"closed-qa: num_options must be between 2 and {num_classes}, got {count}")
-    if opts["distractors"] not in DISTRACTORS or opts["answer_by"] not in ANSWER_BY:
-        raise ValueError(
-            f"closed-qa: distractors must be one of {DISTRACTORS} and answer_by one of {ANSWER_BY}; "
-            f"got {opts['distractors']!r}, {opts['answer_by']!r}"
-        )
-    if count == num_classes:
-        shown = list(range(num_classes))
-    elif label is None:
-        raise ValueError("closed-qa: num_options < number of classes needs the true label (to include it)")
-    elif opts["distractors"] == "hard":
-        shown = [label, *confusable_classes(label, class_names, opts.get("similarity"))[: count - 1]]
-    else:
-        shown = [label, *rng.sample([c for c in range(num_classes) if c != label], count - 1)]
-    if opts["shuffle"]:
-        rng.shuffle(shown)
-    else:
-        shown.sort()
-    keys = option_keys(count, opts["option_keys"])
-    lines = [spec["option_line"].format(key=key, name=class_names[c]) for key, c in zip(keys, shown, strict=True)]
-    key_kind = "letter" if opts["option_keys"] == "letters" else "number"
-    instruction = spec["instructions"][opts["answer_by"]].format(key_kind=key_kind)
-    text = spec["template"].format(object=opts["object"], options="\n".join(lines), instruction=instruction)
-    answer = None
-    if label is not None:
-        answer = keys[shown.index(label)] if opts["answer_by"] == "key" else class_names[label]
-    return Prompt(text=text, answer=answer, options=tuple(shown), keys=tuple(keys), **fields)
-
-
-def _verify(
-    task: str, spec: dict, class_names: Sequence[str], label: int | None, rng: random.Random, opts: dict, fields: dict
-) -> Prompt:
-    if label is None:
-        raise ValueError(f"{task}: a verification prompt needs the true label")
-    candidate = opts.get("candidate")
-    if candidate is None:
-        positive = rng.random() < opts["positive_rate"]
-        pool = confusable_classes(label, class_names, opts.get("similarity"))[: max(1, opts["hard_pool"])]
-        candidate = label if positive else rng.choice(pool)
-    elif not 0 <= candidate < len(class_names):
-        raise ValueError(f"{task}: candidate {candidate} is outside 0..{len(class_names) - 1}")
-    name = class_names[candidate]
-    text = spec["template"].format(object=opts["object"], name=name, a_name=with_article(name))
-    is_positive = candidate == label
-    answer = spec["answers"]["positive" if is_positive else "negative"]
-    return Prompt(text=text, answer=answer, candidate=candidate, is_positive=is_positive, **fields)
+    return TASK_KINDS[spec["kind"]].render(spec, class_names, label, rng, opts, fields)
