@@ -21,7 +21,7 @@ from fgvlm.models.flops import (
     parameter_counts,
     train_flops,
 )
-from fgvlm.runs import RunDir, results_header, write_results
+from fgvlm.runs import HEADER_KEYS, RunDir, results_header, write_results
 
 SYNTH = ["--set", "data.options={num_classes: 4, images_per_class: [6, 3, 3], image_size: 32}"]
 
@@ -65,8 +65,9 @@ def test_write_results_adds_the_run_cost_last(tmp_path):
 
     dataset = create_dataset(dataset="synthflowers", options={"num_classes": 3})
     header = results_header("eval", dataset, "test", "m", 1.23456, num_classes=2)
-    assert header == {"kind": "eval", "dataset": "synthflowers", "protocol": dataset.protocol, "split": "test",
+    assert header == {"kind": "eval", "dataset": "synthflowers", **dataset.protocol_header(), "split": "test",
                       "model": "m", "num_classes": 2, "seconds": 1.235}  # fmt: skip
+    assert list(header) == list(HEADER_KEYS)
     run = RunDir(tmp_path / "run")
     run.cost.add_images(4)
     written = write_results(run, header, {"accuracy": 0.5, "cost": "ignored"})
