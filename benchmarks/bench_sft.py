@@ -122,15 +122,10 @@ class StepStats:
         self.batches: list[dict[str, int]] = []
 
     def __call__(self, records: list[Any]) -> dict[str, Any]:
+        from fgvlm.models.flops import batch_counts
+
         batch = self.collator(records)
-        labels, mask = batch["labels"], batch.get("attention_mask")
-        self.batches.append(
-            {
-                "tokens": int(mask.sum()) if mask is not None else int(batch["input_ids"].numel()),  # real, not pads
-                "answers": int((labels[:, 1:] != IGNORE).sum()),
-                "patches": int(batch["pixel_values"].shape[0]),
-            }
-        )
+        self.batches.append(batch_counts(batch))
         return batch
 
 
@@ -152,22 +147,18 @@ def step_clock() -> Any:
 
 
 def parameter_counts(model: Any) -> dict[str, int]:
-    """N_lm (no embeddings, no head), N_head and N_vision of a Qwen3-VL ``...ForConditionalGeneration``."""
-    inner = model.model
-    embed = inner.language_model.embed_tokens.weight.numel()
-    return {
-        "lm": sum(p.numel() for p in inner.language_model.parameters()) - embed,
-        "head": model.lm_head.weight.numel(),
-        "vision": sum(p.numel() for p in inner.visual.parameters()),
-    }
+    """N_lm (no embeddings, no head), N_head and N_vision of a Qwen3-VL (``fgvlm.models.flops``, the runs' counting)."""
+    from fgvlm.models.families import get_family
+    from fgvlm.models.flops import parameter_counts as counts
+
+    return counts(model, get_family("qwen3-vl"))
 
 
 def step_flops(stats: dict[str, int], counts: dict[str, int]) -> float:
-    return (
-        6 * counts["lm"] * stats["tokens"]
-        + 6 * counts["head"] * stats["answers"]
-        + 2 * counts["vision"] * stats["patches"]
-    )
+    """``fgvlm.models.flops.VLM_TRAIN_RULE`` for one step (vision tower frozen)."""
+    from fgvlm.models.flops import train_flops
+
+    return train_flops(counts, stats["tokens"], stats["answers"], stats["patches"])
 
 
 def train_round(variant: Variant, records: list[Any], args: Any, counts: dict[str, int], timed: int) -> None:

@@ -171,21 +171,11 @@ def to_device(batch: dict[str, Any], device: str, dtype: Any) -> dict[str, Any]:
     return moved
 
 
-def batch_counts(batch: dict[str, Any]) -> dict[str, int]:
-    """Real tokens (pads excluded), answer positions and vision patches of one collated batch."""
-    mask = batch.get("attention_mask")
-    tokens = int(mask.sum()) if mask is not None else int(batch["input_ids"].numel())
-    return {
-        "tokens": tokens,
-        "answers": int((batch["labels"][:, 1:] != -100).sum()),
-        "patches": int(batch["pixel_values"].shape[0]),
-    }
-
-
 def train_steps(model: Any, loader: Any, args: argparse.Namespace, counts: dict[str, int]) -> dict[str, float]:
     """``args.warmup`` untimed then up to ``args.steps`` timed optimizer steps (stopping at ``args.max_seconds``)."""
     import torch
 
+    from fgvlm.models.flops import batch_counts
     from fgvlm.sft.trainer import answer_loss
 
     sys.path.insert(0, str(HERE))

@@ -291,7 +291,7 @@ def test_resume_equals_an_uninterrupted_run(tmp_path):
         ]
 
     assert log("straight") == log("cut") and len(log("cut")) == 2
-    drop = TIMING_KEYS | {"train_images_per_s", "seconds"}
+    drop = TIMING_KEYS | {"train_images_per_s", "seconds", "cost"}
     assert {k: v for k, v in straight.items() if k not in drop} == {k: v for k, v in resumed.items() if k not in drop}
 
 
@@ -339,25 +339,67 @@ def test_resume_rewrites_the_log_atomically(tmp_path, monkeypatch):
     log = out / "train_log.jsonl"
     original = log.read_text() + json.dumps({"epoch": 2, "train_loss": 9.9}) + "\n"  # logged, not checkpointed
     log.write_text(original)
-    real_dumps = json.dumps
+    real_replace = os.replace
 
-    def failing_dumps(obj, *args, **kwargs):
-        if isinstance(obj, dict) and "train_loss" in obj:
+    def failing_replace(source, target, *args, **kwargs):  # the new log is written, then the disk fails
+        if str(target).endswith("train_log.jsonl"):
+            assert Path(source).read_text() != original  # the rewritten lines were in the temp file
             raise OSError("disk full")
-        return real_dumps(obj, *args, **kwargs)
+        return real_replace(source, target, *args, **kwargs)
 
-    monkeypatch.setattr(json, "dumps", failing_dumps)
+    monkeypatch.setattr(os, "replace", failing_replace)
     with pytest.raises(OSError, match="disk full"):
         train_cnn(tiny_config("epochs=2"), out, resume=True)
     assert log.read_text() == original
     assert sorted(p.name for p in out.iterdir() if p.name.endswith(".tmp")) == []
-    monkeypatch.setattr(json, "dumps", real_dumps)
+    monkeypatch.setattr(os, "replace", real_replace)
     train_cnn(tiny_config("epochs=2"), out, resume=True)
     assert [json.loads(line)["epoch"] for line in log.read_text().splitlines()] == [1, 2]
     assert json.loads(log.read_text().splitlines()[1])["train_loss"] != 9.9
 
 
 # -- two processes ------------------------------------------------------------------------------------------
+CLOSE_PROBE = """
+import json, os, torch
+from fgvlm.distributed import ProcessGroup
+group = ProcessGroup.from_env()
+
+
+def train():  # as train_cnn: the DDP model is gone when the group closes
+    import timm  # imports torch._dynamo, as building a CNN does
+    model = torch.nn.parallel.DistributedDataParallel(torch.nn.Linear(4, 2))
+    model(torch.zeros(2, 4)).sum().backward()
+
+
+train()
+group.close()
+names = [open(f"/proc/self/task/{t}/comm").read().strip() for t in os.listdir("/proc/self/task")]
+with open(f"threads-{os.environ['RANK']}.json", "w") as fh:  # one file per rank: stdout lines interleave
+    json.dump(sorted(n for n in names if "gloo" in n), fh)
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="reads thread names from /proc (Linux)")
+def test_closing_the_group_stops_its_gloo_threads(tmp_path):
+    """A group closed after DDP and a torch._dynamo import (timm) leaves no gloo thread running into interpreter exit,
+    where one now and then aborted a torchrun child ("terminate called without an active exception")."""
+    script = tmp_path / "probe.py"
+    script.write_text(CLOSE_PROBE)
+    torchrun = Path(sys.executable).with_name("torchrun")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(
+        [str(torchrun), "--standalone", "--nproc_per_node", "2", str(script)],
+        capture_output=True,
+        text=True,
+        timeout=240,
+        env=env,
+        cwd=tmp_path,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert [json.loads((tmp_path / f"threads-{rank}.json").read_text()) for rank in (0, 1)] == [[], []]
+
+
 @pytest.mark.slow
 def test_torchrun_two_processes(tmp_path):
     config = tmp_path / "ddp.yaml"
@@ -394,6 +436,8 @@ def test_torchrun_two_processes(tmp_path):
     assert metrics["world_size"] == 2 and metrics["replicas_in_sync"]
     assert len(metrics["replica_checksums"]) == 2 and metrics["replica_checksums"][0] == metrics["replica_checksums"][1]
     assert metrics["n"] == 16  # the whole test split, gathered from both ranks' halves
+    cost = metrics["cost"]  # gathered from both processes: their devices, all images (2 epochs + 2 validations + test)
+    assert cost["device_count"] == len(cost["devices"]) == 2 and cost["images"] == 2 * 64 + 2 * 16 + 16
     log = (out / "train_log.jsonl").read_text().splitlines()
     assert len(log) == 2 and json.loads(log[0])["images"] == 64  # 2 ranks x 4 steps x 8 images, one line per epoch
     assert len(list((out / "tb").glob("events.out.tfevents.*"))) == 1  # rank 0 alone writes

@@ -47,7 +47,7 @@ def images(root: Path, count: int) -> list:
 
 
 def without_speed(metrics: dict) -> dict:
-    return {k: v for k, v in metrics.items() if k not in ("images_per_s", "seconds")}
+    return {k: v for k, v in metrics.items() if k not in ("images_per_s", "seconds", "cost")}
 
 
 def test_config_from_yaml_flags_and_overrides(tmp_path: Path) -> None:

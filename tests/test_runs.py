@@ -14,6 +14,7 @@ import pytest
 from fgvlm.config import ConfigError, DataConfig
 from fgvlm.kinds import KINDS, kind_argv, kind_config_class, kind_run_function
 from fgvlm.registry import UnknownNameError
+from fgvlm.runfiles import append_jsonl, keep_first_lines, keep_jsonl, read_jsonl, rewrite_jsonl, truncate_jsonl
 from fgvlm.runs import (
     HEADER_KEYS,
     TRAIN_LOG_KEYS,
@@ -24,6 +25,8 @@ from fgvlm.runs import (
     fingerprint_path,
     finish_run,
     limit_split,
+    ordered_start_run,
+    run_done,
     run_status,
     start_run,
     write_results,
@@ -135,6 +138,37 @@ def test_start_run_skips_refuses_and_starts_over(tmp_path, capsys):
     assert json.loads((moved / "metrics.json").read_text())["accuracy"] == 0.5  # kept aside, not deleted
     assert not fresh.complete and sorted(p.name for p in out.iterdir()) == ["config.yaml"]
     assert "root: x" in (out / "config.yaml").read_text()
+
+
+def test_ordered_start_run_tells_what_rank_0_found(tmp_path):
+    out = tmp_path / "run"
+    calls = []
+    opened = ordered_start_run(out, job(), prepare=lambda run: calls.append(run.path) or "fresh")
+    assert opened.stored is None and opened.prepared == "fresh" and calls == [out]
+    assert opened.run.status.state == "absent" and (out / "config.yaml").is_file()
+    assert not run_done(out)
+    write_results(opened.run, HEADER, {"accuracy": 0.25})
+    finish_run(opened.run)
+    assert run_done(out)
+    again = ordered_start_run(out, job(), prepare=lambda run: calls.append(run.path))
+    assert again.stored["accuracy"] == 0.25 and again.run.complete and len(calls) == 1  # nothing to prepare
+    with pytest.raises(RunConflictError, match="root"):
+        ordered_start_run(out, job(root="x"))
+
+
+def test_jsonl_rewrite_keep_and_truncate(tmp_path):
+    path = tmp_path / "log.jsonl"
+    assert keep_jsonl(path, lambda r: True) == [] and not path.exists()  # a missing file stays missing
+    append_jsonl(path, [{"step": 1, "x": 1.5}, {"step": 2, "x": 0.1}, {"step": 3, "x": 2}])
+    with path.open("a") as fh:
+        fh.write('{"step": 4, "x"')  # a writer killed mid-line
+    assert truncate_jsonl(path, 2) == [{"step": 1, "x": 1.5}, {"step": 2, "x": 0.1}]
+    assert path.read_text() == '{"step": 1, "x": 1.5}\n{"step": 2, "x": 0.1}\n'  # kept lines' bytes unchanged
+    assert keep_jsonl(path, lambda r: r["x"] > 1) == [{"step": 1, "x": 1.5}]
+    rewrite_jsonl(path, [{"b": 1}, {"a": [1, 2]}])
+    assert read_jsonl(path) == [{"b": 1}, {"a": [1, 2]}]
+    keep_first_lines(path, 1)
+    assert path.read_text() == '{"b": 1}\n' and not list(tmp_path.glob(".*.tmp"))
 
 
 HEADER = {
@@ -249,7 +283,7 @@ def test_cnn_train_rerun_from_its_config_reproduces_the_run(tmp_path):
     assert "limit: 16" in (first / "config.yaml").read_text()
 
 
-TIMING = {"seconds", "images_per_s", "train_images_per_s", "best"}
+TIMING = {"seconds", "images_per_s", "train_images_per_s", "best", "cost"}
 
 
 def strip_timing(run) -> dict:

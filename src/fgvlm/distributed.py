@@ -9,6 +9,7 @@ none may return early. Evaluation, feature extraction and training all use this 
 
 from __future__ import annotations
 
+import datetime
 import os
 from dataclasses import dataclass
 from typing import Any
@@ -28,8 +29,11 @@ class ProcessGroup:
     """True when this object initialised the process group (and so tears it down)."""
 
     @classmethod
-    def from_env(cls, backend: str = "gloo") -> ProcessGroup:
-        """Read torchrun's ``RANK``/``WORLD_SIZE``/``LOCAL_RANK``; join a process group when there are several."""
+    def from_env(cls, backend: str = "gloo", timeout_s: float | None = None) -> ProcessGroup:
+        """Read torchrun's ``RANK``/``WORLD_SIZE``/``LOCAL_RANK``; join a process group when there are several.
+
+        ``timeout_s``: how long a collective call waits for the other ranks (None: torch's default for the backend).
+        """
         world_size = int(os.environ.get("WORLD_SIZE", "1"))
         if world_size <= 1:
             return cls()
@@ -38,13 +42,20 @@ class ProcessGroup:
         local_rank = int(os.environ.get("LOCAL_RANK", "0"))
         owns = not dist.is_initialized()
         if owns:
+            # torch._dynamo imported while a group exists (DDP's constructor and timm import it) keeps references to
+            # the group that destroy_process_group cannot drop: its gloo threads then outlive ``close`` and now and
+            # then abort the process at exit ("terminate called without an active exception"). Imported first,
+            # it holds none.
+            import torch._dynamo  # noqa: F401
+
             if backend == "nccl":
                 import torch
 
                 # NCCL object collectives (broadcast_object_list, all_gather_object) stage tensors on the current
                 # CUDA device; without this every rank would use cuda:0.
                 torch.cuda.set_device(local_rank)
-            dist.init_process_group(backend=backend)
+            timeout = datetime.timedelta(seconds=timeout_s) if timeout_s is not None else None
+            dist.init_process_group(backend=backend, timeout=timeout)
         return cls(dist.get_rank(), dist.get_world_size(), local_rank, owns)
 
     @property

@@ -4,16 +4,20 @@ A run directory holds ``config.yaml`` (the resolved config), ``meta.json`` (what
 seed, git revision, dataset protocol and split sizes, model id or local-path fingerprint, command line), the
 command's outputs and, written last, ``done.json`` (the completion marker: finish time, wall time, config hash).
 Files are written atomically (temp file + rename) so an interrupted run never leaves a half-written JSON file
-behind; JSONL files are appended line by line and flushed.
+behind; JSONL files are appended line by line and flushed (``fgvlm.runfiles``: also the one way to rewrite or
+truncate them).
 
 One lifecycle for every command that writes a run (``start_run`` ... ``finish_run``): for a resolved config a run
 directory is *absent*, *partial* (started, no ``done.json``), *complete* (``done.json`` of the same config) or
 *conflicting* (another config). With ``resume`` (the default) a complete run is skipped and its stored results
 returned, a partial one is continued, a conflicting one is refused naming the differing keys. ``resume=False``
 starts over: the old directory is moved aside to ``<out>.replaced-<time>`` (never deleted), and a fresh one made.
+Under several processes ``ordered_start_run`` lets rank 0 decide and tells the others; ``run_done`` is the one
+"finished" rule (``done.json`` exists).
 
-``write_results`` writes ``metrics.json`` with its fixed header; ``TrainLogger`` writes ``train_log.jsonl`` in the
-one schema every trainer shares (``TRAIN_LOG_KEYS``).
+``write_results`` writes ``metrics.json``: the fixed header (``results_header``), the metrics, and the ``cost``
+block of the run's ``CostMeter`` (``fgvlm.cost``); ``TrainLogger`` writes ``train_log.jsonl`` in the one schema
+every trainer shares (``TRAIN_LOG_KEYS``).
 """
 
 from __future__ import annotations
@@ -23,14 +27,17 @@ import hashlib
 import json
 import os
 import platform
-import subprocess
 import sys
 import time
-from importlib import metadata
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from fgvlm.config import ConfigError, config_differences, from_dict, load_yaml, save_yaml, to_dict
+from fgvlm.cost import COST_KEY, CostMeter
+from fgvlm.provenance import fingerprint_path as fingerprint_path  # re-exported: run and model provenance
+from fgvlm.provenance import git_revision, package_versions
+from fgvlm.runfiles import append_jsonl, read_json, read_jsonl, write_json
 
 DONE_FILE = "done.json"
 CONFIG_FILE = "config.yaml"
@@ -46,86 +53,6 @@ every number (``Dataset.protocol_header()`` gives its four keys)."""
 TRAIN_LOG_KEYS = ("step", "epoch", "train_loss", "lr", "val_accuracy", "val_top5", "val_loss")
 """The keys of every ``train_log.jsonl`` line, in this order (null where not measured); extra keys follow."""
 
-TRACKED_PACKAGES = (
-    "fgvlm",
-    "torch",
-    "torchvision",
-    "transformers",
-    "tokenizers",
-    "accelerate",
-    "peft",
-    "timm",
-    "datasets",
-    "numpy",
-    "pillow",
-    "safetensors",
-)
-
-
-def package_versions() -> dict[str, str | None]:
-    versions: dict[str, str | None] = {"python": platform.python_version()}
-    for name in TRACKED_PACKAGES:
-        try:
-            versions[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            versions[name] = None
-    return versions
-
-
-def git_revision(path: Path | None = None) -> str | None:
-    """The fgvlm source checkout's commit (with '-dirty' if it has local changes), or None outside git."""
-    here = path or Path(__file__).resolve().parent
-    try:
-        rev = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=5)
-        if rev.returncode != 0:
-            return None
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"],
-            cwd=here,
-            capture_output=True,
-            text=True,
-            timeout=5,
-        )
-        return rev.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
-    except (OSError, subprocess.SubprocessError):
-        return None
-
-
-def fingerprint_path(path: str | Path, chunk: int = 1 << 20) -> str:
-    """A content fingerprint of a local file or folder (e.g. a model directory).
-
-    Hashes every file's relative name and size, plus its full content when under 64 MiB, or else its first and last
-    MiB and its modification time: cheap on multi-GB checkpoints, and any re-save or edit changes it (a copied
-    checkpoint may get a new fingerprint, which costs a cache miss, never a wrong hit).
-    """
-    root = Path(path)
-    files = [root] if root.is_file() else sorted(p for p in root.rglob("*") if p.is_file())
-    digest = hashlib.sha256()
-    for file in files:
-        size = file.stat().st_size
-        digest.update(f"{file.relative_to(root) if file != root else file.name}\0{size}\0".encode())
-        with file.open("rb") as fh:
-            if size <= 64 * chunk:
-                digest.update(fh.read())
-            else:  # the ends only, plus the modification time: a re-save that changes middle layers still counts
-                digest.update(fh.read(chunk))
-                fh.seek(-chunk, os.SEEK_END)
-                digest.update(fh.read(chunk))
-                digest.update(str(file.stat().st_mtime_ns).encode())
-    return "sha256:" + digest.hexdigest()[:16]
-
-
-def write_json(path: str | Path, obj: Any) -> None:
-    """Write JSON atomically: readers see the old file or the new one, never a partial one."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n")
-    os.replace(tmp, path)
-
-
-def read_json(path: str | Path) -> Any:
-    return json.loads(Path(path).read_text())
-
 
 class RunDir:
     """A folder of results for one command invocation."""
@@ -137,6 +64,8 @@ class RunDir:
         """How ``start_run`` found the directory (None for a RunDir opened directly)."""
         self.started = time.time()
         """When this invocation began (``finish_run`` reports the wall time from here)."""
+        self.cost = CostMeter()
+        """What this invocation's work cost; ``write_results`` writes it as metrics.json's ``cost`` block."""
 
     @property
     def complete(self) -> bool:
@@ -178,22 +107,10 @@ class RunDir:
 
     def read_jsonl(self, name: str) -> list[dict[str, Any]]:
         """Complete lines only: a trailing partial line (from a killed writer) is dropped and truncated away."""
-        path = self.path / name
-        if not path.exists():
-            return []
-        raw = path.read_bytes()
-        end = raw.rfind(b"\n") + 1
-        if end != len(raw):
-            with path.open("r+b") as fh:
-                fh.truncate(end)
-        return [json.loads(line) for line in raw[:end].splitlines() if line.strip()]
+        return read_jsonl(self.path / name)
 
     def append_jsonl(self, name: str, records: list[dict[str, Any]]) -> None:
-        with (self.path / name).open("a") as fh:
-            for record in records:
-                fh.write(json.dumps(record, sort_keys=False) + "\n")
-            fh.flush()
-            os.fsync(fh.fileno())
+        append_jsonl(self.path / name, records)
 
 
 # -- the run lifecycle ------------------------------------------------------------------------------------------------
@@ -357,6 +274,62 @@ def start_run(out: str | Path, cfg: Any, *, resume: bool = True) -> RunDir:
     return run
 
 
+@dataclasses.dataclass
+class OpenedRun:
+    """What ``ordered_start_run`` tells every process about the run it opened."""
+
+    run: RunDir
+    """The run directory (every rank; rank 0's has the ``status`` it was found in, the others a copy of it)."""
+    stored: Any = None
+    """A complete run's stored results (every rank); None when there is work to do."""
+    prepared: Any = None
+    """What ``prepare(run)`` returned on rank 0 (e.g. how far a partial run got), on every rank."""
+
+
+def ordered_start_run(
+    out: str | Path,
+    cfg: Any,
+    *,
+    resume: bool = True,
+    group: Any = None,
+    prepare: Callable[[RunDir], Any] | None = None,
+    results: str = METRICS_FILE,
+) -> OpenedRun:
+    """``start_run`` on rank 0 alone, first; then every rank learns the outcome: one way to open a run for any kind.
+
+    Rank 0 decides skip, resume, refuse or start over (it may move an old run aside), reads a complete run's
+    ``results`` file, or else calls ``prepare(run)`` (e.g. drop an unfinished batch, report the resume point).
+    ``group`` (a ``fgvlm.distributed.ProcessGroup``; None: a single process) broadcasts that to the other ranks, so
+    they start only once rank 0 is done, and a refusal (``ConfigError``) is raised on every rank instead of leaving
+    the others waiting. Every rank gets a ``RunDir`` (only rank 0 writes files).
+    """
+    if group is None or group.world_size <= 1:
+        run = start_run(out, cfg, resume=resume)
+        if run.complete:
+            return OpenedRun(run, stored=run.read_results(results))
+        return OpenedRun(run, prepared=prepare(run) if prepare else None)
+    shared: Any = None
+    if group.is_main:
+        try:
+            opened = ordered_start_run(out, cfg, resume=resume, prepare=prepare, results=results)
+            shared = (opened.run.status, opened.stored, opened.prepared)
+        except ConfigError as err:
+            shared = err
+    shared = group.broadcast(shared)
+    if isinstance(shared, Exception):
+        raise shared
+    status, stored, prepared = shared
+    return OpenedRun(opened.run if group.is_main else RunDir(out, status), stored, prepared)
+
+
+def run_done(out: str | Path) -> bool:
+    """Whether a run directory finished: its ``done.json`` (written last, after every result file) exists.
+
+    The one "is this run done" rule; ``run_status`` adds whether it is done *for a given config*.
+    """
+    return (Path(out) / DONE_FILE).is_file()
+
+
 def finish_run(run: RunDir, started: float | None = None) -> dict[str, Any]:
     """Write ``done.json`` -- last, after every other file -- with the wall time since ``started``.
 
@@ -373,12 +346,37 @@ def finish_run(run: RunDir, started: float | None = None) -> dict[str, Any]:
 
 
 # -- results and training logs ----------------------------------------------------------------------------------------
-def write_results(run: RunDir | str | Path, header: dict[str, Any], metrics: dict[str, Any]) -> dict[str, Any]:
-    """Write ``metrics.json``: the fixed header (``HEADER_KEYS``, in order) first, then the metrics.
+def results_header(
+    kind: str, dataset: Any, split: str, model: str, seconds: float, *, num_classes: int | None = None
+) -> dict[str, Any]:
+    """The fixed ``metrics.json`` header (``HEADER_KEYS``) of a run of ``kind`` on ``dataset``'s ``split``.
+
+    ``dataset`` is a ``fgvlm.data.Dataset``: its name, class count and protocol fields (``protocol_header()``:
+    protocol, k-shot draw, class subset); ``num_classes`` overrides the count where the scored classes differ (a
+    yes/no task, a head trained on another class list). ``seconds``: this invocation's wall time
+    (``time.time() - run.started``).
+    """
+    return {
+        "kind": kind,
+        "dataset": dataset.name,
+        **dataset.protocol_header(),
+        "split": split,
+        "model": model,
+        "num_classes": dataset.num_classes if num_classes is None else num_classes,
+        "seconds": round(seconds, 3),
+    }
+
+
+def write_results(
+    run: RunDir | str | Path, header: dict[str, Any], metrics: dict[str, Any], *, cost: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """Write ``metrics.json``: the fixed header (``HEADER_KEYS``, in order) first, then the metrics, then ``cost``.
 
     The header says what was measured: ``kind`` (eval, head-train, cnn-train, ...), ``dataset``, ``protocol``,
     ``shots`` and ``shot_seed`` (k-shot training sets; null for all images), ``classes`` (all, base or new),
-    ``split``, ``model``, ``num_classes`` and ``seconds`` (this invocation's wall time). Returns the written dict.
+    ``split``, ``model``, ``num_classes`` and ``seconds`` (this invocation's wall time); ``results_header`` builds
+    it. ``cost`` (``fgvlm.cost``) defaults to the block of ``run.cost`` when ``run`` is a ``RunDir`` (a path alone
+    gets none). Returns the written dict.
     """
     missing = [key for key in HEADER_KEYS if key not in header]
     unknown = [key for key in header if key not in HEADER_KEYS]
@@ -386,8 +384,12 @@ def write_results(run: RunDir | str | Path, header: dict[str, Any], metrics: dic
         raise ValueError(f"results header: missing {missing}, unknown {unknown}; the header is {list(HEADER_KEYS)}")
     path = run.path if isinstance(run, RunDir) else Path(run)
     path.mkdir(parents=True, exist_ok=True)
-    body = {k: v for k, v in metrics.items() if k not in HEADER_KEYS}
+    if cost is None and isinstance(run, RunDir):
+        cost = run.cost.block(wall_seconds=header["seconds"])
+    body = {k: v for k, v in metrics.items() if k not in (*HEADER_KEYS, COST_KEY)}
     results = {**{key: header[key] for key in HEADER_KEYS}, **body}
+    if cost is not None:
+        results[COST_KEY] = cost
     write_json(path / METRICS_FILE, results)
     return results
 

@@ -188,15 +188,21 @@ def run_audit(cfg: AuditConfig, out: str | Path, *, resume: bool = True, progres
 
     Run lifecycle of ``fgvlm.runs.start_run``: a complete audit of the same config is not redone (its stored
     ``audit.json`` is returned); a partial one is redone from the start (hashing keeps no intermediate state).
+    ``audit.json`` (the audit's results file: it has no metrics.json) ends with the run's ``cost`` block
+    (``fgvlm.cost``: images hashed per second; no FLOPs counted).
     """
+    from fgvlm.cost import COST_KEY
     from fgvlm.data import create_dataset
-    from fgvlm.runs import finish_run, start_run
+    from fgvlm.runs import finish_run, ordered_start_run
 
-    run = start_run(out, cfg, resume=resume)
-    if run.complete:
-        return run.read_results(AUDIT_FILE)
+    opened = ordered_start_run(out, cfg, resume=resume, results=AUDIT_FILE)
+    if opened.stored is not None:
+        return opened.stored
+    run = opened.run
     dataset = create_dataset(cfg.data)
     report = find_issues(dataset, cfg, progress=progress)
+    run.cost.add_images(report["summary"]["images"])
+    report[COST_KEY] = run.cost.block()
     run.write_json(AUDIT_FILE, report)
     draw_pairs(report["near_duplicates"], run / SHEET_FILE, dataset, cfg.max_sheet_pairs)
     run.write_meta(command="data audit", seed=None, dataset=dataset.describe(), audit=report["summary"])

@@ -7,8 +7,6 @@
 
 from __future__ import annotations
 
-import json
-import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -28,15 +26,8 @@ def top_k(probs: Any, k: int = TOPK) -> list[list[tuple[int, float]]]:
     return [[(int(c), float(row[c])) for c in cols] for row, cols in zip(values, order, strict=True)]
 
 
-def _write_lines(path: Path, lines: list[dict[str, Any]]) -> None:
-    """Replace a JSONL file atomically (a rerun never leaves a mix of old and new lines)."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text("".join(json.dumps(line) + "\n" for line in lines))
-    os.replace(tmp, path)
-
-
 def write_probability_results(
-    out: str | Path,
+    out: Any,
     header: dict[str, Any],
     probs: Any,
     labels: Sequence[int],
@@ -45,11 +36,15 @@ def write_probability_results(
     extra: dict[str, Any] | None = None,
     k: int = TOPK,
 ) -> dict[str, Any]:
-    """Write predictions.jsonl, confusion.json and metrics.json (header, shared metrics, ``extra``); return metrics."""
-    from fgvlm.eval.metrics import classification_metrics, write_confusion
-    from fgvlm.runs import write_results
+    """Write predictions.jsonl, confusion.json and metrics.json (header, shared metrics, ``extra``); return metrics.
 
-    path = Path(out)
+    ``out``: the ``RunDir`` (its metrics.json gets the run's ``cost`` block) or a folder (no cost block).
+    """
+    from fgvlm.eval.metrics import classification_metrics, write_confusion
+    from fgvlm.runfiles import rewrite_jsonl
+    from fgvlm.runs import RunDir, write_results
+
+    path = out.path if isinstance(out, RunDir) else Path(out)
     path.mkdir(parents=True, exist_ok=True)
     ranked = top_k(probs, k)
     preds = [row[0][0] for row in ranked]
@@ -58,8 +53,8 @@ def write_probability_results(
         {"id": i, "label": y, "pred": p, "topk": [[c, round(prob, 6)] for c, prob in row]}
         for i, y, p, row in zip(ids, labels, preds, ranked, strict=True)
     ]
-    _write_lines(path / "predictions.jsonl", lines)
+    rewrite_jsonl(path / "predictions.jsonl", lines)  # a rerun never leaves a mix of old and new lines
     topk = [[c for c, _ in row] for row in ranked]
     metrics = classification_metrics(labels, preds, class_names, topk=topk, extra=extra)
     write_confusion(path / "confusion.json", labels, preds, class_names)
-    return write_results(path, header, metrics)
+    return write_results(out, header, metrics)

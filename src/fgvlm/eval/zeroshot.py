@@ -26,7 +26,8 @@ from fgvlm.config import ConfigError, DataConfig
 from fgvlm.distributed import ProcessGroup
 from fgvlm.models.base import ModelConfig
 from fgvlm.models.loading import create_backend
-from fgvlm.runs import RunDir, finish_run, start_run, write_results
+from fgvlm.runfiles import keep_first_lines
+from fgvlm.runs import RunDir, finish_run, ordered_start_run, results_header, write_results
 
 MODES = ("generate", "rank")
 PREDICTIONS = "predictions.jsonl"
@@ -79,16 +80,6 @@ class EvalConfig:
             raise ConfigError(f"task_options: {err}") from None
 
 
-def _keep_lines(path: Path, count: int) -> None:
-    """Truncate a JSONL file to its first ``count`` lines."""
-    raw = path.read_bytes()
-    end = 0
-    for _ in range(count):
-        end = raw.index(b"\n", end) + 1
-    with path.open("r+b") as fh:
-        fh.truncate(end)
-
-
 def prepare_run(run: RunDir, cfg: EvalConfig, ids: list[str]) -> int:
     """Check a partial run's predictions; return the number of images already done (a multiple of the batch size)."""
     predictions = run / PREDICTIONS
@@ -101,7 +92,7 @@ def prepare_run(run: RunDir, cfg: EvalConfig, ids: list[str]) -> int:
             )
     keep = len(done) // cfg.batch_size * cfg.batch_size if len(done) < len(ids) else len(ids)
     if keep < len(done) or (predictions.exists() and not done):
-        _keep_lines(predictions, keep)
+        keep_first_lines(predictions, keep)
     return keep
 
 
@@ -169,24 +160,9 @@ def summarize(run: RunDir, cfg: EvalConfig, dataset: Any, scorer: Any, speed: fl
         extra=extra,
     )
     write_confusion(run / "confusion.json", labels, preds, class_names)
-    header = {
-        "kind": "eval",
-        "dataset": dataset.name,
-        **dataset.protocol_header(),
-        "split": cfg.split,
-        "model": cfg.model.name,
-        "num_classes": len(class_names),
-        "seconds": round(time.time() - run.started, 3),
-    }
+    seconds = time.time() - run.started
+    header = results_header("eval", dataset, cfg.split, cfg.model.name, seconds, num_classes=len(class_names))
     return write_results(run, header, metrics)
-
-
-def _open_run(out: str | Path, cfg: EvalConfig, ids: list[str], resume: bool) -> tuple[RunDir, Any]:
-    """Rank 0's lifecycle step: (run, images already done) or (run, stored metrics) for a complete run."""
-    run = start_run(out, cfg, resume=resume)
-    if run.complete:
-        return run, run.read_results()
-    return run, prepare_run(run, cfg, ids)
 
 
 def evaluate(cfg: EvalConfig, out: str | Path, *, resume: bool = True, backend: Any = None) -> dict[str, Any]:
@@ -210,22 +186,20 @@ def evaluate(cfg: EvalConfig, out: str | Path, *, resume: bool = True, backend: 
                 TaskScorer(cfg.task, dataset, None, options, cfg.seed, cfg.score).prompt(split.records[0])
         except ValueError as err:
             raise ConfigError(f"task_options: {err}") from None
-        run, start = None, None
-        if group.is_main:
-            try:
-                run, start = _open_run(out, cfg, split.ids[:total], resume)
-            except ConfigError as err:
-                start = err
-        start = group.broadcast(start)
-        if isinstance(start, Exception):
-            raise start
-        if isinstance(start, dict):  # complete: its stored metrics
-            return start
+        opened = ordered_start_run(
+            out, cfg, resume=resume, group=group, prepare=lambda run: prepare_run(run, cfg, split.ids[:total])
+        )
+        if opened.stored is not None:  # complete: its stored metrics
+            return opened.stored
+        run, start = opened.run, opened.prepared
         backend = backend or create_backend(cfg.model, group)
         scorer = TaskScorer(cfg.task, dataset, getattr(backend, "family", None), options, cfg.seed, cfg.score)
         if group.is_main:
             _write_meta(run, cfg, dataset, backend, scorer, split, total, start, group.world_size)
+        run.cost.watch_backend(backend, ("prompt", "generated") if cfg.mode == "generate" else ("prompt",))
         done, seconds = _run_batches(cfg, split, total, start, scorer, backend, run, group)
+        run.cost.add_images(done if group.is_main else 0)  # ``done`` counts every rank's images
+        run.cost.gather(group)
         metrics = None
         if group.is_main:
             metrics = summarize(run, cfg, dataset, scorer, done / seconds if done else None)

@@ -8,7 +8,6 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -23,7 +22,7 @@ def head_probabilities(head: ClassificationHead, features: torch.Tensor) -> torc
 
 
 def write_evaluation(
-    out_dir: str | Path,
+    out_dir: Any,
     header: dict[str, Any],
     head: ClassificationHead,
     features: torch.Tensor,
@@ -32,7 +31,8 @@ def write_evaluation(
     class_names: Sequence[str],
     extra: dict[str, Any],
 ) -> dict[str, Any]:
-    """Predict every item, write the three files into ``out_dir`` and return the metrics."""
+    """Predict every item, write the three files into ``out_dir`` (a ``RunDir``, or a folder: then no ``cost``
+    block) and return the metrics."""
     from fgvlm.eval.results import write_probability_results
 
     probs = head_probabilities(head, features)

@@ -26,7 +26,7 @@ from fgvlm.heads.cache import FeatureCache
 from fgvlm.heads.config import HeadEvalConfig, HeadTrainConfig
 from fgvlm.heads.features import FeatureSpec, backbone_signature, split_features
 from fgvlm.models.base import ModelConfig, VLMBackend
-from fgvlm.runs import RunDir, TrainLogger, finish_run, limit_split, say, start_run
+from fgvlm.runs import RunDir, TrainLogger, finish_run, limit_split, ordered_start_run, results_header, say
 
 
 def model_source(cfg: ModelConfig) -> dict[str, Any]:
@@ -155,21 +155,6 @@ def _sources(ctx: HeadContext, spec: FeatureSpec) -> dict[str, tuple[Any, Any, l
     return out
 
 
-def _open_run(out: str | Path, cfg: Any, resume: bool, group: ProcessGroup) -> tuple[RunDir | None, Any]:
-    """Rank 0 opens the run (``start_run``); every rank learns whether it was complete (its stored metrics)."""
-    run, stored = None, None
-    if group.is_main:
-        try:
-            run = start_run(out, cfg, resume=resume)
-            stored = run.read_results() if run.complete else None
-        except ConfigError as err:
-            stored = err
-    stored = group.broadcast(stored)
-    if isinstance(stored, Exception):
-        raise stored
-    return run, stored
-
-
 def train_run(
     cfg: HeadTrainConfig,
     out: str | Path,
@@ -184,20 +169,23 @@ def train_run(
     """
     group = ProcessGroup.from_env()
     try:
-        run, stored = _open_run(out, cfg, resume, group)
-        if stored is not None:
-            return stored if group.is_main else None
-        if run is not None and run.status.state == "partial":
+        opened = ordered_start_run(out, cfg, resume=resume, group=group)
+        if opened.stored is not None:
+            return opened.stored if group.is_main else None
+        run = opened.run
+        if group.is_main and run.status.state == "partial":
             say(f"{run.path}: the head is trained again from step 0 (its features come from the cache)")
         ctx = open_context(cfg, progress, backend, group)
         cfg = ctx.cfg  # with the dataset's prompt filled in
+        run.cost.watch_backend(ctx.backend, ("prompt",))  # feature extraction (and online training) runs the VLM
         if cfg.sweep:
             best = sweep_best(ctx, run)
             cfg = dataclasses.replace(cfg, pooling=best["pooling"], layer=best["layer"], lr=best["lr"])
             ctx.cfg = cfg
         spec = FeatureSpec(cfg.prompt, cfg.pooling, cfg.layer)
         sources = _sources(ctx, spec)
-        if run is None:
+        run.cost.gather(group)  # every rank's share of the feature extraction; rank 0 goes on alone
+        if not group.is_main:
             return None
         metrics = _train_and_write(ctx, run, spec, sources)
         finish_run(run)
@@ -207,15 +195,20 @@ def train_run(
 
 
 def _header(ctx: HeadContext, kind: str, split: str, model: str, num_classes: int, run: RunDir) -> dict[str, Any]:
-    return {
-        "kind": kind,
-        "dataset": ctx.dataset.name,
-        **ctx.dataset.protocol_header(),
-        "split": split,
-        "model": model,
-        "num_classes": num_classes,
-        "seconds": round(time.time() - run.started, 3),
-    }
+    seconds = time.time() - run.started
+    return results_header(kind, ctx.dataset, split, model, seconds, num_classes=num_classes)
+
+
+def _count_head_cost(run: RunDir, head: Any, trained: int, evaluated: int) -> None:
+    """Images and counted FLOPs of the head itself: ``trained`` items in training batches, ``evaluated`` items
+    scored (validation passes, the evaluation split). The backbone's share is counted by the watched backend."""
+    import torch
+
+    from fgvlm.cost import ITEM_FLOPS_RULE, count_forward_flops
+
+    run.cost.add_images(trained + evaluated)
+    per_item = count_forward_flops(head, torch.zeros(1, head.config["in_dim"]))
+    run.cost.add_flops(3 * per_item * trained + per_item * evaluated, ITEM_FLOPS_RULE)
 
 
 def _train_and_write(ctx: HeadContext, run: RunDir, spec: FeatureSpec, sources: dict) -> dict[str, Any]:
@@ -235,6 +228,8 @@ def _train_and_write(ctx: HeadContext, run: RunDir, spec: FeatureSpec, sources: 
         train_x, train_y, dataset.num_classes, recipe, val, on_log=lambda r: logger.log(**r), progress=ctx.progress
     )
     eval_x, eval_y, eval_ids = sources["eval"]
+    validated = sum(record["val_accuracy"] is not None for record in result.log) * (len(val[0]) if val else 0)
+    _count_head_cost(run, result.head, recipe.steps * recipe.batch_size, validated + len(eval_x))
     start = time.perf_counter()
     eval_features = eval_x.get(range(len(eval_x)))
     extra = {
@@ -248,9 +243,7 @@ def _train_and_write(ctx: HeadContext, run: RunDir, spec: FeatureSpec, sources: 
         extra["eval_embed_seconds"] = round(time.perf_counter() - start, 3)
     header = _header(ctx, "head-train", cfg.eval_split, cfg.model.name, dataset.num_classes, run)
     labels = eval_y.tolist()
-    metrics = write_evaluation(
-        run.path, header, result.head, eval_features, labels, eval_ids, dataset.class_names, extra
-    )
+    metrics = write_evaluation(run, header, result.head, eval_features, labels, eval_ids, dataset.class_names, extra)
     info = head_info(
         dataset=dataset,
         backbone={**model_source(cfg.model), **ctx.backend.describe()},
@@ -303,21 +296,25 @@ def eval_run(
     head, info = load_head(cfg.head_run)
     group = ProcessGroup.from_env()
     try:
-        run, stored = _open_run(out, cfg, resume, group)
-        if stored is not None:
-            return stored if group.is_main else {}
+        opened = ordered_start_run(out, cfg, resume=resume, group=group)
+        if opened.stored is not None:
+            return opened.stored if group.is_main else {}
+        run = opened.run
         train_cfg = dataclasses.replace(train_cfg, online=False, limit=cfg.limit)
         ctx = open_context(train_cfg, progress, backend, group)
+        run.cost.watch_backend(ctx.backend, ("prompt",))
         check_backbone(ctx.backend, train_cfg.model, info)
         spec = FeatureSpec(info["prompt"], info["pooling"], info["layer"])
         found = ctx.features(cfg.split, spec)
-        if run is None:
+        run.cost.gather(group)
+        if not group.is_main:
             return {}
+        _count_head_cost(run, head, 0, len(found.ids))
         extra = {"pooling": spec.pooling, "layer": spec.layer, "head_run": str(cfg.head_run)}
         class_names = info["class_names"]
         header = _header(ctx, "head-eval", cfg.split, train_cfg.model.name, len(class_names), run)
         labels = found.labels.tolist()
-        metrics = write_evaluation(run.path, header, head, found.features, labels, found.ids, class_names, extra)
+        metrics = write_evaluation(run, header, head, found.features, labels, found.ids, class_names, extra)
         run.write_meta(
             command="head eval",
             seed=train_cfg.seed,

@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 from fgvlm.models import chat
 from fgvlm.models.base import POOLINGS, RankScores, VLMBackend
+from fgvlm.models.flops import VLM_FORWARD_RULE, ModelUsage, forward_flops, parameter_counts, vision_patch_size
 from fgvlm.models.helpers import BoundedCache, forward_takes_logits_to_keep, unwrap_model
 from fgvlm.models.trie import candidate_trie
 
@@ -127,6 +128,7 @@ class HFBackend(VLMBackend):
     group_size = 16
     """Grouped path: (image, candidate) rows per forward (each holds its own copy of an image's prefix KV cache, so
     this bounds memory)."""
+    flops_rule = VLM_FORWARD_RULE
 
     def __init__(self, model: Any, processor: Any, info: dict[str, Any]):
         # The model and processor may belong to a trainer: the backend changes neither (no eval(), no permanent
@@ -138,6 +140,9 @@ class HFBackend(VLMBackend):
         self.tokenizer = getattr(processor, "tokenizer", processor)
         self._prior_cache: BoundedCache = BoundedCache()  # (prompt, candidates, weights) -> [C] text-only scores
         self._rendered: BoundedCache = BoundedCache()  # (prompt, candidates, with_image) -> text, answers, ids
+        self.usage = ModelUsage()
+        """Tokens, LM-head positions and vision patches run so far (a run's cost block counts its share)."""
+        self._parameter_counts: dict[str, int] | None = None
 
     @contextlib.contextmanager
     def _inference(self) -> Iterator[None]:
@@ -231,11 +236,14 @@ class HFBackend(VLMBackend):
         padding = {"return_tensors": "pt", "padding": True, "padding_side": "left"}
         with self._padding():
             if images is None:
-                return self.to_model(self.tokenizer(texts, **padding))
-            if len(images) != len(texts):
+                batch = self.to_model(self.tokenizer(texts, **padding))
+            elif len(images) != len(texts):
                 raise ValueError(f"{self.family}: {len(images)} images but {len(texts)} prompts")
-            images_arg = [[image] for image in images] if self.nested_images else list(images)
-            return self.to_model(self.processor(images=images_arg, text=texts, **padding))
+            else:
+                images_arg = [[image] for image in images] if self.nested_images else list(images)
+                batch = self.to_model(self.processor(images=images_arg, text=texts, **padding))
+        self.usage.add_inputs(batch, vision_patch_size(self.model))  # every encoded batch is run once
+        return batch
 
     # -- generate --------------------------------------------------------------------------------------------------
     def generate(
@@ -259,7 +267,11 @@ class HFBackend(VLMBackend):
             )
         with self._inference():
             output = self.model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=pad_id)
-        return self.decode(self._new_tokens(output, inputs), return_raw=return_raw)
+        new_tokens = self._new_tokens(output, inputs)
+        generated = int((new_tokens != pad_id).sum())
+        self.usage.generated_tokens += generated
+        self.usage.head_positions += generated
+        return self.decode(new_tokens, return_raw=return_raw)
 
     def decode(self, new_tokens: Any, *, return_raw: bool = False) -> list[str] | list[tuple[str, str]]:
         """Generated ids ``[B, T]`` -> answers: special tokens dropped, whitespace and a leading reasoning block
@@ -360,6 +372,9 @@ class HFBackend(VLMBackend):
         first = torch.log_softmax(at_least_float32(prefix.last_logits), dim=-1)
         scores = first[:, torch.tensor([ids[0] for ids in cont_ids], device=first.device)]
         rest = [index for index, ids in enumerate(cont_ids) if len(ids) > 1]  # one-token candidates are done
+        continued = sum(len(cont_ids[index]) - 1 for index in rest)
+        self.usage.prompt_tokens += continued
+        self.usage.head_positions += continued + 1  # + the prefix's last position
         score = self._score_packed if self.uses_packed_rank else self._score_grouped
         for start in range(0, len(rest), candidate_batch):
             chunk = torch.tensor(rest[start : start + candidate_batch], device=scores.device)
@@ -502,6 +517,7 @@ class HFBackend(VLMBackend):
                 if tail != ids:
                     raise ValueError(f"{self.family}: {text!r} does not end with the continuation tokens {ids}")
                 logits = self._forward(inputs, use_cache=False).logits[0, -len(ids) - 1 : -1].float()
+                self.usage.head_positions += inputs["input_ids"].shape[1]
                 logprobs = torch.log_softmax(logits, dim=-1)
                 scores.append(logprobs.gather(-1, torch.tensor(ids, device=logprobs.device)[:, None]).sum().cpu())
         return torch.stack(scores)
@@ -518,6 +534,8 @@ class HFBackend(VLMBackend):
         """
         check_pooling(pooling)
         inputs = self.encode(images, [self.render_prompt(prompt)] * len(images))
+        last_only = self._last_logits_only(inputs)
+        self.usage.head_positions += len(images) if last_only else int(inputs["input_ids"].numel())
         with self._inference():
             return self.pooled_features(inputs, pooling, layer).cpu()
 
@@ -562,6 +580,15 @@ class HFBackend(VLMBackend):
         config = self.model.config
         token = getattr(config, "image_token_id", None)
         return token if token is not None else config.image_token_index
+
+    # -- cost ------------------------------------------------------------------------------------------------------
+    def counted_flops(self, usage: ModelUsage) -> float:
+        """FLOPs of ``usage`` by ``fgvlm.models.flops.VLM_FORWARD_RULE`` (parameter counts taken once)."""
+        if self._parameter_counts is None:
+            from fgvlm.models.families import all_families
+
+            self._parameter_counts = parameter_counts(self.model, all_families().get(self.family))
+        return forward_flops(self._parameter_counts, usage)
 
     # -- describe --------------------------------------------------------------------------------------------------
     def describe(self) -> dict[str, Any]:

@@ -67,6 +67,14 @@ class VLMBackend:
     """A loaded vision-language model. Subclasses (one per family) implement the three requests."""
 
     family: str = "generic"
+    usage: Any = None
+    """A ``fgvlm.models.flops.ModelUsage`` counting what the model ran (None: this backend counts nothing)."""
+    flops_rule: str | None = None
+    """How ``counted_flops`` counts (``fgvlm.models.flops.VLM_FORWARD_RULE`` for the transformers backends)."""
+
+    def counted_flops(self, usage: Any) -> float | None:
+        """FLOPs of ``usage`` by the backend's counting rule (None: not counted)."""
+        return None
 
     def generate(
         self, images: list[Image.Image], prompts: list[str], max_new_tokens: int = 32, *, return_raw: bool = False

@@ -14,6 +14,7 @@ from pathlib import Path
 from fgvlm.report.protocols import protocol_label
 from fgvlm.report.rundirs import load_runs
 from fgvlm.report.tables import ResultRow, build_row, collect_rows, write_results_table
+from fgvlm.runs import run_done
 from fgvlm.study.resolve import Study
 
 COLUMNS = ("configuration", "accuracy (95% CI)", "vs reference", "published", "n", "protocol", "top-5", "unmatched")
@@ -24,7 +25,7 @@ def finished_runs(study: Study) -> list[Path]:
     run that failed after writing its metrics is not a result, nor is a kind without results (audits, publishing)."""
     from fgvlm.kinds import get_kind
 
-    finished = [run for run in study.runs.values() if (run.out / "done.json").is_file()]
+    finished = [run for run in study.runs.values() if run_done(run.out)]
     return [run.out for run in finished if get_kind(run.spec.kind).results]
 
 

@@ -20,7 +20,16 @@ import torch
 
 from fgvlm.config import ConfigError, resolve_config, to_dict
 from fgvlm.distributed import ProcessGroup
-from fgvlm.runs import RunDir, check_same_data, finish_run, limit_split, start_run
+from fgvlm.runs import (
+    TRAIN_LOG,
+    RunDir,
+    check_same_data,
+    finish_run,
+    limit_split,
+    ordered_start_run,
+    results_header,
+    start_run,
+)
 from fgvlm.train.classifier import create_classifier, data_config, eval_resize, predict_probs, topk_metrics
 from fgvlm.train.cnn_config import CNNEvalConfig, CNNTrainConfig
 from fgvlm.train.distributed import replica_checksums
@@ -170,24 +179,13 @@ def make_loss_fn(cfg: CNNTrainConfig, num_classes: int, device: torch.device) ->
 def open_training_run(
     out: str | Path, cfg: CNNTrainConfig, resume: bool, dist: ProcessGroup
 ) -> tuple[RunDir | dict[str, Any], bool]:
-    """Rank 0 opens the run (``start_run``); every rank gets (run, resume from checkpoint) or (stored metrics, False).
-
-    A partial run without a ``last`` checkpoint yet (killed in its first epoch) starts over in place.
+    """Rank 0 opens the run (``ordered_start_run``); every rank gets (run, resume from checkpoint) or (stored
+    metrics, False). A partial run without a ``last`` checkpoint yet (killed in its first epoch) starts over in place.
     """
-    shared: Any = None
-    if dist.is_main:
-        try:
-            run = start_run(out, cfg, resume=resume)
-            shared = (run.read_results(), False) if run.complete else (None, _prepare_partial(run))
-        except ConfigError as err:
-            shared = err
-    shared = dist.broadcast(shared)
-    if isinstance(shared, Exception):
-        raise shared
-    stored, from_checkpoint = shared
-    if stored is not None:
-        return stored, False
-    return (run if dist.is_main else RunDir(out)), from_checkpoint
+    opened = ordered_start_run(out, cfg, resume=resume, group=dist, prepare=_prepare_partial)
+    if opened.stored is not None:
+        return opened.stored, False
+    return opened.run, opened.prepared
 
 
 def _prepare_partial(run: RunDir) -> bool:
@@ -196,7 +194,7 @@ def _prepare_partial(run: RunDir) -> bool:
         return True
     for name in ("checkpoints", "tb"):
         shutil.rmtree(run / name, ignore_errors=True)
-    (run / "train_log.jsonl").unlink(missing_ok=True)
+    (run / TRAIN_LOG).unlink(missing_ok=True)
     return False
 
 
@@ -333,8 +331,12 @@ def _train(
         "replica_checksums": checksums,
         "train_images_per_s": last.get("images_per_s"),
     }
+    run.cost.gather(dist)
     if not dist.is_main:
         return {}
+    new_epochs = result.history[len(result.history) - result.epochs_run :]
+    validated = len(val[1]) * len(new_epochs) if val else 0
+    count_cnn_cost(run, setup, sum(r["images"] for r in new_epochs), validated + len(eval_data))
     metrics = write_split_results(run, setup, "cnn-train", cfg.eval_split, probs, extra)
     if result.finished:
         finish_run(run)
@@ -348,19 +350,21 @@ def write_split_results(
     from fgvlm.eval.results import write_probability_results
 
     split, dataset, cfg = setup.split(split_name), setup.dataset, setup.cfg
-    header = {
-        "kind": kind,
-        "dataset": dataset.name,
-        **dataset.protocol_header(),
-        "split": split_name,
-        "model": cfg.arch,
-        "num_classes": dataset.num_classes,
-        "seconds": round(time.time() - run.started, 3),
-    }
+    header = results_header(kind, dataset, split_name, cfg.arch, time.time() - run.started)
     extra = {"mode": "cnn", "arch": cfg.arch, "pretrained": cfg.pretrained_label, **extra}
-    return write_probability_results(
-        run.path, header, probs, split.labels, split.ids, dataset.class_names, extra, k=cfg.topk
-    )
+    labels, names = split.labels, dataset.class_names
+    return write_probability_results(run, header, probs, labels, split.ids, names, extra, k=cfg.topk)
+
+
+def count_cnn_cost(run: RunDir, setup: CNNSetup, trained: int, evaluated: int) -> None:
+    """Images and counted FLOPs (``fgvlm.cost.ITEM_FLOPS_RULE``): ``trained`` images through training steps,
+    ``evaluated`` through evaluation; one image's forward counted at the model's input size."""
+    from fgvlm.cost import ITEM_FLOPS_RULE, count_forward_flops
+
+    size = setup.preprocessing["input_size"]
+    per_image = count_forward_flops(setup.model, torch.zeros(1, *size, device=setup.device))
+    run.cost.add_images(trained + evaluated)
+    run.cost.add_flops(3 * per_image * trained + per_image * evaluated, ITEM_FLOPS_RULE)
 
 
 def evaluate_run(cfg: CNNEvalConfig, out: str | Path, *, resume: bool = True) -> dict[str, Any]:
@@ -387,6 +391,7 @@ def evaluate_run(cfg: CNNEvalConfig, out: str | Path, *, resume: bool = True) ->
         load_weights(checkpoints.weights_path(tag), setup.model)
         probs = setup.predict(setup.model, setup.split_data(cfg.split))
     extra = {"checkpoint": tag, "checkpoint_epoch": info.get("epoch"), "trained_run": str(trained)}
+    count_cnn_cost(target, setup, 0, len(probs))
     metrics = write_split_results(target, setup, "cnn-eval", cfg.split, probs, extra)
     target.write_meta(
         command="cnn eval",

@@ -21,39 +21,23 @@ files.
 from __future__ import annotations
 
 import contextlib
-import json
 import math
-import os
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import torch
 
 from fgvlm.config import ConfigError
 from fgvlm.distributed import ProcessGroup
+from fgvlm.runfiles import truncate_jsonl
 from fgvlm.runs import TRAIN_LOG, RunDir, train_log_record
 from fgvlm.train.checkpoint import Checkpointer, capture_rng, restore_rng, state_tensors
 from fgvlm.train.distributed import average_buffers
 
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 LOG_FILE = TRAIN_LOG
-
-
-def rewrite_jsonl(path: Path, records: list[dict[str, Any]]) -> None:
-    """Replace a JSONL file with ``records`` atomically (temp file, fsync, ``os.replace``): a kill keeps the old one."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with tmp.open("w") as fh:
-            for record in records:
-                fh.write(json.dumps(record, sort_keys=False) + "\n")
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 @dataclass
@@ -99,6 +83,9 @@ class FitResult:
     best: dict[str, Any] | None = None
     finished: bool = True
     """False when ``stop_after_epoch`` cut the run off before the end of its schedule."""
+    epochs_run: int = 0
+    """Epochs trained by this call: the last ``epochs_run`` records of ``history`` (a resumed run's earlier epochs
+    come from its log)."""
 
 
 class TrainLoop:
@@ -179,6 +166,7 @@ class TrainLoop:
                 if self.on_epoch is not None and self.dist.is_main:
                     self.on_epoch(record)
                 result.history.append(record)
+                result.epochs_run += 1
         finally:
             if writer is not None:
                 writer.close()
@@ -307,8 +295,7 @@ class TrainLoop:
         restore_rng(rng[self.dist.rank])
         self.step, self.best = int(info["step"]), state.get("best")
         if self.dist.is_main:  # forget epochs logged after the checkpoint (a run killed while saving)
-            kept = [r for r in self.run_dir.read_jsonl(LOG_FILE) if r["epoch"] <= info["epoch"]]
-            rewrite_jsonl(self.run_dir / LOG_FILE, kept)
+            truncate_jsonl(self.run_dir / LOG_FILE, info["epoch"], key="epoch")
         self.dist.barrier()
         return int(info["epoch"])
 
