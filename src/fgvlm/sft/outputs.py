@@ -43,6 +43,9 @@ def finish(setup: Setup, objective: Any, trainer: Any, best: dict[str, Any] | No
     batch = setup.collator([setup.train_records[0]])
     reload_diff = verify_reload(merged, reloaded.model, batch)
     metrics = objective.evaluate(reloaded, model_cfg, best, group.is_main)
+    seen = trainer.state.global_step * cfg.train.per_device_batch_size * cfg.train.grad_accum * group.world_size
+    run.cost.add_images(seen)  # training images seen (each time it is seen), then the final evaluation's counts
+    run.cost.add_block(metrics.get("cost") if isinstance(metrics, dict) else None)
     if not group.is_main:
         return metrics
     metrics = write_metrics(setup, objective, metrics, model_dir, time.time() - started)

@@ -58,17 +58,10 @@ class Setup:
         return get_family(self.family).encoder_decoder
 
     def results_header(self, model: str, seconds: float) -> dict[str, Any]:
-        """The shared metrics.json header of this run (``fgvlm.runs.HEADER_KEYS``)."""
-        dataset = self.dataset
-        return {
-            "kind": "sft",
-            "dataset": dataset.name,
-            **dataset.protocol_header(),
-            "split": self.cfg.eval_split,
-            "model": model,
-            "num_classes": dataset.num_classes,
-            "seconds": round(seconds, 3),
-        }
+        """The shared metrics.json header of this run (``fgvlm.runs.results_header``)."""
+        from fgvlm.runs import results_header
+
+        return results_header("sft", self.dataset, self.cfg.eval_split, model, seconds)
 
 
 def load_setup(cfg: SFTConfig, run: RunDir, *, packing: bool = False) -> Setup:

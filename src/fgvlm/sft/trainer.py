@@ -294,10 +294,11 @@ def use_training_progress(trainer: Any, enabled: bool = True) -> TrainingProgres
 
 def truncate_log(path: Path, step: int) -> None:
     """Drop ``train_log.jsonl`` lines after ``step`` (a resume from that checkpoint logs them again; 0: all)."""
+    from fgvlm.runfiles import truncate_jsonl
+
     if not path.is_file():
         return
-    kept = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= step]
-    path.write_text("".join(line + "\n" for line in kept))
+    truncate_jsonl(path, step)  # the one atomic JSONL rewrite of fgvlm.runfiles
     info = path.parent / BEST_DIR / BEST_INFO
     if info.is_file() and json.loads(info.read_text())["step"] > step:  # the best step was not checkpointed
         shutil.rmtree(path.parent / BEST_DIR)
