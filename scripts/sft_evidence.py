@@ -172,7 +172,7 @@ def main() -> None:
     parser.add_argument("--skip-mixcut", action="store_true")
     parser.add_argument("--skip-classify", action="store_true")
     parser.add_argument(
-        "--rank-scores", default="sum", help="rank objective rows, one per score (sum, mean); empty: none"
+        "--rank-scores", default="mean", help="rank objective rows, one per score (mean, sum); empty: none"
     )
     parser.add_argument("--skip-heads", action="store_true", help="no head on the base / SFT model")
     args = parser.parse_args()
