@@ -424,7 +424,8 @@ class HFBackend(VLMBackend):
 
         Groups of equal token length carry no padding: 102 Flowers102 names fall into a handful of lengths, and
         padding to the longest name would more than double the tokens. A group runs in chunks of at most
-        ``group_size`` (image, candidate) rows, since each one holds a full copy of its image's prefix cache.
+        ``group_size`` (image, candidate) rows (but one candidate for every image at least), since each row holds a
+        full copy of its image's prefix cache.
         """
         import torch
 

@@ -40,6 +40,8 @@ class InstructBlipBackend(HFBackend):
 
     family = "instructblip"
     packed_rank = True
+    # Continuation positions: the default (cache index). A rank batch never pads here (one prompt per batch, the same
+    # number of query tokens for every image), so it also holds for a decoder numbering tokens from the mask (OPT).
 
     def _forward(self, inputs: dict[str, Any], **kwargs: Any) -> Any:
         if "pixel_values" in inputs:

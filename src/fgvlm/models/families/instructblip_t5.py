@@ -43,6 +43,8 @@ class InstructBlipT5Backend(InstructBlipBackend):
 
     family = "instructblip-t5"
     packed_rank = False
+    """T5's decoder derives its relative position bias from the cache index, not from position ids: candidates packed
+    in one row could not restart their positions, so they are scored by groups (``_score_grouped``), no trie."""
 
     @property
     def _start_ids(self) -> torch.Tensor:
