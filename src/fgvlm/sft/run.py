@@ -139,7 +139,7 @@ def _load(cfg: SFTConfig, run: RunDir) -> Setup:
 
 def check_lengths(collator: Any, records: list) -> None:
     """Encode every training record once before training: a too-long sample is refused here, naming its id."""
-    from rich.progress import track
+    from fgvlm.progress import track
 
     for record in track(records, description="checking samples", transient=True):
         collator.encode_record(record)
@@ -273,6 +273,7 @@ def train(setup: Setup, resume: bool) -> tuple[Any, dict[str, Any] | None]:
     """Run (or continue) the Trainer; returns it and the best validation step's record (or None)."""
     from transformers.integrations import TensorBoardCallback
 
+    from fgvlm.progress import trainer_progress_callback
     from fgvlm.sft.classify import classify_accuracy
     from fgvlm.sft.trainer import SFTMonitor, SFTTrainer, truncate_log
 
@@ -297,6 +298,7 @@ def train(setup: Setup, resume: bool) -> tuple[Any, dict[str, Any] | None]:
         truncate_log(run / TRAIN_LOG, int(Path(checkpoint).name.rsplit("-", 1)[1]) if checkpoint else 0)
     monitor = SFTMonitor(run.path, validate, cfg.train.eval_every)
     trainer.callback_handler.callbacks.insert(1, monitor)  # before TensorBoard: it sees the validation numbers
+    trainer.add_callback(trainer_progress_callback())  # a study runner's live view of the steps
     for callback in trainer.callback_handler.callbacks:
         if isinstance(callback, TensorBoardCallback):
             callback.logging_dir = str(run / "tb")
