@@ -135,7 +135,8 @@ def pause_when(runner, out, lines, log):
     at once and mid-way, whatever the machine's load; returns their process ids (the progress files name them)."""
     pids = {}
     for run_id, count in lines.items():
-        wait_until(runner, lambda: lines_in(out / run_id / "predictions.jsonl") >= count, log, f"{run_id} going")
+        file = out / run_id / "predictions.jsonl"
+        wait_until(runner, lambda file=file, count=count: lines_in(file) >= count, log, f"{run_id} going")
         pids[run_id] = json.loads((out / run_id / "progress.json").read_text())["pid"]
         os.killpg(pids[run_id], signal.SIGSTOP)
     return pids
@@ -177,9 +178,10 @@ def test_sigint_and_sigkill_while_two_runs_go_then_resume_equals_one_at_a_time(t
     assert all(3 <= count < limit for count in after_sigint.values()), after_sigint
     quick_finished = finished(out, "quick")
     threads = max(1, available_cores() // 2)
-    assert f"# resources: {threads} thread{'s' if threads > 1 else ''} per process ({available_cores()} cores / 2 " in (
-        out / "a" / "log.txt"
-    ).read_text()
+    assert (
+        f"# resources: {threads} thread{'s' if threads > 1 else ''} per process ({available_cores()} cores / 2 "
+        in (out / "a" / "log.txt").read_text()
+    )
 
     runner = start_runner(path, out, log, "--jobs", "2")  # a crash: the runner's whole process group is killed
     pids = pause_when(runner, out, {r: n + 2 for r, n in after_sigint.items()}, log)

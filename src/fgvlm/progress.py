@@ -14,6 +14,7 @@ variable nothing is written.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import time
@@ -71,10 +72,8 @@ def report_progress(stage: str, done: float, total: float | None) -> None:
     if not path:
         return
     writer = _writers.setdefault(path, ProgressFile(path))
-    try:
+    with contextlib.suppress(OSError):  # a convenience: a full disk or a moved run never stops the work
         writer.report(stage, done, total)
-    except OSError:  # the progress file is a convenience: a full disk or a moved run never stops the work
-        pass
 
 
 def read_progress(path: Path) -> dict[str, Any] | None:

@@ -96,7 +96,8 @@ def _display(loaded, interval: float):
 
     console = Console()
     if console.is_terminal:
-        return LiveDisplay(console, labels={run_id: run.spec.label for run_id, run in loaded.runs.items() if run.spec.label})
+        labels = {run_id: run.spec.label for run_id, run in loaded.runs.items() if run.spec.label}
+        return LiveDisplay(console, labels=labels)
     return LineDisplay(lambda line: typer.echo(line), interval=interval)
 
 

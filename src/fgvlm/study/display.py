@@ -105,7 +105,9 @@ class Display(abc.ABC):
     def run_ended(self, run_id: str, text: str, *, failed: bool = False) -> None:
         with self.lock:
             run = self.running.pop(run_id, None)
-        self.message(text if not (failed and run and run.tail) else text + "".join(f"\n    {line}" for line in run.tail))
+        if failed and run is not None and run.tail:
+            text += "".join(f"\n    {line}" for line in run.tail)
+        self.message(text)
 
     @abc.abstractmethod
     def message(self, text: str) -> None:

@@ -228,7 +228,8 @@ def timing_line(outcome: Outcome, wall_s: float) -> str:
     """'wall time 95.2 s; the runs' own times sum to 170.4 s (9 runs)': what running them side by side saved."""
     total = sum(outcome.seconds.values())
     count = len(outcome.seconds)
-    return f"wall time {wall_s:.1f} s; the runs' own times sum to {total:.1f} s ({count} run{'s' if count != 1 else ''})"
+    runs = f"{count} run{'s' if count != 1 else ''}"
+    return f"wall time {wall_s:.1f} s; the runs' own times sum to {total:.1f} s ({runs})"
 
 
 def move_aside(out: Path) -> Path:
