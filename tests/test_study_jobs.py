@@ -79,7 +79,8 @@ def test_independent_runs_go_together_and_a_dependant_waits_for_its_need(tmp_pat
     threads = max(1, available_cores() // 2)
     assert f"[a] a threads {threads} devices None" in lines  # the child saw its share of the cores
     log = (tmp_path / "out" / "a" / "log.txt").read_text()
-    assert f"# resources: {threads} thread{'s' if threads > 1 else ''} per process ({available_cores()} cores / 2 " in log
+    plural = "s" if threads > 1 else ""
+    assert f"# resources: {threads} thread{plural} per process ({available_cores()} cores / 2 " in log
     timing = runner.timing_line(outcome, outcome.wall_s)
     assert timing.startswith(f"wall time {outcome.wall_s:.1f} s; the runs' own times sum to ") and "(3 runs)" in timing
 
