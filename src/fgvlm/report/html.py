@@ -17,6 +17,7 @@ from typing import Any
 import yaml
 
 from fgvlm.report import figures
+from fgvlm.report.cost import cost_summary, hours_text, rate_text
 from fgvlm.report.detail import RunDetail, build_detail
 from fgvlm.report.rundirs import ReportError, RunInfo, load_runs
 from fgvlm.report.tables import ResultRow, collect_rows, write_results_table
@@ -54,6 +55,8 @@ def _environment() -> Any:
     )
     env.filters["pct"] = percent
     env.filters["spct"] = lambda v: percent(v, signed=True)
+    env.filters["rate"] = rate_text
+    env.globals["hours"] = hours_text
     return env
 
 
@@ -146,6 +149,7 @@ def build_report(
         "title": f"fgvlm report: {len(runs)} run{'s' if len(runs) != 1 else ''}",
         "provenance": provenance(runs),
         "rows": rows,
+        "cost_summary": cost_summary(rows),
         "bars": figures.accuracy_bars(rows),
         "curves": [{"run_id": r.run_id, "image": figures.training_curves(r.train_log)} for r in runs if r.train_log],
         "details": best_detail,

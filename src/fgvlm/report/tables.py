@@ -18,7 +18,9 @@
   ``reference_values[run_id]``;
 - ``top5``, ``macro_f1``, ``unmatched_rate`` (answers matching no class / n), ``n`` (images);
 - ``wall_time_s``: ``done.json``'s wall time, else the metrics header's ``seconds``;
-- ``is_reference``: whether this row is the one the deltas compare against.
+- ``is_reference``: whether this row is the one the deltas compare against;
+- ``images_per_second``, ``device_hours`` and ``device_type`` (``cuda``, ``cpu``): from the run's ``cost`` block
+  (``fgvlm.report.cost``; empty for runs without one).
 """
 
 from __future__ import annotations
@@ -29,7 +31,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from fgvlm.report.rundirs import ReportError, RunInfo, load_runs
+from fgvlm.report.cost import cost_summary, hours_text, rate_text, row_cost
+from fgvlm.report.rundirs import ReportError, RunInfo, load_run, load_runs
 from fgvlm.report.stats import chance_level, correct_by_id, paired_bootstrap
 
 
@@ -61,6 +64,9 @@ class ResultRow:
     n: int | None = None
     wall_time_s: float | None = None
     is_reference: bool = False
+    images_per_second: float | None = None
+    device_hours: float | None = None
+    device_type: str | None = None
 
 
 def _number(value: Any) -> float | None:
@@ -80,12 +86,28 @@ def model_name(run: RunInfo) -> str | None:
     return None
 
 
+def describe_model(name: str | None, depth: int = 0) -> str | None:
+    """A model as a reader knows it: its registry name, or, for a model another run wrote (``RUN/model``), what
+    made it, e.g. 'sft of tiny-qwen3-vl (objective classify)' rather than the folder's path."""
+    if name is None or depth > 3:
+        return name
+    maker = Path(name).parent
+    if not (maker / "config.yaml").is_file() or not (maker / "meta.json").is_file():
+        return name
+    made_by = load_run(maker)
+    objective = made_by.value("objective")
+    base = describe_model(model_name(made_by), depth + 1)
+    return f"{made_by.kind} of {base}" + (f" (objective {objective})" if objective else "")
+
+
 def describe_run(run: RunInfo) -> str:
     """What distinguishes this run, e.g. 'tiny-qwen3-vl · rank · open-qa' or 'test_resnet · pretrained none'."""
     metrics = run.metrics or {}
     cnn = run.kind.startswith("cnn")
-    parts = [None if cnn else model_name(run), run.value("arch")]
+    parts = [None if cnn else describe_model(model_name(run)), run.value("arch")]
     parts += [run.value("mode") if run.kind == "eval" else None, run.value("task")]
+    objective = run.value("objective")
+    parts += [None if objective is None else f"objective {objective}"]
     if run.kind.startswith("head"):
         layer = run.value("layer")
         parts += [metrics.get("pooling") or run.config.get("pooling"), None if layer is None else f"layer {layer}"]
@@ -139,6 +161,7 @@ def build_row(run: RunInfo) -> ResultRow:
         unmatched_rate=unmatched / n if isinstance(unmatched, int) and n else None,
         n=n,
         wall_time_s=_wall_time(run),
+        **row_cost(run.metrics),
     )
 
 
@@ -224,8 +247,8 @@ def _percent(value: float | None, signed: bool = False) -> str:
 def markdown_table(rows: list[ResultRow]) -> str:
     """The results as a Markdown table (percentages, one decimal)."""
     header = "| run | configuration | accuracy % (95 % CI) | chance % | Δ vs ref (95 % CI) | reference % | top-5 % "
-    header += "| macro-F1 | unmatched % | n | wall s |"
-    lines = [header, "|" + "---|" * 11]
+    header += "| macro-F1 | unmatched % | n | wall s | images/s | GPU/CPU hours |"
+    lines = [header, "|" + "---|" * 13]
     for r in rows:
         ci = f" ({_percent(r.ci_low)}–{_percent(r.ci_high)})" if r.ci_low is not None else ""
         if r.is_reference:
@@ -246,9 +269,12 @@ def markdown_table(rows: list[ResultRow]) -> str:
             _percent(r.unmatched_rate),
             str(r.n) if r.n is not None else "–",
             f"{r.wall_time_s:.0f}" if r.wall_time_s is not None else "–",
+            rate_text(r.images_per_second),
+            hours_text(r.device_hours, r.device_type),
         ]
         lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
-    return "\n".join(lines) + "\n"
+    summary = cost_summary(rows)
+    return "\n".join(lines) + "\n" + (f"\n{summary}\n" if summary else "")
 
 
 def write_results_table(rows: list[ResultRow], out_dir: str | Path) -> tuple[Path, Path]:

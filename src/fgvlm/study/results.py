@@ -1,10 +1,10 @@
 """The study's results table, in the reference study's form, and its HTML report.
 
 Rows come from the report's ``fgvlm.report.tables`` (one ``ResultRow`` per run that has results: accuracy with its
-95 % CI, the paired change vs the reference row, top-5, unmatched rate, n, protocol, wall time); the study adds what
-only it knows: each row's label (its ``configuration``) and the reference study's published number
-(``reference_value``). ``OUT/results.csv`` and ``OUT/results.md`` hold them in study order; ``OUT/report/`` holds
-``fgvlm report``'s page for the same runs.
+95 % CI, the paired change vs the reference row, top-5, unmatched rate, n, protocol, wall time, images/s and GPU- or
+CPU-hours, with the table's total cost below it); the study adds what only it knows: each row's label (its
+``configuration``) and the reference study's published number (``reference_value``). ``OUT/results.csv`` and
+``OUT/results.md`` hold them in study order; ``OUT/report/`` holds ``fgvlm report``'s page for the same runs.
 """
 
 from __future__ import annotations
@@ -80,9 +80,17 @@ def print_table(rows: list[ResultRow], title: str) -> None:
     from rich.console import Console
     from rich.table import Table
 
+    from fgvlm.report.cost import cost_summary, hours_text, rate_text
+
     table = Table(title=title)
-    for column in (*COLUMNS, "wall s"):
+    for column in (*COLUMNS, "wall s", "images/s", "GPU/CPU hours"):
         table.add_column(column, justify="left" if column in ("configuration", "protocol") else "right")
     for row in rows:
-        table.add_row(*format_row(row), "" if row.wall_time_s is None else f"{row.wall_time_s:.0f}")
-    Console(width=160).print(table)
+        wall = "" if row.wall_time_s is None else f"{row.wall_time_s:.0f}"
+        table.add_row(
+            *format_row(row), wall, rate_text(row.images_per_second), hours_text(row.device_hours, row.device_type)
+        )
+    console = Console(width=180)
+    console.print(table)
+    if cost_summary(rows):
+        console.print(cost_summary(rows), markup=False, highlight=False)
