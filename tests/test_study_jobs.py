@@ -245,25 +245,29 @@ def test_line_display_prints_progress_every_interval_and_each_tenth(tmp_path):
     display.run_line("zs", "loading")
     display.refresh()  # no progress file yet: nothing more
     assert printed == ["[zs] run", "[zs] loading"]
-    write_state(progress, stage="eval", done=5, total=100, rate=2.5, eta=38.0)
-    now[0] = 2.0
-    display.refresh()  # the stage's first state
-    now[0] = 3.0
-    write_state(progress, stage="eval", done=8, total=100, rate=2.5, eta=36.8)
-    display.refresh()  # same tenth, within 30 s: quiet
-    now[0] = 4.0
-    write_state(progress, stage="eval", done=10, total=100, rate=2.5, eta=36.0)
-    display.refresh()  # 10 %
-    now[0] = 40.0
-    write_state(progress, stage="eval", done=15, total=100, rate=2.5, eta=34.0)
-    display.refresh()  # 36 s since the last line
-    assert printed[2:] == [
-        "[zs] progress: eval 5/100 (5%) · 2.50/s · ETA 38s · 2s in",
-        "[zs] progress: eval 10/100 (10%) · 2.50/s · ETA 36s · 4s in",
-        "[zs] progress: eval 15/100 (15%) · 2.50/s · ETA 34s · 40s in",
+    for at, done in ((2, 4), (6, 5), (7, 8), (12, 10), (14, 20), (45, 21)):
+        now[0] = at
+        write_state(progress, stage="eval", done=done, total=100, rate=2.5, eta=(100 - done) / 2.5)
+        display.refresh()
+    assert printed[2:] == [  # a tenth or a new stage at most every 5 s (30 / 6), else every 30 s
+        "[zs] progress: eval 5/100 (5%) · 2.50/s · ETA 38s · 6s in",
+        "[zs] progress: eval 10/100 (10%) · 2.50/s · ETA 36s · 12s in",
+        "[zs] progress: eval 21/100 (21%) · 2.50/s · ETA 32s · 45s in",
     ]
     display.run_ended("zs", "[zs] failed (exit code 1)", failed=True)  # its lines were printed already
     assert printed[-1] == "[zs] failed (exit code 1)" and not display.running
+
+
+def test_runs_others_wait_for_start_first(tmp_path):
+    runs = [
+        {"id": "x", "kind": "eval", "set": EVAL},  # no dependants
+        {"id": "y", "kind": "eval", "set": EVAL},
+        {"id": "a", "kind": "eval", "set": EVAL},  # two, one of them through c
+        {"id": "c", "kind": "eval", "needs": ["a"], "set": EVAL},  # one
+        {"id": "d", "kind": "eval", "needs": ["c"], "set": EVAL},
+    ]
+    steps = plan_study(make_study(tmp_path, runs))
+    assert [step.run.id for step in runner.launch_order(steps)] == ["a", "c", "x", "y", "d"]
 
 
 def test_live_display_shows_one_line_per_running_run_above_the_summaries(tmp_path):

@@ -81,11 +81,14 @@ def test_mini_study_completes_skips_refuses_and_reruns_dependants(tmp_path, tiny
     assert "rank on 4 images" in (out / "zs" / "log.txt").read_text()  # the run's own output, kept
     assert "[zs] open-qa / rank on 4 images" in capsys.readouterr().out  # and shown, prefixed
     stamps = {run_id: finished(out, run_id) for run_id in rows}
+    drawn = (out / "report" / "report.html").stat().st_mtime_ns
 
     assert study("run", path, "--out", out) == 0  # everything complete: nothing starts
     printed = capsys.readouterr().out
     assert "ran 0, skipped 3 (complete), failed 0" in printed
+    assert "wall time " in printed.splitlines()[-1] and "sum to 0.0 s (0 runs)" in printed.splitlines()[-1]
     assert {run_id: finished(out, run_id) for run_id in rows} == stamps
+    assert (out / "report" / "report.html").stat().st_mtime_ns == drawn  # nothing changed: the page is kept
 
     assert study("run", path, "--out", out, "--set", "cnn.lr=0.2") == 2  # a changed --set is refused, by key
     assert "cnn: config changed: lr: 0.01 -> 0.2" in capsys.readouterr().err
@@ -96,6 +99,7 @@ def test_mini_study_completes_skips_refuses_and_reruns_dependants(tmp_path, tiny
     assert finished(out, "cnn") == stamps["cnn"] and finished(out, "zs-after") != stamps["zs-after"]
     assert len(list(out.glob("zs.old-*"))) == 1 and len(list(out.glob("zs-after.old-*"))) == 1
     assert json.loads((out / "zs" / "metrics.json").read_text())["n"] == 5
+    assert (out / "report" / "report.html").stat().st_mtime_ns != drawn  # new results: drawn again
 
 
 def start_runner(path, out, log, *args):

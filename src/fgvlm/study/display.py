@@ -6,7 +6,8 @@ Each run's process writes its progress to ``RUN/progress.json`` (``fgvlm.progres
   the finished runs' summaries; the runs' own output stays in their ``RUN/log.txt`` (a failed run's summary shows
   its last lines). When the study ends the summaries are printed in full.
 - ``LineDisplay`` (a log, SLURM, a pipe): the runs' output lines, prefixed ``[id]``, as they come, and one progress
-  line per running run every ``interval`` seconds and whenever it passes another 10 %.
+  line per running run every ``interval`` seconds and whenever it passes another 10 % (at most one every
+  ``interval / 6`` seconds, so that a stage of a few seconds does not print ten lines).
 """
 
 from __future__ import annotations
@@ -151,7 +152,8 @@ class LineDisplay(Display):
                 continue
             reached = (str(run.state.get("stage")), tenth(run.state))
             new_tenth = reached[0] != run.printed[0] or reached[1] > run.printed[1]
-            if now - run.printed_at < self.interval and not new_tenth:
+            since = now - run.printed_at
+            if since < self.interval and not (new_tenth and since >= self.interval / 6):  # quick stages: few lines
                 continue
             run.printed_at, run.printed = now, reached
             self.message(f"[{run.run_id}] progress: {progress_text(run.state)} · {duration(now - run.started)} in")

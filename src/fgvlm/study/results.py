@@ -9,10 +9,14 @@ CPU-hours, with the table's total cost below it); the study adds what only it kn
 
 from __future__ import annotations
 
+import hashlib
+import json
 from pathlib import Path
+from typing import Any
 
 from fgvlm.report.rundirs import load_runs
 from fgvlm.report.tables import ResultRow, build_row, collect_rows, write_results_table
+from fgvlm.runs import read_json, write_json
 from fgvlm.study.resolve import Study
 
 COLUMNS = ("configuration", "accuracy (95% CI)", "vs reference", "published", "n", "protocol", "top-5", "unmatched")
@@ -49,7 +53,11 @@ def write_study_results(study: Study) -> tuple[list[ResultRow], Path, Path]:
 
 
 def build_study_report(study: Study) -> Path | None:
-    """``OUT/report/report.html`` for the study's finished runs (None when no run has results yet)."""
+    """``OUT/report/report.html`` for the study's finished runs (None when no run has results yet).
+
+    The page is rebuilt only when what it shows may have changed (``report_inputs``): a study run again with every
+    run complete reuses it, instead of drawing every figure again.
+    """
     from fgvlm.report.html import build_report
 
     dirs = finished_runs(study)
@@ -59,7 +67,37 @@ def build_study_report(study: Study) -> Path | None:
     specs = [run.spec for run in study.runs.values()]
     published = {spec.id: spec.published / 100 for spec in specs if spec.published is not None}
     labels = {spec.id: spec.label for spec in specs if spec.label}
-    return build_report(dirs, study.out / "report", reference=reference, reference_values=published, labels=labels).html
+    folder = study.out / "report"
+    inputs = report_inputs(dirs, {"reference": reference, "published": published, "labels": labels})
+    if (folder / "report.html").is_file() and (folder / INPUTS).is_file() and read_json(folder / INPUTS) == inputs:
+        return folder / "report.html"
+    html = build_report(dirs, folder, reference=reference, reference_values=published, labels=labels).html
+    write_json(folder / INPUTS, inputs)
+    return html
+
+
+INPUTS = "inputs.json"
+"""Beside the study's report.html: what it was built from (see ``report_inputs``)."""
+RUN_INPUTS = ("config.yaml", "meta.json", "metrics.json", "done.json", "predictions.jsonl", "train_log.jsonl")
+
+
+def report_inputs(dirs: list[Path], study_facts: dict[str, Any]) -> dict[str, Any]:
+    """What a study's report shows depends on: each run's result files (size and modification time), the study's
+    labels, published numbers and reference, and the report code itself (a newer fgvlm draws the page anew)."""
+    import fgvlm.report
+
+    files = {}
+    for folder in dirs:
+        for name in RUN_INPUTS:
+            path = folder / name
+            if path.is_file():
+                stat = path.stat()
+                files[str(path)] = [stat.st_size, stat.st_mtime_ns]
+    code = hashlib.sha256()
+    for path in sorted(Path(fgvlm.report.__file__).parent.rglob("*")):
+        if path.suffix in (".py", ".jinja"):
+            code.update(path.name.encode() + path.read_bytes())
+    return {"files": files, "study": json.loads(json.dumps(study_facts)), "report_code": code.hexdigest()}
 
 
 def format_row(row: ResultRow) -> list[str]:

@@ -85,11 +85,23 @@ def execute(
     return scheduler.run()
 
 
+def launch_order(steps: list[Step]) -> list[Step]:
+    """Runs that others wait for first (most dependants, direct or not), then the study's order: a long chain such as
+    fine-tuning and the head on its model starts early instead of after every independent row."""
+    dependants: dict[str, set[str]] = {step.run.id: set() for step in steps}
+    for step in reversed(steps):  # dependants come after their needs: their own sets are complete here
+        for need in step.run.spec.needs:
+            if need in dependants:
+                dependants[need] |= {step.run.id} | dependants[step.run.id]
+    position = {step.run.id: index for index, step in enumerate(steps)}
+    return sorted(steps, key=lambda step: (-len(dependants[step.run.id]), position[step.run.id]))
+
+
 class _Scheduler:
     """The main thread's loop: start ready runs in worker threads, collect the ended ones, refresh the display."""
 
     def __init__(self, study, steps, jobs, keep_going, wait, resources: Resources, display: Display):
-        self.study, self.pending, self.jobs = study, list(steps), jobs
+        self.study, self.pending, self.jobs = study, launch_order(steps), jobs
         self.keep_going, self.wait, self.resources, self.display = keep_going, wait, resources, display
         self.running: dict[concurrent.futures.Future, tuple[Step, Allocation, float]] = {}
         self.outcome = Outcome()
