@@ -209,7 +209,7 @@ class LiveDisplay(Display):
             table.add_row(*self.row(run, now))
         room = max(3, self.console.size.height - len(runs) - 3)
         shown = [line for summary in summaries for line in summary.splitlines()][-room:]
-        return Group(table, *(Text(line) for line in shown))
+        return Group(*([table] if runs else []), *(Text(line) for line in shown))
 
     def row(self, run: RunningRun, now: float) -> list[str]:
         name = run.run_id if run.run_id not in self.labels else f"{run.run_id} ({self.labels[run.run_id]})"

@@ -114,6 +114,8 @@ class _Scheduler:
         with self.display, self.signals, concurrent.futures.ThreadPoolExecutor(self.jobs) as pool:
             while self.pending or self.running:
                 self._launch_ready(pool)
+                if self.pending and not self.running:  # cannot happen: Resources.check passed, needs come first
+                    raise RuntimeError(f"no run can start: {', '.join(step.run.id for step in self.pending)}")
                 ended, _ = concurrent.futures.wait(
                     list(self.running), timeout=POLL_S, return_when=concurrent.futures.FIRST_COMPLETED
                 )
