@@ -130,7 +130,7 @@ class _Scheduler:
         return self.outcome
 
     def _launch_ready(self, pool: concurrent.futures.ThreadPoolExecutor) -> None:
-        """Settle every pending step that can be settled now, in study order; start those that can start."""
+        """Settle every pending step that can be settled now, in launch order; start those that can start."""
         outcome = self.outcome
         for step in list(self.pending):
             run_id = step.run.id
