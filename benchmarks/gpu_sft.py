@@ -15,6 +15,7 @@ the vision tower (0.42 B, forward only), P its input patches. Published anchors:
 
     python benchmarks/gpu_sft.py                      # both modes, ~2-3 minutes on an H100/H200
     python benchmarks/gpu_sft.py --modes packed --batch-size 4 --gradient-checkpointing   # 40 GB GPUs
+    python benchmarks/gpu_sft.py --modes rank         # objective rank: all 102 names per image, batch 1
     python benchmarks/gpu_sft.py --device cpu --tiny  # smoke test of the code path on tiny-qwen3-vl
 
 Without CUDA (and without ``--device cpu``) it prints ``no CUDA: skipped`` and exits 0.
@@ -232,7 +233,7 @@ def run_mode(mode: str, model: Any, processor: Any, args: argparse.Namespace, co
     import torch
 
     from fgvlm.sft.collator import SFTCollator
-    from fgvlm.sft.run import RecordList
+    from fgvlm.sft.setup import RecordList
 
     records = instruction_records(args.batch_size * (args.warmup + args.steps), tuple(args.image_size))
     collator = SFTCollator(processor, "qwen3-vl", packing_model=model if mode == "packed" else None)
@@ -246,6 +247,58 @@ def run_mode(mode: str, model: Any, processor: Any, args: argparse.Namespace, co
         prefetch_factor=4 if args.workers > 0 else None,
     )
     return train_steps(model, loader, args, counts)
+
+
+def run_rank(model: Any, processor: Any, args: argparse.Namespace) -> dict[str, float]:
+    """``objective: rank`` steps at batch 1: every Flowers102 name scored after the shared prefix cache, softmax
+    cross-entropy, backward, AdamW (what ``fgvlm sft --objective rank`` trains per image)."""
+    import torch
+
+    from fgvlm.models.families import backend_class
+    from fgvlm.sft.config import RankOptions
+    from fgvlm.sft.objectives.rank_model import RankModel
+
+    names = class_names()
+    backend = backend_class("qwen3-vl")(model, processor, {"family": "qwen3-vl"})
+    rank = RankModel(model, backend, RankOptions(negatives=args.negatives))
+    params = [p for p in model.parameters() if p.requires_grad]
+    cuda = args.device.startswith("cuda")
+    optimizer = torch.optim.AdamW(params, lr=1e-5, fused=cuda)
+    images = synthetic_images(args.warmup + args.steps, tuple(args.image_size))
+    totals = {"steps": 0, "samples": 0, "tokens": 0, "flops": 0.0, "data_s": 0.0}
+    start = None
+    for step, image in enumerate(images):
+        if step == args.warmup:
+            if cuda:
+                torch.cuda.synchronize()
+                torch.cuda.reset_peak_memory_stats()
+            start = time.perf_counter()
+        loss = rank.image_loss(image, QUESTION, names, [(step % len(names), 1.0)])
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        if start is not None:
+            totals["steps"] += 1
+            totals["samples"] += 1
+            if time.perf_counter() - start > args.max_seconds:
+                break
+    if cuda:
+        torch.cuda.synchronize()
+    totals["seconds"] = time.perf_counter() - start
+    totals["peak_gib"] = torch.cuda.max_memory_allocated() / 2**30 if cuda else float("nan")
+    totals["loss"] = float(loss.detach())
+    return totals
+
+
+def report_rank(totals: dict[str, float], negatives: int | str) -> str:
+    seconds = totals["seconds"]
+    memory = f"{totals['peak_gib']:.1f} GiB" if totals["peak_gib"] == totals["peak_gib"] else "n/a (CPU)"
+    return (
+        f"mode rank (objective rank, {negatives} negatives, batch 1): {totals['steps']} steps in {seconds:.1f} s: "
+        f"{seconds / max(1, totals['steps']):.3f} s/step, {totals['samples'] / seconds:.2f} images/s, peak memory "
+        f"{memory}, last loss {totals['loss']:.3f}"
+    )
 
 
 def report(mode: str, totals: dict[str, float], peak_tflops: float | None) -> str:
@@ -269,7 +322,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--tiny", action="store_true", help="tiny-qwen3-vl instead of Qwen3-VL-4B (smoke test)")
-    parser.add_argument("--modes", default="padded,packed", help="comma-separated: padded, packed")
+    parser.add_argument("--modes", default="padded,packed", help="comma-separated: padded, packed, rank")
+    parser.add_argument(
+        "--negatives", default="all", type=lambda v: v if v == "all" else int(v), help="rank mode: all or K"
+    )
     parser.add_argument("--method", default="full", choices=["full", "lora"])
     parser.add_argument("--batch-size", type=int, default=8, help="samples per optimizer step")
     parser.add_argument("--steps", type=int, default=20, help="timed steps per mode")
@@ -310,8 +366,11 @@ def main(argv: list[str]) -> int:
         flush=True,
     )
     for mode in args.modes.split(","):
-        if mode not in ("padded", "packed"):
-            raise SystemExit(f"gpu_sft: unknown mode {mode!r}; use padded and/or packed")
+        if mode not in ("padded", "packed", "rank"):
+            raise SystemExit(f"gpu_sft: unknown mode {mode!r}; use padded, packed and/or rank")
+        if mode == "rank":
+            print(f"gpu_sft {report_rank(run_rank(model, processor, args), args.negatives)}", flush=True)
+            continue
         print(f"gpu_sft {report(mode, run_mode(mode, model, processor, args, counts), peak)}", flush=True)
     print(f"gpu_sft: done in {time.perf_counter() - started:.0f} s")
     return 0

@@ -1,5 +1,5 @@
 """Evidence that ``fgvlm sft`` learns: on SynthFlowers, per model family, zero-shot vs SFT (open-qa and mixcut), a head
-on the base model vs on the SFT model, and the classify objective. CPU, a few minutes per family.
+on the base model vs on the SFT model, and the classify and rank objectives. CPU, a few minutes per family.
 
     python scripts/sft_evidence.py --out runs/sft-evidence
     python scripts/sft_evidence.py --families qwen3-vl --steps 600 --out runs/sft-evidence-quick
@@ -8,8 +8,9 @@ on the base model vs on the SFT model, and the classify objective. CPU, a few mi
 Writes ``OUT/results.json`` and ``OUT/results.md`` (one row per family) and every run directory under ``OUT``.
 Accuracies are on the test split (6 classes x --eval-per-class images; chance 16.7 %). The tiny models are random
 (hidden size 64, 2 layers): they must learn the vision features too, so the runs train every part (``freeze: none``)
-with a learning rate far above the reference 2e-5, and one torch thread (many times faster than oversubscribed
-threads for models this small on a busy machine).
+with a learning rate far above the reference 2e-5 (per family: the record's ``tiny_lr`` where it has one, else
+--lr), and one torch thread (many times faster than oversubscribed threads for models this small on a busy machine).
+The generate and rank objectives run the same steps at the same learning rate, so their rows compare like for like.
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ def sft_config(model: str, data: DataConfig, args: argparse.Namespace, **changes
         "freeze": "none",
         "train": {
             "max_steps": args.steps,
-            "lr": args.lr,
+            "lr": family_lr(model, args),
             "eval_every": max(1, args.steps // 5),
             "eval_limit": 96,
             "save_every": args.steps,
@@ -55,11 +56,23 @@ def sft_config(model: str, data: DataConfig, args: argparse.Namespace, **changes
     return from_dict(SFTConfig, raw)
 
 
+def family_lr(model: str, args: argparse.Namespace) -> float:
+    """The family record's ``tiny_lr`` (``model`` is ``tiny-<family>``), else --lr."""
+    from fgvlm.models.families import get_family
+
+    return get_family(model.removeprefix("tiny-")).tiny_lr or args.lr
+
+
+def with_ci(metrics: dict[str, Any]) -> dict[str, Any]:
+    """Accuracy and its 95 % bootstrap interval from a metrics.json."""
+    return {"accuracy": metrics["accuracy"], "ci95": metrics.get("ci95")}
+
+
 def zero_shot(model: str, data: DataConfig, out: Path) -> float:
     from fgvlm.eval.zeroshot import EvalConfig, evaluate
 
     cfg = EvalConfig(data=data, model=ModelConfig(name=model), split="test", mode="rank", task="open-qa")
-    return evaluate(cfg, out)["accuracy"]
+    return with_ci(evaluate(cfg, out))
 
 
 def head_accuracy(model: str, data: DataConfig, out: Path) -> float:
@@ -83,20 +96,25 @@ def family_row(family: str, args: argparse.Namespace, out: Path) -> dict[str, An
     model, root = f"tiny-{family}", out / family
     data = data_config(args.classes, args.train_per_class, args.image_size, args.eval_per_class)
     began = time.perf_counter()
-    row: dict[str, Any] = {"family": family, "model": model, "steps": args.steps, "lr": args.lr}
+    row: dict[str, Any] = {"family": family, "model": model, "steps": args.steps, "lr": family_lr(model, args)}
     row["zero_shot"] = zero_shot(model, data, root / "zero-shot")
     sft = run_sft(sft_config(model, data, args), root / "sft-open-qa")
-    row["sft_open_qa"], row["sft_open_qa_best_val"] = sft["accuracy"], best_val(root / "sft-open-qa")
+    row["sft_open_qa"], row["sft_open_qa_best_val"] = with_ci(sft), best_val(root / "sft-open-qa")
+    for score in filter(None, args.rank_scores.split(",")):
+        name = f"sft-rank-{score}"
+        rank = run_sft(sft_config(model, data, args, objective="rank", rank={"score": score}), root / name)
+        row[f"sft_rank_{score}"], row[f"sft_rank_{score}_best_val"] = with_ci(rank), best_val(root / name)
     if not args.skip_mixcut:
         mix = run_sft(sft_config(model, data, args, task="open-qa-mixcut"), root / "sft-mixcut")
-        row["sft_mixcut"], row["sft_mixcut_best_val"] = mix["accuracy"], best_val(root / "sft-mixcut")
-    row["head_base"] = head_accuracy(model, data, root / "head-base")
-    row["head_sft"] = head_accuracy(str((root / "sft-open-qa" / "model").resolve()), data, root / "head-sft")
+        row["sft_mixcut"], row["sft_mixcut_best_val"] = with_ci(mix), best_val(root / "sft-mixcut")
+    if not args.skip_heads:
+        row["head_base"] = head_accuracy(model, data, root / "head-base")
+        row["head_sft"] = head_accuracy(str((root / "sft-open-qa" / "model").resolve()), data, root / "head-sft")
     if not args.skip_classify:
         classify_train = {"max_steps": args.classify_steps, "eval_every": max(1, args.classify_steps // 5)}
         cls_cfg = sft_config(model, data, args, objective="classify", train=classify_train)
         cls = run_sft(cls_cfg, root / "sft-classify")
-        row["sft_classify"] = cls["accuracy"]
+        row["sft_classify"] = with_ci(cls)
     row["minutes"] = round((time.perf_counter() - began) / 60, 1)
     return row
 
@@ -104,7 +122,9 @@ def family_row(family: str, args: argparse.Namespace, out: Path) -> dict[str, An
 COLUMNS = [
     ("family", "family"),
     ("zero_shot", "zero-shot"),
-    ("sft_open_qa", "SFT open-qa"),
+    ("sft_open_qa", "SFT open-qa (generate)"),
+    ("sft_rank_sum", "SFT rank objective (sum)"),
+    ("sft_rank_mean", "SFT rank objective (mean)"),
     ("sft_mixcut", "SFT mixcut"),
     ("head_base", "head on base"),
     ("head_sft", "head on SFT"),
@@ -115,12 +135,20 @@ COLUMNS = [
 
 def markdown(rows: list[dict[str, Any]], args: argparse.Namespace) -> str:
     def cell(value: Any) -> str:
+        if isinstance(value, dict):  # accuracy with its 95 % interval
+            low, high = value["ci95"] or (value["accuracy"], value["accuracy"])
+            return f"{100 * value['accuracy']:.1f} % ({100 * low:.1f}-{100 * high:.1f})"
         return f"{100 * value:.1f} %" if isinstance(value, float) and value <= 1 else str(value)
 
     lines = [
         f"SynthFlowers, {args.classes} classes, {args.image_size} px ({args.train_per_class} train and "
         f"{args.eval_per_class} test images per class), test accuracy (chance {100 / args.classes:.1f} %); "
-        f"SFT {args.steps} steps (classify {args.classify_steps}), lr {args.lr}, freeze none, CPU 1 thread.",
+        f"SFT {args.steps} steps (classify {args.classify_steps}), lr per row, freeze none, CPU 1 thread; "
+        "zero-shot and both SFT objectives evaluated by rank on the test split, 95 % bootstrap intervals.",
+        "",
+        "| family | lr |",
+        "| --- | --- |",
+        *[f"| {row['family']} | {row['lr']} |" for row in rows],
         "",
         "| " + " | ".join(title for _, title in COLUMNS) + " |",
         "|" + " --- |" * len(COLUMNS),
@@ -136,13 +164,17 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=3000)
     parser.add_argument("--classify-steps", type=int, default=1500)
     parser.add_argument("--image-size", type=int, default=128)
-    parser.add_argument("--lr", type=float, default=3e-3)
+    parser.add_argument("--lr", type=float, default=3e-3, help="families whose record has no tiny_lr")
     parser.add_argument("--classes", type=int, default=6)
     parser.add_argument("--train-per-class", type=int, default=96)
     parser.add_argument("--eval-per-class", type=int, default=8, help="validation and test images per class")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--skip-mixcut", action="store_true")
     parser.add_argument("--skip-classify", action="store_true")
+    parser.add_argument(
+        "--rank-scores", default="sum", help="rank objective rows, one per score (sum, mean); empty: none"
+    )
+    parser.add_argument("--skip-heads", action="store_true", help="no head on the base / SFT model")
     args = parser.parse_args()
     import torch
 

@@ -85,6 +85,35 @@ def test_prefix_cached_rank_equals_brute_force(backend, images):
     assert not torch.allclose(cached.prior_subtracted, cached.sum)
 
 
+def test_candidate_logprobs_are_rank_scores_with_gradients(backend, images):
+    """What a rank objective trains on: ``rank``'s per-image sums and token counts, with a graph that reaches the
+    vision tower through the shared prefix cache (several packs or groups, so the cache is copied per chunk)."""
+    from fgvlm.models.families import get_family
+
+    ranked = backend.rank(images[:1], QUESTION, NAMES)
+    model = backend.model
+    model.zero_grad(set_to_none=True)
+    summed, counts = backend.candidate_logprobs(images[0], QUESTION, NAMES, candidate_batch=2)
+    assert summed.requires_grad and summed.dtype == torch.float32 and counts.tolist() == ranked.num_tokens
+    torch.testing.assert_close(summed.detach().cpu(), ranked.sum[0], atol=1e-4, rtol=0)
+    torch.nn.functional.cross_entropy((summed / counts)[None], torch.tensor([2])).backward()
+    record = get_family(backend.family)
+    reached = {record.part_of(n) for n, p in model.named_parameters() if p.grad is not None and p.grad.abs().sum() > 0}
+    model.zero_grad(set_to_none=True)
+    assert {"vision", "language"} <= reached, reached
+
+
+def test_pooled_features_are_embed_with_gradients(backend, images):
+    inputs = backend.encode(images[:2], [backend.render_prompt(QUESTION)] * 2)
+    for pooling in POOLINGS:
+        features = backend.pooled_features(inputs, pooling, layer=-2)
+        assert features.requires_grad and features.dtype == torch.float32
+        expected = backend.embed(images[:2], QUESTION, pooling=pooling, layer=-2)
+        torch.testing.assert_close(features.detach().cpu(), expected, atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match="unknown pooling 'max'"):
+        backend.pooled_features(inputs, "max")
+
+
 def test_batched_generation_equals_one_at_a_time(backend, images):
     # InstructBLIP's processor puts the query tokens outside the padding: only identical prompts are guaranteed.
     same_prompt_only = backend.family.startswith("instructblip")

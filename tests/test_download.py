@@ -17,14 +17,8 @@ import pytest
 import scipy.io
 
 from fgvlm.data import create_dataset
-from fgvlm.data.download import (
-    EXTRACTED_MARKER,
-    DownloadError,
-    UnsafeArchiveError,
-    download_file,
-    download_flowers102,
-    safe_extract,
-)
+from fgvlm.data.download import EXTRACTED_MARKER, DownloadError, UnsafeArchiveError, download_file, safe_extract
+from fgvlm.data.flowers102 import download_flowers102
 
 # Two real mini images per official split.
 SPLIT_IDS = {"trnid": [2, 17], "valid": [28, 74], "tstid": [94, 144]}

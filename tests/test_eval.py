@@ -105,8 +105,10 @@ def test_generate_open_qa_hand_computed(flowers_mini: Path, tmp_path: Path) -> N
     assert metrics["macro_f1"] == pytest.approx(0.5)
     assert metrics["per_class_accuracy"] == pytest.approx({"pink primrose": 1 / 3, "hard-leaved pocket orchid": 1 / 3})
     assert (metrics["mode"], metrics["task"], metrics["protocol"]) == ("generate", "open-qa", "official")
-    header = ("kind", "dataset", "protocol", "split", "model", "num_classes", "seconds")
-    assert list(metrics)[:7] == list(header) and (metrics["kind"], metrics["num_classes"]) == ("eval", 102)
+    header = ("kind", "dataset", "protocol", "shots", "shot_seed", "classes", "split", "model", "num_classes")
+    header += ("seconds",)
+    assert list(metrics)[:10] == list(header) and (metrics["kind"], metrics["num_classes"]) == ("eval", 102)
+    assert (metrics["shots"], metrics["shot_seed"], metrics["classes"]) == (None, None, "all")
     assert metrics["images_per_s"] > 0
     assert json.loads((tmp_path / "metrics.json").read_text()) == metrics
 

@@ -48,9 +48,9 @@ def test_export_follows_lm_eval_schema_and_matches_the_runs(report_study, tmp_pa
     for key in ("results", "configs", "versions", "n-shot", "higher_is_better", "n-samples", "config"):
         assert set(results[key]) if key != "config" else results[key], key
     tasks = {
-        "eval-rank": "fgvlm_synthflowers_test_open_qa_rank",
-        "eval-generate": "fgvlm_synthflowers_test_open_qa_generate",
-        "head": "fgvlm_synthflowers_test_head",
+        "eval-rank": "fgvlm_synthflowers_official_test_open_qa_rank",
+        "eval-generate": "fgvlm_synthflowers_official_test_open_qa_generate",
+        "head": "fgvlm_synthflowers_official_test_head",
     }
     assert set(results["results"]) == set(tasks.values())
     date = re.search(r"results_(.+)\.json$", results_path).group(1)

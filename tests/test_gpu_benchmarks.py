@@ -34,10 +34,12 @@ def test_skips_without_cuda(name: str, capsys: pytest.CaptureFixture) -> None:
 
 def test_gpu_sft_smoke_on_cpu(use_tiny_cache, capsys: pytest.CaptureFixture) -> None:
     argv = ["--device", "cpu", "--tiny", "--steps", "1", "--warmup", "1", "--workers", "0", "--batch-size", "2"]
+    argv += ["--modes", "padded,packed,rank", "--negatives", "3", "--image-size", "224", "224"]
     assert load("gpu_sft").main(argv) == 0
     out = capsys.readouterr().out
     for mode in ("padded", "packed"):
         assert f"gpu_sft mode {mode}: 1 steps" in out and "samples/s" in out
+    assert "gpu_sft mode rank (objective rank, 3 negatives, batch 1): 1 steps" in out
 
 
 def test_gpu_eval_smoke_on_cpu(use_tiny_cache, capsys: pytest.CaptureFixture) -> None:

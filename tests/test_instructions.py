@@ -182,6 +182,38 @@ def test_mixcut_is_per_image_and_prob_zero_leaves_images_alone(synth, tmp_path) 
         export_instructions(plain, "messages", tmp_path / "x.jsonl")
 
 
+def test_mixcut_is_an_image_option_of_every_task(synth) -> None:
+    """closed-qa-mixcut: the partner is one of the options shown and answer_b is ITS option key in the same
+    question; closed-negative-qa-mixcut: answer_b is yes exactly when the partner is the candidate asked about."""
+    options = {"closed-qa": {"num_options": 4}}
+    closed = build_instructions(synth, "train", "closed-qa-mixcut", seed=3, task_options=options, limit=12)
+    plain = build_instructions(synth, "train", "closed-qa", seed=3, task_options=options, limit=12)
+    for mixed, unmixed in zip(closed, plain, strict=True):
+        assert mixed.task == "closed-qa-mixcut" and mixed.question == unmixed.question  # the same question
+        assert mixed.answer == unmixed.answer and mixed.extra["options"] == unmixed.extra["options"]
+        shown, keys = mixed.extra["options"], mixed.extra["keys"]
+        assert mixed.label_b in shown and mixed.label_b != mixed.label
+        assert mixed.answer_b == keys[shown.index(mixed.label_b)]
+    verify = build_instructions(synth, "train", "closed-negative-qa-mixcut", seed=3, limit=24)
+    assert {r.answer_b for r in verify} == {"yes", "no"}
+    for record in verify:
+        assert record.answer_b == ("yes" if record.extra["candidate"] == record.label_b else "no")
+        assert record.answer == ("yes" if record.extra["candidate"] == record.label else "no")
+
+
+def test_sft_images_mixcut_means_every_task_on_mixed_images() -> None:
+    from fgvlm.sft.config import SFTConfig
+
+    cfg = SFTConfig(mix={"open-qa": 1, "closed-qa": 1}, images="mixcut")
+    assert cfg.tasks == {"open-qa-mixcut": 1, "closed-qa-mixcut": 1} and cfg.mixed_images
+    assert SFTConfig(task="closed-qa-mixcut").eval_task == "closed-qa"
+    assert SFTConfig(task="open-qa-mixcut").eval_task == "open-qa" and not SFTConfig().mixed_images
+    with pytest.raises(ConfigError, match="images must be one of"):
+        SFTConfig(images="blend")
+    with pytest.raises(ConfigError, match="plain images"):
+        SFTConfig(objective="classify", images="mixcut")
+
+
 # -- exports ------------------------------------------------------------------------------------------------------
 def read_export(path: Path, fmt: str) -> list[dict]:
     text = path.read_text()

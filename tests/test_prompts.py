@@ -42,7 +42,8 @@ def test_task_table_shape() -> None:
     assert set(task_names()) == {"open-qa", "closed-qa", "closed-negative-qa"}
     assert {get_task(t)["kind"] for t in task_names()} == {"open", "closed", "verify"}
     assert object_word("flowers102") == "flower" and object_word("imagefolder") == "object"
-    assert all(not k.startswith("_") for k in task_names()) and "_objects" in prompt_tasks()
+    assert object_word("cub200") == "bird species" and object_word("oxford-pets") == "pet breed"
+    assert all(not k.startswith("_") for k in task_names()) and "_objects" not in prompt_tasks()
 
 
 def test_open_qa_wording() -> None:

@@ -39,7 +39,7 @@ class PageParser(HTMLParser):
             self._in_results = attrs.get("id") == "results"
         if tag == "tbody" and self._in_results:
             self._in_body = True
-        if tag == "tr" and self._in_body:
+        if tag == "tr" and self._in_body and attrs.get("class") != "group":  # a protocol group's heading row
             self.result_rows += 1
         self._in_heading = tag in ("h2", "h3")
 

@@ -74,10 +74,11 @@ def test_report_renders_in_chromium(report_study, tmp_path, browser):
         "return [...document.images].filter(i => !i.complete || i.naturalWidth === 0).map(i => i.alt)"
     )
     assert images >= 20 and broken == []
-    rows = browser.execute_script("return document.querySelectorAll('#results tbody tr').length")
+    rows = browser.execute_script("return document.querySelectorAll('#results tbody tr:not(.group)').length")
     assert rows == len(result.rows) == 4
     run_ids = browser.execute_script(
-        "return [...document.querySelectorAll('#results tbody tr td:first-child')].map(td => td.textContent.trim())"
+        "return [...document.querySelectorAll('#results tbody tr:not(.group) td:first-child')]"
+        ".map(td => td.textContent.trim())"
     )
     assert run_ids == [row.run_id for row in result.rows]
     assert browser.execute_script("return document.scripts.length") == 0

@@ -15,7 +15,7 @@ from fgvlm.report import collect_rows, load_run, write_results_table
 from fgvlm.report.cost import cost_summary, hours_text, rate_text, row_cost
 from fgvlm.report.export import export_lmms_eval
 from fgvlm.report.html import build_report
-from fgvlm.report.tables import describe_run, markdown_table
+from fgvlm.report.tables import describe_run, markdown_table, results_markdown
 
 GPU_COST = {  # the schema every run kind writes (fgvlm.runs); numbers as an H200 eval would record them
     "wall_seconds": 123.4,
@@ -62,7 +62,7 @@ def test_rows_results_md_and_csv_show_each_runs_cost_and_the_total(report_study,
     assert lines["cnn"].endswith("| 0.500 | 0.25 CPU-h |")
     assert lines["head"].endswith("| – | – |")
     total = "Cost of this table: 0.25 CPU-h + 0.0343 GPU-h over 2 runs (1 without a cost record)."
-    assert table.endswith(f"\n{total}\n")
+    assert results_markdown(list(rows.values())).endswith(f"\n{total}\n")  # below every section
 
     csv_path, md_path = write_results_table(list(rows.values()), tmp_path / "tables")
     with csv_path.open() as fh:

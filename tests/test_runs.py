@@ -94,6 +94,31 @@ def test_run_status_absent_partial_complete_conflicting(tmp_path):
     assert status.state == "conflicting" and "config.yaml" in status.differences[0]
 
 
+def test_a_run_written_before_a_key_was_added_is_still_complete(tmp_path):
+    """A finished run whose config.yaml predates a key (here data.shots, data.classes, ...) reads that key as its
+    default: it is complete, not conflicting; a key it does hold with another value still conflicts."""
+    import yaml
+
+    from fgvlm.eval.zeroshot import EvalConfig
+
+    cfg = EvalConfig(data=DataConfig(dataset="synthflowers"))
+    out = tmp_path / "old"
+    run = start_run(out, cfg)
+    finish_run(run)
+    saved = yaml.safe_load((out / "config.yaml").read_text())
+    for key in ("shots", "shot_seed", "classes", "split_file"):
+        saved["data"].pop(key)  # what a run written before the protocols issue holds
+    (out / "config.yaml").write_text(yaml.safe_dump(saved, sort_keys=False))
+    (out / "done.json").write_text(json.dumps({"config_hash": config_hash(saved)}))
+    assert run_status(out, cfg).state == "complete"
+    changed = EvalConfig(data=DataConfig(dataset="synthflowers", classes="base"))
+    status = run_status(out, changed)
+    assert status.state == "conflicting" and status.differences == ["data.classes: 'all' -> 'base'"]
+    saved["mode"] = "generate" if cfg.mode == "rank" else "rank"
+    (out / "config.yaml").write_text(yaml.safe_dump(saved, sort_keys=False))
+    assert run_status(out, cfg).state == "conflicting"
+
+
 def test_start_run_skips_refuses_and_starts_over(tmp_path, capsys):
     out = tmp_path / "run"
     run = start_run(out, job(), resume=True)
@@ -116,6 +141,9 @@ HEADER = {
     "kind": "eval",
     "dataset": "d",
     "protocol": "p",
+    "shots": 4,
+    "shot_seed": 1,
+    "classes": "base",
     "split": "test",
     "model": "m",
     "num_classes": 3,

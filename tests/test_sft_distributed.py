@@ -138,22 +138,23 @@ def launch(command: list[str], out: Path) -> dict:
     return json.loads((out / "losses.json").read_text())
 
 
-def sft_args(out: Path) -> list[str]:
+def sft_args(out: Path, objective: str = "generate") -> list[str]:
     """``fgvlm sft`` on tiny Qwen3-VL: 4 steps at a constant lr, logging every step, validation only at the end."""
     sets = ["train.eval_every=100", "train.log_every=1", "train.warmup_ratio=0", "train.scheduler=constant"]
     sets += ["train.eval_limit=2", "eval_limit=2"]  # validation and final evaluation: run, written once, kept short
     args = ["-m", "fgvlm", "sft", "--model", "tiny-qwen3-vl", "--dataset", "synthflowers", "--limit", str(SAMPLES)]
     args += ["--max-steps", str(STEPS), "--lr", "2e-3", "--set", "report_to=none", "--out", str(out)]
+    args += ["--objective", objective]
     return args + [item for pair in (("--set", x) for x in sets) for item in pair]
 
 
-def run_sft_command(command: list[str], out: Path, cache: Path) -> list[dict]:
+def run_sft_command(command: list[str], out: Path, cache: Path, objective: str = "generate") -> list[dict]:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "ACCELERATE_USE_CPU": "true"}
     env["PYTHONPATH"] = os.pathsep.join([str(REPO / "src"), env.get("PYTHONPATH", "")])
     env["FGVLM_CACHE"] = str(cache)
     proc = subprocess.run(command, capture_output=True, text=True, timeout=240, env=env, cwd=out.parent)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert proc.stdout.count("sft generate") == 1, proc.stdout  # rank 0 alone reports
+    assert proc.stdout.count(f"sft {objective}") == 1, proc.stdout  # rank 0 alone reports
     assert (out / "done.json").is_file() and (out / "model" / "config.json").is_file()
     predictions = (out / "predictions.jsonl").read_text().splitlines()
     assert len(predictions) == json.loads((out / "metrics.json").read_text())["n"]  # one result set, not two
@@ -161,15 +162,15 @@ def run_sft_command(command: list[str], out: Path, cache: Path) -> list[dict]:
 
 
 @pytest.mark.slow
-def test_fgvlm_sft_ddp_two_processes_match_one(tiny_model_dir, tiny_cache, tmp_path) -> None:
+@pytest.mark.parametrize("objective", ["generate", "rank"])
+def test_fgvlm_sft_ddp_two_processes_match_one(objective, tiny_model_dir, tiny_cache, tmp_path) -> None:
+    """The run contract is the objective's too: the rank objective's RankModel goes through DDP like any model."""
     tiny_model_dir("qwen3-vl")  # build it once, before two ranks race to
     torchrun = str(Path(sys.executable).with_name("torchrun"))
-    two = run_sft_command(
-        [torchrun, "--standalone", "--nproc_per_node", "2", *sft_args(tmp_path / "ddp")], tmp_path / "ddp", tiny_cache
-    )
-    one = run_sft_command(
-        [sys.executable, *sft_args(tmp_path / "one"), "--grad-accum", "2"], tmp_path / "one", tiny_cache
-    )
+    ddp = [torchrun, "--standalone", "--nproc_per_node", "2", *sft_args(tmp_path / "ddp", objective)]
+    two = run_sft_command(ddp, tmp_path / "ddp", tiny_cache, objective)
+    single = [sys.executable, *sft_args(tmp_path / "one", objective), "--grad-accum", "2"]
+    one = run_sft_command(single, tmp_path / "one", tiny_cache, objective)
     assert [row["step"] for row in two] == [row["step"] for row in one] == list(range(1, STEPS + 1))
     assert [row["train_loss"] for row in two] == pytest.approx([row["train_loss"] for row in one], rel=1e-4)
     assert [row["grad_norm"] for row in two] == pytest.approx([row["grad_norm"] for row in one], rel=1e-4)

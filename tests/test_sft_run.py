@@ -53,7 +53,10 @@ def test_run_writes_the_contract_files_and_a_reloadable_model(finished_run, use_
     for name in ("config.yaml", "meta.json", "train_log.jsonl", "metrics.json", "predictions.jsonl", "done.json"):
         assert (out / name).is_file(), name
     assert metrics["kind"] == "sft" and metrics["split"] == "test" and metrics["n"] == 4
-    assert list(metrics)[:7] == ["kind", "dataset", "protocol", "split", "model", "num_classes", "seconds"]
+    assert list(metrics)[:10] == [
+        *("kind", "dataset", "protocol", "shots", "shot_seed", "classes"),
+        *("split", "model", "num_classes", "seconds"),
+    ]
     log = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
     assert [r["step"] for r in log] == [1, 2, 3, 4]
     assert {"step", "epoch", "train_loss", "lr", "val_accuracy", "val_top5", "val_loss", "grad_norm"} <= set(log[0])

@@ -16,7 +16,7 @@ import pytest
 import yaml
 
 from fgvlm.config import ConfigError
-from fgvlm.progress import PROGRESS_FILE_ENV, ProgressFile, ReportingProgress, read_progress, trainer_progress_callback
+from fgvlm.progress import PROGRESS_FILE_ENV, ProgressFile, ReportingProgress, read_progress
 from fgvlm.study import execute, load_study, plan_study, runner
 from fgvlm.study.display import LineDisplay, LiveDisplay, progress_text
 from fgvlm.study.launch import Interrupted
@@ -209,6 +209,8 @@ def test_progress_file_rate_eta_and_throttle_by_hand(tmp_path):
 def test_progress_bars_and_trainer_steps_report_to_the_runner_file(tmp_path, monkeypatch):
     from transformers import TrainerControl, TrainerState
 
+    from fgvlm.sft.trainer import TrainingProgress
+
     path = tmp_path / "progress.json"
     with ReportingProgress() as bar:  # without the variable nothing is written
         bar.add_task("eval", total=4)
@@ -226,9 +228,11 @@ def test_progress_bars_and_trainer_steps_report_to_the_runner_file(tmp_path, mon
         "done": 3,
         "total": 40,
     }
-    callback = trainer_progress_callback()
-    state = TrainerState(global_step=7, max_steps=50)
-    callback.on_step_end(None, state, TrainerControl())  # the callback reads the state only
+    callback, state = TrainingProgress(), TrainerState(global_step=5, max_steps=50)  # fine-tuning's bar
+    callback.on_train_begin(None, state, TrainerControl())  # the callback reads the state only
+    state.global_step = 7
+    callback.on_step_end(None, state, TrainerControl())
+    callback.on_train_end(None, state, TrainerControl())
     assert {k: read_progress(path)[k] for k in ("stage", "done", "total")} == {"stage": "train", "done": 7, "total": 50}
 
 

@@ -36,6 +36,7 @@ COMMANDS = [
     ("fgvlm.commands.export", "export"),
     ("fgvlm.commands.sft", "sft"),
     ("fgvlm.commands.study", "study"),
+    ("fgvlm.commands.publish", "publish"),
 ]
 
 for module_name, cli_name in COMMANDS:

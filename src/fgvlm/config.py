@@ -28,11 +28,22 @@ class DataConfig:
     """Which dataset, where it lives, and how it is split."""
 
     dataset: str = "synthflowers"
-    """Registry name: flowers102, synthflowers, imagefolder, hf (see ``fgvlm list datasets``)."""
+    """Registry name: flowers102, oxford-pets, fgvc-aircraft, food101, dtd, stanford-cars, cub200, synthflowers,
+    imagefolder, hf (see ``fgvlm list datasets``)."""
     root: str | None = None
     """Folder holding the data (flowers102, imagefolder); None means the dataset's default location."""
     protocol: str = "official"
-    """Split protocol; each dataset documents its own (flowers102: official, trainval, swapped)."""
+    """Split protocol: each dataset's own (flowers102: official, trainval, swapped), ``coop`` (CoOp's split file in
+    the data root) or ``split-file`` (any CoOp-format file, given as ``split_file``)."""
+    split_file: str | None = None
+    """The CoOp-format split file of protocol ``split-file``: {train|val|test: [[path, label, class name], ...]}."""
+    shots: int | None = None
+    """k-shot: K images per class from the train split and min(K, 4) from val, drawn as CoOp/Dassl do; None = all.
+    The test split is never sampled."""
+    shot_seed: int = 1
+    """Seed of the k-shot draw (CoOp reports seeds 1, 2 and 3)."""
+    classes: str = "all"
+    """Class subset: 'base' (the first ceil(n/2) labels), 'new' (the rest; both relabelled from 0) or 'all'."""
     on_bad_image: str = "error"
     """What to do with corrupt, truncated or non-image files: 'error' (name the file) or 'skip' (count it)."""
     options: dict[str, Any] = dataclasses.field(default_factory=dict)
@@ -41,6 +52,15 @@ class DataConfig:
     def __post_init__(self) -> None:
         if self.on_bad_image not in ("error", "skip"):
             raise ConfigError(f"data.on_bad_image must be 'error' or 'skip', got {self.on_bad_image!r}")
+        if self.shots is not None and self.shots < 1:
+            raise ConfigError(f"data.shots must be >= 1 (or unset for every image), got {self.shots}")
+        if self.classes not in ("all", "base", "new"):
+            raise ConfigError(f"data.classes must be 'all', 'base' or 'new', got {self.classes!r}")
+        if (self.protocol == "split-file") != (self.split_file is not None):
+            raise ConfigError(
+                "data.protocol split-file and data.split_file go together (--protocol split-file --split-file PATH); "
+                f"got protocol {self.protocol!r}, split_file {self.split_file!r}"
+            )
 
 
 def _field_types(cls: type) -> dict[str, Any]:

@@ -28,6 +28,8 @@ class Kind:
     run: str
     configs: str | None = None
     """Folder under ``configs/`` whose YAML files are configs of this kind (None: none shipped)."""
+    results: bool = True
+    """Its runs write ``metrics.json`` (a row of a study's results table); False for audits and publishing."""
 
 
 KINDS: dict[str, Kind] = {
@@ -46,8 +48,17 @@ KINDS: dict[str, Kind] = {
             "cnn-train", ("cnn", "train"), "fgvlm.train.cnn_config:CNNTrainConfig", "fgvlm.train.cnn:train_cnn", "cnn"
         ),
         Kind("cnn-eval", ("cnn", "eval"), "fgvlm.train.cnn_config:CNNEvalConfig", "fgvlm.train.cnn:evaluate_run"),
-        Kind("data-audit", ("data", "audit"), "fgvlm.data.audit:AuditConfig", "fgvlm.data.audit:run_audit"),
+        Kind(
+            "data-audit", ("data", "audit"), "fgvlm.data.audit:AuditConfig", "fgvlm.data.audit:run_audit", results=False
+        ),
         Kind("sft", ("sft",), "fgvlm.sft.config:SFTConfig", "fgvlm.sft.run:run_sft", "sft"),
+        Kind(
+            "publish",
+            ("publish",),
+            "fgvlm.publish.config:PublishConfig",
+            "fgvlm.publish.run:publish_run",
+            results=False,
+        ),
     )
 }
 

@@ -2,8 +2,8 @@
 
 A study runs each run as a child process whose output is not a terminal, so a rich bar there shows nothing until
 the run ends. The runner sets ``FGVLM_PROGRESS_FILE`` (``RUN/progress.json``) for each child; every bar made with
-``ReportingProgress`` (and the Trainer's steps, through ``trainer_progress_callback``) then rewrites that file,
-atomically and at most once a second, with::
+``ReportingProgress`` (the Trainer's steps included: ``fgvlm.sft.trainer.TrainingProgress``) then rewrites that
+file, atomically and at most once a second, with::
 
     {"stage": "eval", "done": 120, "total": 600, "rate": 3.2, "eta": 150.0, "updated_at": 1767000000.0, "pid": 4242}
 
@@ -120,16 +120,3 @@ def track(
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
     with ReportingProgress(*columns, transient=transient, disable=disable) as bar:
         yield from bar.track(sequence, total=total, description=description)
-
-
-def trainer_progress_callback(stage: str = "train") -> Any:
-    """A ``transformers.TrainerCallback`` reporting the Trainer's optimizer steps (its tqdm bar is invisible to a
-    study runner)."""
-    from transformers import TrainerCallback
-
-    class StepProgress(TrainerCallback):
-        def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-            if state.is_world_process_zero:
-                report_progress(stage, state.global_step, state.max_steps)
-
-    return StepProgress()

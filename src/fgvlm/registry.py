@@ -16,6 +16,12 @@ from typing import Any
 
 DATASETS: dict[str, str] = {
     "flowers102": "fgvlm.data.flowers102:Flowers102",
+    "oxford-pets": "fgvlm.data.pets:OxfordPets",
+    "fgvc-aircraft": "fgvlm.data.aircraft:FGVCAircraft",
+    "food101": "fgvlm.data.food101:Food101",
+    "dtd": "fgvlm.data.dtd:DTD",
+    "stanford-cars": "fgvlm.data.cars:StanfordCars",
+    "cub200": "fgvlm.data.cub:CUB200",
     "synthflowers": "fgvlm.data.synthflowers:SynthFlowers",
     "imagefolder": "fgvlm.data.imagefolder:ImageFolder",
     "hf": "fgvlm.data.hf:HFDataset",

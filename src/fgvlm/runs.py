@@ -30,15 +30,19 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from fgvlm.config import ConfigError, config_differences, load_yaml, save_yaml, to_dict
+from fgvlm.config import ConfigError, config_differences, from_dict, load_yaml, save_yaml, to_dict
 
 DONE_FILE = "done.json"
 CONFIG_FILE = "config.yaml"
 METRICS_FILE = "metrics.json"
 TRAIN_LOG = "train_log.jsonl"
 STATES = ("absent", "partial", "complete", "conflicting")
-HEADER_KEYS = ("kind", "dataset", "protocol", "split", "model", "num_classes", "seconds")
-"""The fixed first keys of every ``metrics.json``, in this order (see ``write_results``)."""
+HEADER_KEYS = (
+    *("kind", "dataset", "protocol", "shots", "shot_seed", "classes"),
+    *("split", "model", "num_classes", "seconds"),
+)
+"""The fixed first keys of every ``metrics.json``, in this order (see ``write_results``): the protocol travels with
+every number (``Dataset.protocol_header()`` gives its four keys)."""
 TRAIN_LOG_KEYS = ("step", "epoch", "train_loss", "lr", "val_accuracy", "val_top5", "val_loss")
 """The keys of every ``train_log.jsonl`` line, in this order (null where not measured); extra keys follow."""
 
@@ -152,6 +156,8 @@ class RunDir:
     def write_meta(
         self, *, command: str, seed: int | None, dataset: dict | None = None, model: dict | None = None, **extra: Any
     ) -> dict[str, Any]:
+        """Write ``meta.json``; refuses (``RunConflictError``) when the run recorded another data selection."""
+        check_same_data(self, dataset)
         meta = {
             "command": command,
             "argv": sys.argv,
@@ -207,6 +213,42 @@ class RunStatus:
     """For a partial run: how far it got, e.g. '412 of 6149 predictions' or 'epoch 3 of 30 checkpointed'."""
 
 
+SELECTION_KEYS = ("selected_ids", "class_labels", "split_file_sha256")
+"""``Dataset.describe()`` entries that say which images and classes a run used beyond its config: the k-shot ids,
+the class subset's labels and the split file's content hash."""
+
+
+def check_same_data(run: RunDir, dataset: dict[str, Any] | None) -> None:
+    """Refuse to continue a run whose ``meta.json`` records another data selection than ``dataset`` (a
+    ``Dataset.describe()``): other k-shot ids, classes or split-file content, as a changed config is refused."""
+    path = run.path / "meta.json"
+    if not dataset or not path.is_file():
+        return
+    try:
+        saved = read_json(path).get("dataset") or {}
+    except (OSError, ValueError):
+        return
+    differing = [key for key in SELECTION_KEYS if saved.get(key) != dataset.get(key)]
+    if differing:
+        raise RunConflictError(
+            f"{run.path} was run on other data than this invocation selects ({', '.join(differing)} differ in "
+            "meta.json: a changed split file or dataset); cannot resume. Use another --out, or --no-resume to start "
+            "over (the old run is moved aside)."
+        )
+
+
+def _with_defaults(saved: dict[str, Any], cfg: Any) -> dict[str, Any]:
+    """A saved config.yaml read through ``cfg``'s config class: a key added to the class after the run was written
+    takes its default (the behaviour the run had), so adding an option never orphans finished runs. A saved config
+    the class cannot read (a key since removed) is compared as it is."""
+    if isinstance(cfg, dict) or not dataclasses.is_dataclass(cfg):
+        return saved
+    try:
+        return _plain_config(from_dict(type(cfg), saved))
+    except (ConfigError, TypeError, ValueError):
+        return saved
+
+
 def _plain_config(cfg: Any) -> dict[str, Any]:
     """The config as config.yaml stores it (YAML round trip: tuples become lists), ``resume`` aside."""
     import yaml
@@ -254,13 +296,14 @@ def run_status(out: str | Path, cfg: Any) -> RunStatus:
         return RunStatus("absent")
     if not (path / CONFIG_FILE).is_file():
         return RunStatus("conflicting", [f"{CONFIG_FILE}: missing (the folder holds other files)"])
-    differences = config_differences(load_yaml(path / CONFIG_FILE), _plain_config(cfg))
+    saved = load_yaml(path / CONFIG_FILE)
+    differences = config_differences(_with_defaults(saved, cfg), _plain_config(cfg))
     if differences:
         return RunStatus("conflicting", differences)
     done = path / DONE_FILE
     if done.is_file():
         saved_hash, now = read_json(done).get("config_hash"), config_hash(cfg)
-        if saved_hash != now:
+        if saved_hash not in (now, config_hash(saved)):  # done.json was written for this very config.yaml
             return RunStatus("conflicting", [f"config_hash: {saved_hash} -> {now}"])
         return RunStatus("complete")
     return RunStatus("partial", progress=run_progress(path))
@@ -334,6 +377,7 @@ def write_results(run: RunDir | str | Path, header: dict[str, Any], metrics: dic
     """Write ``metrics.json``: the fixed header (``HEADER_KEYS``, in order) first, then the metrics.
 
     The header says what was measured: ``kind`` (eval, head-train, cnn-train, ...), ``dataset``, ``protocol``,
+    ``shots`` and ``shot_seed`` (k-shot training sets; null for all images), ``classes`` (all, base or new),
     ``split``, ``model``, ``num_classes`` and ``seconds`` (this invocation's wall time). Returns the written dict.
     """
     missing = [key for key in HEADER_KEYS if key not in header]

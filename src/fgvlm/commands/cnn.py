@@ -6,7 +6,15 @@ from pathlib import Path
 
 import typer
 
-from fgvlm.commands.common import config_option, limit_option, out_option, resume_option, set_option
+from fgvlm.commands.common import (
+    config_option,
+    limit_option,
+    out_option,
+    protocol_option,
+    resume_option,
+    set_option,
+    split_file_option,
+)
 
 app = typer.Typer(
     help="CNN baselines: fine-tune any timm classifier, with or without MixUp/CutMix.", no_args_is_help=True
@@ -31,7 +39,8 @@ def train(
     arch: str = typer.Option(None, help="timm architecture (default resnet50; test_resnet for quick CPU runs)."),
     dataset: str = typer.Option(None, "--dataset", "-d", help="Dataset registry name (default synthflowers)."),
     root: str = typer.Option(None, help="Dataset folder (flowers102: the official layout)."),
-    protocol: str = typer.Option(None, help="Split protocol (flowers102: official, trainval, swapped)."),
+    protocol: str = protocol_option(),
+    split_file: str = split_file_option(),
     epochs: int = typer.Option(None, help="Epochs to train."),
     mixup: bool = typer.Option(None, "--mixup/--no-mixup", help="MixUp on each batch."),
     cutmix: bool = typer.Option(None, "--cutmix/--no-cutmix", help="CutMix on each batch."),
@@ -51,6 +60,8 @@ def train(
 
       fgvlm cnn train --config configs/cnn/resnet50-flowers102.yaml --root data/flowers102 --out runs/r50
 
+      fgvlm cnn train --arch resnet50 --dataset oxford-pets --root DATA --protocol coop --set data.shots=16 -o runs/p16
+
       fgvlm cnn train --arch resnet50 --dataset flowers102 --protocol swapped --pretrained hub --mixup --cutmix
       --out runs/r50-mix
 
@@ -66,6 +77,7 @@ def train(
         "data.dataset": dataset,
         "data.root": root,
         "data.protocol": protocol,
+        "data.split_file": split_file,
         "epochs": epochs,
         "mixup": mixup,
         "cutmix": cutmix,

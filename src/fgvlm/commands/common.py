@@ -13,14 +13,28 @@ import typer
 
 from fgvlm.config import ConfigError
 
-OFFLINE_DATASETS = ("synthflowers",)
-"""Datasets on which a missing --model falls back to the tiny random default: the offline demo, where chance-level
-answers are expected. On any real dataset a model must be named."""
-
 RESUME_HELP = (
     "Resume (default): skip a complete run with the same config, continue a partial one, refuse another config. "
     "--no-resume moves an existing run aside (OUT.replaced-TIME) and starts over."
 )
+
+
+PROTOCOL_HELP = (
+    "Split protocol: the dataset's own (flowers102: official, trainval, swapped), coop (CoOp's split file in the "
+    "data root) or split-file (with --split-file)."
+)
+
+
+def protocol_option(default: str | None = None) -> Any:
+    return typer.Option(default, help=PROTOCOL_HELP)
+
+
+def split_file_option() -> Any:
+    return typer.Option(
+        None,
+        "--split-file",
+        help="CoOp-format split file of --protocol split-file ({train|val|test: [[path, label, class name], ...]}).",
+    )
 
 
 def out_option(help_text: str, required: bool = True) -> Any:
@@ -46,15 +60,20 @@ def limit_option() -> Any:
 def require_model(cfg: Any, given: set[str], command: str) -> None:
     """Refuse to fall back silently to the random tiny default model on a real dataset.
 
-    ``given``: the keys set by the config file, flags or ``--set`` (``fgvlm.config.given_keys``).
+    Only on an offline demo dataset (its class's ``offline`` flag: drawn without files, chance-level answers
+    expected) may a missing --model fall back to the tiny random default. ``given``: the keys set by the config
+    file, flags or ``--set`` (``fgvlm.config.given_keys``).
     """
-    if "model.name" in given or cfg.data.dataset in OFFLINE_DATASETS:
+    from fgvlm.registry import DATASETS, dataset_class
+
+    if "model.name" in given or dataset_class(cfg.data.dataset).offline:
         return
+    offline = [name for name in DATASETS if dataset_class(name).offline]
     raise ConfigError(
         f"{command}: no model given for dataset {cfg.data.dataset!r}. Pass --model (a registry name from "
         f"`fgvlm list models`, a hub id or a folder) or set model.name in the config; the default "
         f"{cfg.model.name!r} is a random tiny model (chance-level answers), used without asking only on the "
-        f"offline demo dataset{'s' if len(OFFLINE_DATASETS) > 1 else ''} {', '.join(OFFLINE_DATASETS)}."
+        f"offline demo dataset{'s' if len(offline) > 1 else ''} {', '.join(offline)}."
     )
 
 

@@ -7,7 +7,15 @@ from pathlib import Path
 
 import typer
 
-from fgvlm.commands.common import config_option, limit_option, out_option, resume_option, set_option
+from fgvlm.commands.common import (
+    config_option,
+    limit_option,
+    out_option,
+    protocol_option,
+    resume_option,
+    set_option,
+    split_file_option,
+)
 
 
 class Mode(str, Enum):
@@ -28,7 +36,8 @@ def command(
     ),
     dataset: str = typer.Option(None, "--dataset", "-d", help="Registry name (`fgvlm list datasets`)."),
     root: str = typer.Option(None, help="Folder holding the data (default: the dataset's own)."),
-    protocol: str = typer.Option(None, help="Split protocol (flowers102: official, trainval, swapped)."),
+    protocol: str = protocol_option(),
+    split_file: str = split_file_option(),
     split: str = typer.Option(None, help="Split to evaluate [default: test]."),
     mode: Mode = typer.Option(
         None, help="generate (answer + parse) or rank (class-name log-likelihood) [default: generate]."
@@ -55,6 +64,9 @@ def command(
       --set task_options.distractors=hard --out runs/closed5
 
       torchrun --standalone --nproc_per_node 2 -m fgvlm eval --model tiny-qwen3-vl --dataset flowers102 --out runs/dp
+
+      fgvlm eval --model qwen3-vl-4b -d flowers102 --root DATA/flowers102 --protocol coop --set data.classes=new
+      --mode rank --out runs/coop-new
     """
     from fgvlm.commands.common import require_model
     from fgvlm.config import given_keys, resolve_config
@@ -66,6 +78,7 @@ def command(
         "data.dataset": dataset,
         "data.root": root,
         "data.protocol": protocol,
+        "data.split_file": split_file,
         "split": split,
         "mode": mode.value if mode else None,
         "task": task,

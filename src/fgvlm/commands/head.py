@@ -7,7 +7,15 @@ from pathlib import Path
 
 import typer
 
-from fgvlm.commands.common import config_option, limit_option, out_option, resume_option, set_option
+from fgvlm.commands.common import (
+    config_option,
+    limit_option,
+    out_option,
+    protocol_option,
+    resume_option,
+    set_option,
+    split_file_option,
+)
 
 app = typer.Typer(
     help="Classification heads on frozen VLM features (feature cache, sweep, eval).", no_args_is_help=True
@@ -25,7 +33,8 @@ def train(
     ),
     dataset: str = typer.Option(None, "--dataset", "-d", help="Dataset registry name (see `fgvlm list datasets`)."),
     root: str = typer.Option(None, help="Folder holding the data."),
-    protocol: str = typer.Option(None, help="Split protocol (flowers102: official, trainval, swapped)."),
+    protocol: str = protocol_option(),
+    split_file: str = split_file_option(),
     pooling: str = typer.Option(None, help="Feature pooling: mean (default), image-mean or last."),
     layer: int = typer.Option(None, help="Hidden-state layer (-1 = last)."),
     steps: int = typer.Option(None, help="Head training steps (default 2000)."),
@@ -49,6 +58,9 @@ def train(
 
       fgvlm head train --model runs/sft/model --dataset flowers102 --protocol swapped --out runs/sft-head
 
+      fgvlm head train --model tiny-qwen3-vl --dataset synthflowers --set data.shots=4 --set data.classes=base
+      --out runs/head-4shot-base
+
       torchrun --standalone --nproc_per_node 2 -m fgvlm head train -c configs/heads/synthflowers-tiny.yaml -o r
     """
     from fgvlm.commands.common import require_model
@@ -61,6 +73,7 @@ def train(
         "data.dataset": dataset,
         "data.root": root,
         "data.protocol": protocol,
+        "data.split_file": split_file,
         "pooling": pooling,
         "layer": layer,
         "steps": steps,

@@ -14,6 +14,18 @@ class What(str, Enum):
     tasks = "tasks"
 
 
+def dataset_row(cls: type) -> dict[str, str]:
+    """What a dataset class says about itself: object word, protocols, CoOp split file, offline, download."""
+    return {
+        "object word": cls.object_word,
+        "protocols": ", ".join(cls.available_protocols()),
+        "coop split file": cls.coop_split_file or ("dataset's own" if "coop" in cls.protocols else "-"),
+        "offline": "yes" if cls.offline else "no",
+        "download": "yes" if cls.downloadable else cls.files_from,
+        "implementation": f"{cls.__module__}:{cls.__name__}",
+    }
+
+
 def command(
     what: What = typer.Argument(..., help="datasets, models or tasks"),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of a table."),
@@ -32,7 +44,7 @@ def command(
     from fgvlm import registry
 
     if what is What.datasets:
-        rows = {name: {"implementation": spec} for name, spec in registry.DATASETS.items()}
+        rows = {name: dataset_row(registry.dataset_class(name)) for name in registry.DATASETS}
     elif what is What.models:
         rows = {k: v for k, v in registry.model_presets().items() if not k.startswith("_")}
     else:

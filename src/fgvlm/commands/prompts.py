@@ -31,7 +31,11 @@ def build(
     root: str = typer.Option(None, help="Folder holding the data (default: the dataset's own)."),
     protocol: str = typer.Option("official", help="Split protocol (flowers102: official, trainval, swapped)."),
     split: str = typer.Option("train", help="Split to build from."),
-    task: str = typer.Option(None, help="open-qa, closed-qa, closed-negative-qa or open-qa-mixcut [default: open-qa]."),
+    task: str = typer.Option(
+        None,
+        help="open-qa, closed-qa, closed-negative-qa; add -mixcut for MixUp/CutMix images (open-qa-mixcut) "
+        "[default: open-qa].",
+    ),
     mix: str = typer.Option(None, help="Tasks by weight instead of --task, e.g. open-qa=0.5,closed-qa=0.5."),
     fmt: Format = typer.Option(Format.messages, "--format", help="messages (lmms-engine JSONL) or llava (JSON)."),
     seed: int = typer.Option(0, help="Seed of every random choice (prompts, task mix, mixcut pairs and lambda)."),
@@ -40,9 +44,9 @@ def build(
         None, help="Where drawn and mixed images are written [default: beside OUT, e.g. data/x.jsonl -> data/x-images]."
     ),
     family: str = typer.Option(None, help="Model family whose prompt wording to use (e.g. instructblip)."),
-    alpha: float = typer.Option(1.0, help="open-qa-mixcut: lambda ~ Beta(alpha, alpha)."),
-    mixcut_mode: MixMode = typer.Option(MixMode.both, help="open-qa-mixcut: mixup, cutmix, or both (half each)."),
-    mixcut_prob: float = typer.Option(1.0, help="open-qa-mixcut: probability that an image is mixed."),
+    alpha: float = typer.Option(1.0, help="-mixcut tasks: lambda ~ Beta(alpha, alpha)."),
+    mixcut_mode: MixMode = typer.Option(MixMode.both, help="-mixcut tasks: mixup, cutmix, or both (half each)."),
+    mixcut_prob: float = typer.Option(1.0, help="-mixcut tasks: probability that an image is mixed."),
     task_option: list[str] = typer.Option(
         [], "--task-option", help="TASK.KEY=VALUE prompt option, e.g. closed-qa.num_options=10; repeatable."
     ),
@@ -52,7 +56,9 @@ def build(
 
     Each image gets one task (with --mix, the weights' exact shares); open-qa-mixcut mixes each image with one of
     another class (MixUp or CutMix), writes the mixed image, answers with the first class's name and records
-    lambda, the box, the pair and the second answer under each entry's "meta".
+    lambda, the box, the pair and the second answer under each entry's "meta". Beside OUT, OUT's stem + .build.json
+    records how it was built (dataset, protocol, citation, tasks, seed, MixUp/CutMix settings: `fgvlm publish
+    --dataset` reads it).
 
     Examples:
 
@@ -63,9 +69,12 @@ def build(
       --format llava --out data/flowers-mix.json
 
       fgvlm prompts build --dataset synthflowers --task open-qa-mixcut --alpha 1.0 --limit 100 --out data/mixcut.jsonl
+
+      fgvlm prompts build --dataset synthflowers --task closed-qa-mixcut --limit 100 --out data/closed-mixcut.jsonl
     """
     from fgvlm.config import ConfigError
     from fgvlm.data import create_dataset
+    from fgvlm.prompts.build_record import BuildSettings, write_build_record
     from fgvlm.prompts.instructions import build_instructions, check_tasks, export_instructions, parse_mix
     from fgvlm.prompts.mixcut import MixCutOptions
 
@@ -94,6 +103,10 @@ def build(
             progress=advance,
         )
     export_instructions(records, fmt.value, out)
+    settings = BuildSettings(
+        data, split, tasks, seed, fmt.value, family, _task_options(task_option), mixcut, limit, _options(data_option)
+    )
+    write_build_record(out, records, settings)
     counts = ", ".join(f"{name} {n}" for name, n in sorted(Counter(r.task for r in records).items()))
     typer.echo(f"wrote {len(records)} conversations ({counts}) to {out}")
 

@@ -7,7 +7,16 @@ from pathlib import Path
 
 import typer
 
-from fgvlm.commands.common import config_option, limit_option, out_option, resume_option, set_option
+from fgvlm.commands.common import (
+    config_option,
+    limit_option,
+    out_option,
+    protocol_option,
+    resume_option,
+    set_option,
+    split_file_option,
+)
+from fgvlm.sft.objectives import objective_names
 
 
 class Method(str, Enum):
@@ -15,9 +24,8 @@ class Method(str, Enum):
     full = "full"
 
 
-class Objective(str, Enum):
-    generate = "generate"
-    classify = "classify"
+Objective = Enum("Objective", {name: name for name in objective_names()}, type=str)
+"""The objectives of ``fgvlm.sft.objectives.OBJECTIVES`` (the table is the one list)."""
 
 
 def command(
@@ -25,14 +33,19 @@ def command(
     model: str = typer.Option(None, "--model", "-m", help="Registry name (`fgvlm list models`), hub id or folder."),
     dataset: str = typer.Option(None, "--dataset", "-d", help="Registry name (`fgvlm list datasets`)."),
     root: str = typer.Option(None, help="Folder holding the data (default: the dataset's own)."),
-    protocol: str = typer.Option(None, help="Split protocol (flowers102: official, trainval, swapped)."),
+    protocol: str = protocol_option(),
+    split_file: str = split_file_option(),
     task: str = typer.Option(
-        None, help="open-qa, closed-qa, closed-negative-qa or open-qa-mixcut (mixed images) [default: open-qa]."
+        None,
+        help="open-qa, closed-qa, closed-negative-qa; add -mixcut for MixUp/CutMix images (open-qa-mixcut) "
+        "[default: open-qa].",
     ),
     mix: str = typer.Option(None, help="Task mixture instead of one task, e.g. open-qa=0.5,closed-qa=0.5."),
     method: Method = typer.Option(None, help="lora (adapters on the language model) or full [default: full]."),
     objective: Objective = typer.Option(
-        None, help="generate (loss on the answer tokens) or classify (linear head + cross-entropy) [default: generate]."
+        None,
+        help="generate (loss on the answer tokens), classify (linear head + cross-entropy) or rank (listwise "
+        "softmax over the class-name scores of rank evaluation) [default: generate].",
     ),
     max_steps: int = typer.Option(None, "--max-steps", help="Optimizer steps [default: 4000]."),
     lr: float = typer.Option(None, help="Peak learning rate [default: 2e-5]."),
@@ -55,6 +68,11 @@ def command(
 
       fgvlm sft --model qwen3-vl-4b --dataset flowers102 --objective classify --method lora -o runs/sft-cls
 
+      fgvlm sft --model qwen3-vl-4b --dataset flowers102 --objective rank --set rank.negatives=31 -o runs/sft-rank
+
+      fgvlm sft --model qwen3-vl-4b -d flowers102 --root DATA/flowers102 --protocol coop --set data.shots=4
+      --set data.shot_seed=1 -o runs/sft-coop-4shot
+
     Then: fgvlm eval --model RUN/model ...; fgvlm head train --model RUN/model ...; (classify) fgvlm predict
     --model RUN/model --head RUN img.jpg, fgvlm head eval --run RUN/head.
     """
@@ -70,6 +88,7 @@ def command(
         "data.dataset": dataset,
         "data.root": root,
         "data.protocol": protocol,
+        "data.split_file": split_file,
         "task": task,
         "mix": parse_mix(mix) if mix else None,
         "method": method.value if method else None,

@@ -16,7 +16,8 @@ __all__ = ["BadImageError", "Dataset", "DatasetError", "Record", "Sample", "Spli
 
 
 def create_dataset(cfg: DataConfig | None = None, **kwargs: Any) -> Dataset:
-    """The one way in: a ``DataConfig`` (or its fields as keywords) -> an opened dataset."""
+    """The one way in: a ``DataConfig`` (or its fields as keywords) -> an opened dataset, with the shared protocol
+    choices (split file, k-shot, class subset) applied, so every command that builds a dataset gets them."""
     from fgvlm.config import DataConfig
     from fgvlm.registry import dataset_class
 
@@ -26,4 +27,5 @@ def create_dataset(cfg: DataConfig | None = None, **kwargs: Any) -> Dataset:
     unknown = sorted(set(cfg.options) - set(known))
     if unknown:
         raise DatasetError(f"{cfg.dataset}: unknown option(s) {', '.join(unknown)}; known options: {', '.join(known)}")
-    return cls(root=cfg.root, protocol=cfg.protocol, on_bad_image=cfg.on_bad_image, **cfg.options)
+    dataset = cls(root=cfg.root, protocol=cfg.protocol, on_bad_image=cfg.on_bad_image, **cfg.options)
+    return dataset.select(cfg.shots, cfg.shot_seed, cfg.classes, cfg.split_file)

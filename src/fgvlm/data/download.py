@@ -4,8 +4,10 @@
 corrupted download never looks complete; a file already in place with the right md5 is not fetched again.
 ``safe_extract`` checks every member of a tar archive before writing anything (absolute paths, ``..``, links that
 leave the target or pass through another link, device files) and then extracts with tarfile's ``data`` filter as a
-second line of defence. ``download_flowers102`` combines them and writes a marker after a complete extraction, so a
-second run makes no HTTP request at all.
+second line of defence. ``download_archives`` combines them for any list of archives and writes a marker after a
+complete extraction, so a second run makes no request at all (the torchvision-backed datasets fetch the files
+torchvision's own tables name, but extract them with ``safe_extract``); Flowers102's own downloader
+(``fgvlm.data.flowers102.download_flowers102``) does the same for its three official files.
 """
 
 from __future__ import annotations
@@ -19,13 +21,11 @@ import tarfile
 import urllib.error
 import urllib.request
 import zlib
-from collections.abc import Callable
 from pathlib import Path, PureWindowsPath
 from typing import Any
 
 from fgvlm.data.base import DatasetError
 
-URL_ENV = "FGVLM_FLOWERS102_URL"
 EXTRACTED_MARKER = ".fgvlm-extracted.json"
 CHUNK = 1 << 20
 
@@ -186,57 +186,40 @@ def safe_extract(archive: str | Path, target: str | Path, *, progress: bool = Tr
     return [m.name for m in members if m.isfile()]
 
 
-def resolve_base_url(base_url: str | None) -> str:
-    """The argument, else ``$FGVLM_FLOWERS102_URL``, else the official Oxford URL; always ends with '/'."""
-    from fgvlm.data.flowers102 import BASE_URL
+def download_archives(
+    target: str | Path,
+    archives: list[tuple[str, str | None]],
+    base_url: str | None = None,
+    *,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Fetch each ``(url, md5)`` archive into ``target`` and extract it there safely, once.
 
-    url = base_url or os.environ.get(URL_ENV) or BASE_URL
-    return url if url.endswith("/") else url + "/"
+    ``base_url`` (a mirror) replaces each URL's folder. An archive is neither fetched nor extracted again once a
+    marker ``.fgvlm-extracted-<name>.json`` in ``target`` records a complete extraction of that md5 (or, with no
+    md5 published, of that file) and every file it listed is still there. Returns what was done.
+    """
+    target = Path(target).expanduser()
+    summary: dict[str, Any] = {"root": str(target), "base_url": base_url, "downloaded": [], "skipped": []}
+    summary["extracted"] = False
+    for url, md5 in archives:
+        name = url.rsplit("/", 1)[-1]
+        source = (base_url.rstrip("/") + "/" + name) if base_url else url
+        marker = target / f".fgvlm-extracted-{name}.json"
+        if _marker_complete(marker, target, md5 or name):
+            summary["skipped"].append(name)
+            continue
+        fetched = download_file(source, target / name, md5, progress=progress)
+        summary["downloaded" if fetched else "skipped"].append(name)
+        extracted = safe_extract(target / name, target, progress=progress)
+        marker.write_text(json.dumps({"archive": name, "md5": md5 or name, "files": sorted(extracted)}))
+        summary["extracted"] = True
+    return summary
 
 
-def _extraction_complete(root: Path, archive_md5: str) -> bool:
-    """True when the marker says this archive (by md5) was fully extracted and every file it listed is still there."""
-    marker = root / "jpg" / EXTRACTED_MARKER
+def _marker_complete(marker: Path, root: Path, identity: str) -> bool:
     try:
         info = json.loads(marker.read_text())
     except (OSError, ValueError):
         return False
-    return info.get("md5") == archive_md5 and all((root / name).is_file() for name in info.get("files", []))
-
-
-def download_flowers102(
-    root: str | Path | None = None,
-    base_url: str | None = None,
-    *,
-    files: dict[str, str] | None = None,
-    progress: bool = True,
-) -> dict[str, Any]:
-    """Fetch Oxford Flowers102 into ``root`` in its official layout (jpg/, imagelabels.mat, setid.mat).
-
-    ``files`` maps file name -> md5 (default: the official table in ``fgvlm.data.flowers102.FILES``; tests pass
-    their own). Idempotent: files whose md5 matches are not fetched, and the image archive is neither fetched nor
-    extracted again once a marker in ``jpg/`` records a complete extraction. Returns what was done.
-    """
-    from fgvlm.data.flowers102 import FILES, default_root
-
-    root = Path(root).expanduser() if root is not None else default_root()
-    files = dict(files or FILES)
-    url = resolve_base_url(base_url)
-    archive_name = "102flowers.tgz"
-    summary: dict[str, Any] = {"root": str(root), "base_url": url, "downloaded": [], "skipped": [], "extracted": False}
-    for name, md5 in files.items():
-        if name == archive_name and _extraction_complete(root, md5):
-            summary["skipped"].append(name)
-            continue
-        fetched = download_file(url + name, root / name, md5, progress=progress)
-        summary["downloaded" if fetched else "skipped"].append(name)
-        if name == archive_name:
-            extracted = safe_extract(root / name, root, progress=progress)
-            marker = {"archive": name, "md5": md5, "files": sorted(extracted)}
-            (root / "jpg" / EXTRACTED_MARKER).write_text(json.dumps(marker))
-            summary["extracted"] = True
-    return summary
-
-
-# Dataset name -> downloader; ``fgvlm data download NAME`` looks names up here.
-DOWNLOADERS: dict[str, Callable[..., dict[str, Any]]] = {"flowers102": download_flowers102}
+    return info.get("md5") == identity and all((root / name).is_file() for name in info.get("files", []))

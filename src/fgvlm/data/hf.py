@@ -98,6 +98,8 @@ class HFDataset(Dataset):
 
     name = "hf"
     protocols = ("official",)
+    file_backed = False  # rows of a table, not image files a split file could name
+    files_from = "hub id or folder"
     protocol_docs = {
         "official": "The dataset's own splits: train, validation (as val) and test, or the mapping in option splits.",
     }

@@ -20,6 +20,8 @@ are read as val):
   ``path,split`` is read as a header. Blank lines and lines starting with ``#`` are ignored.
 
 Every path listed must exist under root; images not listed are left out and counted (``describe()["unlisted"]``).
+(This option is the folder's own split; ``data.protocol: split-file`` with ``data.split_file`` lays a CoOp-format
+file over the images instead, as on every file-backed dataset.)
 """
 
 from __future__ import annotations

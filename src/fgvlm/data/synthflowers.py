@@ -160,6 +160,10 @@ class SynthFlowers(Dataset):
 
     name = "synthflowers"
     protocols = ("official",)
+    object_word = "flower"
+    offline = True
+    files_from = "drawn, no files"
+    file_backed = False
     protocol_docs = {
         "official": "Generated train/val/test splits (default 24/8/8 images per class), drawn from (seed, split, "
         "index); classes differ in petal count, petal shape, centre colour and hue band.",
@@ -192,9 +196,15 @@ class SynthFlowers(Dataset):
     def list_records(self) -> dict[str, list[Record]]:
         """Records in class-major order: ``<split>-<index>`` with label ``index // images_per_class``."""
         return {
-            split: [Record(f"{split}-{i:05d}", i // n) for i in range(n * self.num_classes)]
+            split: [Record(f"{split}-{i:05d}", i // n) for i in range(n * len(self.flowers))]
             for split, n in self.images_per_class.items()
         }
+
+    @property
+    def ignored_head_words(self) -> tuple[str, ...]:
+        from fgvlm.data.flowers102 import FLOWER_HEAD_WORDS
+
+        return FLOWER_HEAD_WORDS
 
     def open_image(self, record: Record) -> Image.Image:
         split, _, index = record.id.rpartition("-")
@@ -203,7 +213,7 @@ class SynthFlowers(Dataset):
 
     def attributes(self, label: int) -> dict[str, Any]:
         """The fine attributes of one class (for reports and for checking what a model confuses)."""
-        flower = self.flowers[label]
+        flower = self.flowers[label if self.kept_labels is None else self.kept_labels[label]]
         return {"petals": flower.petals, "shape": flower.shape, "hue": flower.hue, "centre": flower.centre}
 
     def describe(self) -> dict[str, Any]:

@@ -30,7 +30,9 @@ from collections.abc import Mapping, Sequence
 from fgvlm.text import normalize, normalize_words
 
 IGNORED_HEAD_WORDS = ("flower", "plant", "bloom", "blossom")
-"""Head words too general to signal a second class ("balloon flower" and "cape flower" share "flower")."""
+"""Default head words too general to signal a second class ("balloon flower" and "cape flower" share "flower"):
+the flower words, for ``fgvlm.match_answer`` on flower names. Evaluation passes its dataset's own
+(``Dataset.ignored_head_words``: "bird", "species" on cub200)."""
 FUZZY_CUTOFF = 90.0
 FUZZY_MARGIN = 3.0
 FUZZY_MIN_CHARS = 5
@@ -201,18 +203,25 @@ class AnswerMatcher:
 _MATCHERS: dict[tuple, tuple[Mapping | None, AnswerMatcher]] = {}
 
 
-def get_matcher(class_names: Sequence[str], aliases: Mapping | None = None, *, lenient: bool = True) -> AnswerMatcher:
-    """A compiled matcher, cached per (class names, aliases object, mode) so repeated calls cost one lookup.
+def get_matcher(
+    class_names: Sequence[str],
+    aliases: Mapping | None = None,
+    *,
+    lenient: bool = True,
+    ignored_head_words: Sequence[str] = IGNORED_HEAD_WORDS,
+) -> AnswerMatcher:
+    """A compiled matcher, cached per (class names, aliases object, mode, ignored head words): one lookup a call.
 
     The aliases mapping is read when its matcher is first built (keyed by identity; the cache keeps a reference
     so the id stays valid): build a new mapping rather than editing one in place between calls.
     """
-    key = (tuple(class_names), id(aliases) if lenient else None, lenient)
+    key = (tuple(class_names), id(aliases) if lenient else None, lenient, tuple(ignored_head_words))
     cached = _MATCHERS.get(key)
     if cached is None:
         if len(_MATCHERS) >= 32:
             _MATCHERS.pop(next(iter(_MATCHERS)))
-        cached = _MATCHERS[key] = (aliases, AnswerMatcher(class_names, aliases, lenient=lenient))
+        matcher = AnswerMatcher(class_names, aliases, lenient=lenient, ignored_head_words=ignored_head_words)
+        cached = _MATCHERS[key] = (aliases, matcher)
     return cached[1]
 
 

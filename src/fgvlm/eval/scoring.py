@@ -49,9 +49,10 @@ class TaskScorer:
         """The task's options with its defaults filled in."""
         self.seed = seed
         self.score = score
+        generic = dataset.ignored_head_words
         self.matchers = Matchers(
-            strict=get_matcher(self.names, lenient=False),
-            lenient=get_matcher(self.names, dataset.aliases, lenient=True),
+            strict=get_matcher(self.names, lenient=False, ignored_head_words=generic),
+            lenient=get_matcher(self.names, dataset.aliases, lenient=True, ignored_head_words=generic),
             yes_no=match_yes_no,
         )
 

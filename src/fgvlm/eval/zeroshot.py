@@ -173,7 +173,7 @@ def summarize(run: RunDir, cfg: EvalConfig, dataset: Any, scorer: Any, speed: fl
     header = {
         "kind": "eval",
         "dataset": dataset.name,
-        "protocol": dataset.protocol,
+        **dataset.protocol_header(),
         "split": cfg.split,
         "model": cfg.model.name,
         "num_classes": len(class_names),

@@ -10,7 +10,6 @@ from fgvlm.config import ConfigError, DataConfig
 from fgvlm.models.base import POOLINGS, ModelConfig
 
 HEAD_TYPES = ("linear", "mlp")
-DEFAULT_PROMPT = "What is the name of the flower in this image?"
 
 
 def check_pooling(pooling: str, where: str) -> None:
@@ -109,8 +108,10 @@ class HeadTrainConfig(HeadRecipe):
     """Dataset, root and protocol; the head trains on ``train_split`` and selects its best step on ``val_split``."""
     model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
     """The frozen backbone: a registry name, hub id, or a local model directory (e.g. an SFT run's ``model/``)."""
-    prompt: str = DEFAULT_PROMPT
-    """Question shown with the image when extracting features; part of the cache key."""
+    prompt: str | None = None
+    """Question shown with the image when extracting features; part of the cache key. None: the dataset's own
+    (``head_prompt``: "What is the name of the flower in this image?" on flowers102, "... bird species ..." on
+    cub200)."""
     pooling: str = "mean"
     """'mean' (default: all real tokens; published probes on mean-pooled LMM features reach ~96 % on Flowers102),
     'image-mean' (image tokens only) or 'last' (last token). Never the first token of a causal decoder: it has

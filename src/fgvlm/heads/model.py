@@ -75,6 +75,45 @@ def save_head(head: ClassificationHead, run_dir: str | Path, info: dict[str, Any
     write_json(run_dir / HEAD_INFO, {**info, "head": head.config})
 
 
+def head_info(
+    *,
+    dataset: Any,
+    backbone: dict[str, Any],
+    signature: dict[str, Any],
+    model_config: dict[str, Any],
+    prompt: str,
+    pooling: str,
+    layer: int,
+    standardize: bool,
+    training: str,
+    data_options: dict[str, Any],
+    recipe: dict[str, Any],
+    best: tuple[int | None, float | None],
+    split: str,
+    metrics: dict[str, Any],
+) -> dict[str, Any]:
+    """``head.json``'s fields (``save_head`` adds the head's dims): what ``fgvlm head eval`` and ``fgvlm predict``
+    need to rebuild the features (backbone, prompt, pooling, layer) and read the classes, plus how it was trained
+    and what it scored. One builder for ``fgvlm head train`` and ``objective: classify`` alike."""
+    return {
+        "class_names": dataset.class_names,
+        "prompt_names": dataset.prompt_names,
+        "backbone": backbone,
+        "backbone_signature": signature,
+        "model_config": model_config,
+        "prompt": prompt,
+        "pooling": pooling,
+        "layer": layer,
+        "standardize": standardize,
+        "training": training,
+        "dataset": {"name": dataset.name, **dataset.protocol_header(), "options": data_options},
+        "recipe": recipe,
+        "best_step": best[0],
+        "best_val": best[1],
+        "metrics": {split: {k: metrics[k] for k in ("accuracy", "top5_accuracy", "macro_f1", "n")}},
+    }
+
+
 def load_head(run_dir: str | Path) -> tuple[ClassificationHead, dict[str, Any]]:
     """A trained head and its ``head.json`` from a ``fgvlm head train`` run directory."""
     from safetensors.torch import load_file

@@ -98,6 +98,8 @@ def open_context(
     if group.world_size > 1 and cfg.online:
         raise ConfigError("online: true runs the backbone inside the head's training loop; launch it as one process")
     dataset = create_dataset(cfg.data)
+    if cfg.prompt is None:  # the dataset's own question ("... flower ...", "... bird species ...")
+        cfg = dataclasses.replace(cfg, prompt=dataset.head_prompt)
     backend = backend or create_backend(cfg.model, group)
     return HeadContext(cfg, dataset, backend, FeatureCache(cfg.cache_dir), group, progress and group.is_main)
 
@@ -188,6 +190,7 @@ def train_run(
         if run is not None and run.status.state == "partial":
             say(f"{run.path}: the head is trained again from step 0 (its features come from the cache)")
         ctx = open_context(cfg, progress, backend, group)
+        cfg = ctx.cfg  # with the dataset's prompt filled in
         if cfg.sweep:
             best = sweep_best(ctx, run)
             cfg = dataclasses.replace(cfg, pooling=best["pooling"], layer=best["layer"], lr=best["lr"])
@@ -207,7 +210,7 @@ def _header(ctx: HeadContext, kind: str, split: str, model: str, num_classes: in
     return {
         "kind": kind,
         "dataset": ctx.dataset.name,
-        "protocol": ctx.dataset.protocol,
+        **ctx.dataset.protocol_header(),
         "split": split,
         "model": model,
         "num_classes": num_classes,
@@ -218,7 +221,7 @@ def _header(ctx: HeadContext, kind: str, split: str, model: str, num_classes: in
 def _train_and_write(ctx: HeadContext, run: RunDir, spec: FeatureSpec, sources: dict) -> dict[str, Any]:
     """Train the head, then write predictions + metrics, the head, meta.json (``done.json`` comes after)."""
     from fgvlm.heads.config import HeadRecipe
-    from fgvlm.heads.model import save_head
+    from fgvlm.heads.model import head_info, save_head
     from fgvlm.heads.outputs import write_evaluation
     from fgvlm.heads.training import train_head
 
@@ -248,23 +251,22 @@ def _train_and_write(ctx: HeadContext, run: RunDir, spec: FeatureSpec, sources: 
     metrics = write_evaluation(
         run.path, header, result.head, eval_features, labels, eval_ids, dataset.class_names, extra
     )
-    info = {
-        "class_names": dataset.class_names,
-        "prompt_names": dataset.prompt_names,
-        "backbone": {**model_source(cfg.model), **ctx.backend.describe()},
-        "backbone_signature": backbone_signature(ctx.backend, cfg.model),
-        "model_config": to_dict(cfg.model),
-        "prompt": cfg.prompt,
-        "pooling": spec.pooling,
-        "layer": spec.layer,
-        "standardize": cfg.standardize,
-        "training": extra["training"],
-        "dataset": {"name": dataset.name, "protocol": dataset.protocol, "options": cfg.data.options},
-        "recipe": dataclasses.asdict(recipe),
-        "best_step": result.best_step,
-        "best_val": result.best_val,
-        "metrics": {cfg.eval_split: {k: metrics[k] for k in ("accuracy", "top5_accuracy", "macro_f1", "n")}},
-    }
+    info = head_info(
+        dataset=dataset,
+        backbone={**model_source(cfg.model), **ctx.backend.describe()},
+        signature=backbone_signature(ctx.backend, cfg.model),
+        model_config=to_dict(cfg.model),
+        prompt=cfg.prompt,
+        pooling=spec.pooling,
+        layer=spec.layer,
+        standardize=cfg.standardize,
+        training=extra["training"],
+        data_options=cfg.data.options,
+        recipe=dataclasses.asdict(recipe),
+        best=(result.best_step, result.best_val),
+        split=cfg.eval_split,
+        metrics=metrics,
+    )
     save_head(result.head, run.path, info)
     run.write_meta(
         command="head train",

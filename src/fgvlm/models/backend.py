@@ -9,12 +9,18 @@ Ranking reuses the image+prompt prefix: one forward with the KV cache on per ima
 continuations either packed in one row that shares the prefix cache (families with ``packed_rank``), or with the
 cache repeated per candidate and one forward per group of equal-length candidates. ``rank(..., reuse_prefix=False)`` is
 the brute-force reference (one full forward per candidate) that the tests and the benchmark compare against.
+
+Public API beyond the three requests, for training code (heads, ``objective: classify``, a rank objective): ``encode``
+and ``to_model`` (processor inputs on the model), ``hidden_states`` / ``pool`` / ``pooled_features`` (what ``embed``
+computes, with gradients) and ``candidate_logprobs`` (what ``rank`` computes for one image, with gradients). Code
+outside ``fgvlm.models`` uses these, never the underscore hooks (``tests/test_layers.py`` checks).
 """
 
 from __future__ import annotations
 
 import contextlib
 import copy
+import types
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -23,7 +29,7 @@ from fgvlm.models import chat
 from fgvlm.models.base import POOLINGS, RankScores, VLMBackend
 from fgvlm.models.helpers import BoundedCache, forward_takes_logits_to_keep, unwrap_model
 
-__all__ = ["HFBackend", "Prefix", "BoundedCache", "forward_takes_logits_to_keep", "unwrap_model"]
+__all__ = ["HFBackend", "Prefix", "BoundedCache", "copy_cache", "forward_takes_logits_to_keep", "unwrap_model"]
 
 if TYPE_CHECKING:
     import torch
@@ -32,6 +38,48 @@ if TYPE_CHECKING:
 PACKED_ATTENTION = ("sdpa", "eager")
 """Attention implementations that honour the 4-D additive mask packed ranking relies on (flash attention and
 others take a padding mask only, so they fall back to the grouped path)."""
+
+
+def copy_cache(cache: Any) -> Any:
+    """A copy of a KV cache that continuations can extend while ``cache`` stays as it was, sharing its tensors.
+
+    The dynamic caches a prefill returns (``DynamicCache``, ``EncoderDecoderCache``) grow by ``torch.cat`` and
+    repeat by reassignment, never in place, so new containers are enough: the prefix's tensors are not copied
+    per chunk, and a prefix computed with gradients keeps its graph (``copy.deepcopy`` refuses non-leaf tensors).
+    """
+    import torch
+
+    shared: dict[int, Any] = {}
+    seen: set[int] = set()
+    stack = [cache]
+    while stack:  # every tensor reachable through containers and attributes is shared, not copied
+        obj = stack.pop()
+        if id(obj) in seen:
+            continue
+        seen.add(id(obj))
+        if isinstance(obj, torch.Tensor):
+            shared[id(obj)] = obj
+        elif isinstance(obj, (list, tuple, set)):
+            stack.extend(obj)
+        elif isinstance(obj, dict):
+            stack.extend(obj.values())
+        elif hasattr(obj, "__dict__") and not isinstance(obj, (type, types.ModuleType, types.FunctionType)):
+            stack.extend(vars(obj).values())  # cache and layer objects (classes, modules, functions: not walked)
+    return copy.deepcopy(cache, shared)
+
+
+def at_least_float32(tensor: torch.Tensor) -> torch.Tensor:
+    """Scores are computed in float32 from bf16/fp16/fp32 logits, and in float64 from a float64 model (the
+    exactness tests of training on these scores run in float64)."""
+    import torch
+
+    return tensor if tensor.dtype == torch.float64 else tensor.float()
+
+
+def check_pooling(pooling: str) -> None:
+    """Refuse a pooling that is not one of ``POOLINGS``."""
+    if pooling not in POOLINGS:
+        raise ValueError(f"unknown pooling {pooling!r}; choose one of {', '.join(POOLINGS)}")
 
 
 @dataclass
@@ -147,8 +195,9 @@ class HFBackend(VLMBackend):
     def dtype(self) -> torch.dtype:
         return next(self.model.parameters()).dtype
 
-    def _to_model(self, batch: Any) -> dict[str, Any]:
-        """Move a processor batch to the model's device; floating tensors (pixels) also to its dtype."""
+    def to_model(self, batch: Any) -> dict[str, Any]:
+        """A processor batch (``encode``'s, or a collator's) on the model's device; floating tensors (pixels) also in
+        its dtype."""
         moved = {}
         for key, value in dict(batch).items():
             if hasattr(value, "to"):
@@ -163,11 +212,11 @@ class HFBackend(VLMBackend):
         padding = {"return_tensors": "pt", "padding": True, "padding_side": "left"}
         with self._padding():
             if images is None:
-                return self._to_model(self.tokenizer(texts, **padding))
+                return self.to_model(self.tokenizer(texts, **padding))
             if len(images) != len(texts):
                 raise ValueError(f"{self.family}: {len(images)} images but {len(texts)} prompts")
             images_arg = [[image] for image in images] if self.nested_images else list(images)
-            return self._to_model(self.processor(images=images_arg, text=texts, **padding))
+            return self.to_model(self.processor(images=images_arg, text=texts, **padding))
 
     # -- generate --------------------------------------------------------------------------------------------------
     def generate(
@@ -232,8 +281,8 @@ class HFBackend(VLMBackend):
         rows = []
         for image in images:
             if reuse_prefix:
-                prefix = self._prefill(self.encode([image], [prompt_text]))
-                rows.append(self._score_from_prefix(prefix, cont_ids, candidate_batch))
+                with self._inference():
+                    rows.append(self.candidate_logprobs(image, prompt, candidates, candidate_batch)[0].cpu())
             else:
                 rows.append(self._score_brute_force([image], prompt_text, suffixes, cont_ids))
         summed = torch.stack(rows) if rows else torch.zeros(0, len(candidates))
@@ -241,6 +290,28 @@ class HFBackend(VLMBackend):
         prior = self._prior(prompt, candidates, reuse_prefix, candidate_batch)
         mean = summed / torch.tensor(num_tokens, dtype=summed.dtype)
         return RankScores(sum=summed, mean=mean, prior_subtracted=summed - prior, num_tokens=num_tokens)
+
+    def candidate_logprobs(
+        self, image: Image.Image, prompt: str, candidates: list[str], candidate_batch: int = 128
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Summed log-probability ``[C]`` (float32) and token count ``[C]`` (long) of every candidate as the answer to
+        ``prompt`` about ``image``, on the model's device, with gradients when autograd is on.
+
+        What ``rank`` computes per image (it calls this under inference mode, in eval mode): one prefill of
+        image + prompt with the KV cache on, then the candidates' tokens after it, packed in one row sharing the
+        prefix cache (``packed_rank`` families under sdpa/eager attention; ``candidate_batch`` candidates per
+        forward) or by groups of equal length. Nothing is detached and no mode is switched: called in a training
+        step, the model runs in its current mode (dropout on in train mode) and ``sum.backward()`` reaches the
+        weights. ``sum / count`` is the per-token mean; the same ``prompt`` and ``candidates`` render the same
+        tokens as ``rank`` and ``SFTCollator``.
+        """
+        import torch
+
+        if not candidates:
+            raise ValueError(f"{self.family}: candidate_logprobs needs at least one candidate")
+        prompt_text, _, cont_ids = self._render_candidates(prompt, tuple(candidates), with_image=True)
+        summed = self._score_from_prefix(self._prefill(self.encode([image], [prompt_text])), cont_ids, candidate_batch)
+        return summed, torch.tensor([len(ids) for ids in cont_ids], device=summed.device)
 
     def _prior(self, prompt: str, candidates: list[str], reuse_prefix: bool, candidate_batch: int) -> torch.Tensor:
         """``[C]`` log-likelihood of each candidate given the prompt without the image (cached per prompt+set)."""
@@ -250,27 +321,28 @@ class HFBackend(VLMBackend):
             return self._score_brute_force(None, prompt_text, suffixes, cont_ids)
         prior = self._prior_cache.recall(key)
         if prior is None:
-            prefix = self._prefill(self.encode(None, [prompt_text]))
-            prior = self._prior_cache[key] = self._score_from_prefix(prefix, cont_ids, candidate_batch)
+            with self._inference():
+                prefix = self._prefill(self.encode(None, [prompt_text]))
+                prior = self._prior_cache[key] = self._score_from_prefix(prefix, cont_ids, candidate_batch).cpu()
         return prior
 
     def _score_from_prefix(self, prefix: Prefix, cont_ids: list[list[int]], candidate_batch: int) -> torch.Tensor:
-        """``[C]`` summed log-probs of the continuations after one cached prefix.
+        """``[C]`` summed log-probs (float32, on the prefix's device) of the continuations after one cached prefix.
 
         The first token of every candidate is scored by the prefix's last logits; the rest run in packs of at most
         ``candidate_batch`` candidates (``_score_packed``) or, for families without packing or under another
-        attention implementation, in groups of equal length (``_score_grouped``).
+        attention implementation, in groups of equal length (``_score_grouped``). Differentiable: no mode switch,
+        no detaching (callers choose inference mode).
         """
         import torch
 
-        first = torch.log_softmax(prefix.last_logits.float().cpu(), dim=-1)
-        scores = torch.tensor([first[ids[0]].item() for ids in cont_ids])
+        first = torch.log_softmax(at_least_float32(prefix.last_logits), dim=-1)
+        scores = first[torch.tensor([ids[0] for ids in cont_ids], device=first.device)]
         rest = [index for index, ids in enumerate(cont_ids) if len(ids) > 1]  # one-token candidates are done
         score = self._score_packed if self.uses_packed_rank else self._score_grouped
-        with self._inference():
-            for start in range(0, len(rest), candidate_batch):
-                chunk = rest[start : start + candidate_batch]
-                scores[chunk] += score(prefix, [cont_ids[i] for i in chunk]).cpu()
+        for start in range(0, len(rest), candidate_batch):
+            chunk = torch.tensor(rest[start : start + candidate_batch], device=scores.device)
+            scores = scores.index_add(0, chunk, score(prefix, [cont_ids[i] for i in chunk.tolist()]).to(scores.device))
         return scores
 
     @property
@@ -299,7 +371,7 @@ class HFBackend(VLMBackend):
         )
         mask = torch.zeros(allowed.shape, dtype=self.dtype, device=self.device)
         mask.masked_fill_(~allowed, torch.finfo(self.dtype).min)
-        cache = copy.deepcopy(prefix.cache)  # the packed tokens extend a copy; the prefix stays intact
+        cache = copy_cache(prefix.cache)  # the packed tokens extend a copy; the prefix stays intact
         positions = self._continuation_positions(prefix, offsets.unsqueeze(0))
         out = self._text_module(prefix)(
             input_ids=tokens.unsqueeze(0),
@@ -308,9 +380,9 @@ class HFBackend(VLMBackend):
             cache=cache,
             use_cache=True,
         )
-        logprobs = torch.log_softmax(out.logits[0].float(), dim=-1)
+        logprobs = torch.log_softmax(at_least_float32(out.logits[0]), dim=-1)
         picked = logprobs.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
-        return torch.zeros(len(cont_ids), device=picked.device).index_add_(0, segment, picked)
+        return torch.zeros(len(cont_ids), device=picked.device, dtype=picked.dtype).index_add_(0, segment, picked)
 
     def _score_grouped(self, prefix: Prefix, cont_ids: list[list[int]]) -> torch.Tensor:
         """``[n]`` log-probs of tokens 2..k with the prefix cache repeated per candidate, one forward per length.
@@ -329,14 +401,17 @@ class HFBackend(VLMBackend):
             for group in by_length.values()
             for start in range(0, len(group), self.group_size)
         ]
-        scores = torch.zeros(len(cont_ids))
+        scores = torch.zeros(
+            len(cont_ids), device=self.device, dtype=at_least_float32(torch.zeros(0, dtype=self.dtype)).dtype
+        )
         for chunk in chunks:
             tokens = torch.tensor([cont_ids[i] for i in chunk], device=self.device)
-            cache = copy.deepcopy(prefix.cache)  # each group extends its own copy of the prefix
+            cache = copy_cache(prefix.cache)  # each group extends its own copy of the prefix
             cache.batch_repeat_interleave(len(chunk))
-            logprobs = torch.log_softmax(self._continue(prefix, cache, tokens[:, :-1]).float(), dim=-1)
+            logprobs = torch.log_softmax(at_least_float32(self._continue(prefix, cache, tokens[:, :-1])), dim=-1)
             picked = logprobs.gather(-1, tokens[:, 1:].unsqueeze(-1)).squeeze(-1)
-            scores[chunk] = picked.sum(dim=1).cpu()
+            # .to: under device_map='auto' the logits may sit on another device than the first parameters
+            scores = scores.index_add(0, torch.tensor(chunk, device=self.device), picked.sum(dim=1).to(self.device))
         return scores
 
     def _forward(self, inputs: dict[str, Any], **kwargs: Any) -> Any:
@@ -350,10 +425,8 @@ class HFBackend(VLMBackend):
         return {"logits_to_keep": 1} if forward_takes_logits_to_keep(type(unwrap_model(self.model))) else {}
 
     def _prefill(self, inputs: dict[str, Any]) -> Prefix:
-        """Run the prompt (batch 1) once with the cache on."""
-
-        with self._inference():
-            out = self._forward(inputs, use_cache=True, **self._last_logits_only(inputs))
+        """Run the prompt (batch 1) once with the cache on (in the caller's grad and train mode)."""
+        out = self._forward(inputs, use_cache=True, **self._last_logits_only(inputs))
         return Prefix(out.logits[0, -1], out.cache, inputs["input_ids"].shape[1], {})
 
     def _continue(self, prefix: Prefix, cache: Any, ids: torch.Tensor) -> torch.Tensor:
@@ -400,32 +473,48 @@ class HFBackend(VLMBackend):
         """Inputs of the prompt followed by one rendered answer, for the brute-force reference."""
         return self.encode(images, [prompt_text + suffix])
 
-    # -- embed -----------------------------------------------------------------------------------------------------
+    # -- embed ---------------------------------------------------------------------------------------------------
     def embed(self, images: list[Image.Image], prompt: str, pooling: str = "mean", layer: int = -1) -> torch.Tensor:
         """Pooled language-model hidden states ``[B, D]`` (float32, CPU) of ``layer`` for each image.
 
-        ``last``: the prompt's last token (position -1 under left padding); ``mean``: every real (unpadded)
-        token; ``image-mean``: the image tokens only. ``layer`` indexes ``hidden_states`` (0 = embeddings,
-        -1 = final, already normed).
+        ``pooled_features`` of the chat-templated ``prompt`` with each image, under inference mode in eval mode.
         """
-
-        if pooling not in POOLINGS:
-            raise ValueError(f"unknown pooling {pooling!r}; choose one of {', '.join(POOLINGS)}")
+        check_pooling(pooling)
         inputs = self.encode(images, [self.render_prompt(prompt)] * len(images))
         with self._inference():
-            out = self._forward(inputs, output_hidden_states=True, use_cache=False, **self._last_logits_only(inputs))
-        states = self._hidden_states(out)
-        if not -len(states) <= layer < len(states):
-            raise ValueError(f"layer {layer} out of range: the language model has {len(states)} hidden states")
-        hidden = states[layer].float()
+            return self.pooled_features(inputs, pooling, layer).cpu()
+
+    def hidden_states(self, inputs: dict[str, Any]) -> tuple[torch.Tensor, ...]:
+        """The language model's hidden states of processor ``inputs`` (embeddings output first; the encoder's for an
+        encoder-decoder model): one cache-free forward in the caller's grad and train mode."""
+        out = self._forward(inputs, output_hidden_states=True, use_cache=False, **self._last_logits_only(inputs))
+        return self._hidden_states(out)
+
+    def pool(self, inputs: dict[str, Any], hidden: torch.Tensor, pooling: str) -> torch.Tensor:
+        """``[B, L, D]`` hidden states -> ``[B, D]`` (differentiable). ``last``: the last position (the prompt's last
+        token under left padding); ``mean``: every real (unpadded) token of ``inputs["attention_mask"]``;
+        ``image-mean``: the image tokens only."""
+        check_pooling(pooling)
         if pooling == "last":
-            return hidden[:, -1].cpu()
+            return hidden[:, -1]
         if pooling == "mean":
             weights = inputs["attention_mask"].to(hidden.dtype)
         else:
             weights = (inputs["input_ids"] == self.image_token_id).to(hidden.dtype)
-        pooled = (hidden * weights.unsqueeze(-1)).sum(dim=1) / weights.sum(dim=1, keepdim=True).clamp(min=1)
-        return pooled.cpu()
+        return (hidden * weights.unsqueeze(-1)).sum(dim=1) / weights.sum(dim=1, keepdim=True).clamp(min=1)
+
+    def pooled_features(self, inputs: dict[str, Any], pooling: str = "mean", layer: int = -1) -> torch.Tensor:
+        """What ``embed`` returns, for processor ``inputs`` already on the model (``encode``, or a collator's batch
+        through ``to_model``): ``[B, D]`` float32 on the model's device, with gradients when autograd is on.
+
+        ``layer`` indexes ``hidden_states`` (0 = embeddings, -1 = final, already normed); the states are pooled in
+        float32 (``pool``), so training features equal ``embed``'s at any model dtype.
+        """
+        check_pooling(pooling)
+        states = self.hidden_states(inputs)
+        if not -len(states) <= layer < len(states):
+            raise ValueError(f"layer {layer} out of range: the language model has {len(states)} hidden states")
+        return self.pool(inputs, states[layer].float(), pooling)
 
     def _hidden_states(self, out: Any) -> tuple[torch.Tensor, ...]:
         """The language model's hidden states (embeddings output first) from a ``_forward`` output."""

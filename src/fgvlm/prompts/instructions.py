@@ -6,9 +6,11 @@ prompt names, ``object_word``, the per-image seed ``item_seed(seed, id)``, the m
 and ``fgvlm eval`` show the model byte-identical questions; the answer is the one evaluation scores (closed-qa: the
 option key, or the name with ``answer_by: name``; closed-negative-qa: yes/no).
 
-``open-qa-mixcut`` asks the open-qa question about a MixUp/CutMix image of the record's class (a) and one image of
-another class (b, drawn from the same split by the per-image seed): the record keeps both answers, lambda (the share
-of a), the CutMix box and the pair of ids. Exported files carry class a's name as the answer (the dominant-class
+MixUp/CutMix images are an option any task takes: ``<task>-mixcut`` (``open-qa-mixcut``, ``closed-qa-mixcut``,
+...) asks that task's question about a MixUp/CutMix image of the record's class (a) and one image of another class
+(b, drawn from the same split by the per-image seed, among the classes the question can answer: closed-qa draws b
+from the options shown). The record keeps both answers (what the very question answers for a, and for b), lambda
+(the share of a), the CutMix box and the pair of ids. Exported files carry class a's answer (the dominant-class
 rule); lambda and answer_b travel in each entry's ``meta`` so a trainer can apply ``lam * NLL(a) + (1 - lam) *
 NLL(b)``.
 
@@ -31,19 +33,33 @@ from PIL import Image
 from fgvlm.config import ConfigError
 from fgvlm.prompts.kinds import TASK_KINDS
 from fgvlm.prompts.mixcut import MixCutOptions, mix_images
-from fgvlm.prompts.tasks import Prompt, build_prompt, item_seed, object_word, task_names
+from fgvlm.prompts.tasks import Prompt, build_prompt, check_options, get_task, item_seed, object_word, task_names
 
 if TYPE_CHECKING:
     from fgvlm.data.base import Dataset, Record
 
+MIXCUT_SUFFIX = "-mixcut"
 MIXCUT_TASK = "open-qa-mixcut"
+"""The reference study's MixUp/CutMix task (open-qa on mixed images)."""
 FORMATS = ("messages", "llava")
 _MIX_STREAM = 1  # second seed word of the mixcut generator: independent of the prompt's random.Random stream
 
 
 def instruction_tasks() -> list[str]:
-    """Tasks ``build_instructions`` knows: the prompt tasks of ``tasks.json`` plus ``open-qa-mixcut``."""
-    return [*task_names(), MIXCUT_TASK]
+    """Tasks ``build_instructions`` knows: the prompt tasks of ``tasks.json``, each also with mixed images."""
+    return [*task_names(), *(name + MIXCUT_SUFFIX for name in task_names())]
+
+
+def split_task(task: str) -> tuple[str, bool]:
+    """``"closed-qa-mixcut"`` -> ``("closed-qa", True)``; ``"open-qa"`` -> ``("open-qa", False)``."""
+    if task.endswith(MIXCUT_SUFFIX) and task.removesuffix(MIXCUT_SUFFIX) in task_names():
+        return task.removesuffix(MIXCUT_SUFFIX), True
+    return task, False
+
+
+def with_mixed_images(task: str) -> str:
+    """The name of ``task`` on MixUp/CutMix images (unchanged if it already is)."""
+    return task if split_task(task)[1] else task + MIXCUT_SUFFIX
 
 
 @dataclasses.dataclass
@@ -152,8 +168,8 @@ def build_instructions(
     ``task``: a task name or a mix ``{task: weight}``. ``out_dir``: where images that are not files go (drawn
     datasets: ``images/``; mixcut: ``mixcut/``), as PNG; None keeps them in memory. ``family``: the model family
     whose wording evaluation would use (None: the default wording). ``task_options``: per task, the options
-    evaluation's ``task_options`` would pass (e.g. ``{"closed-qa": {"num_options": 10}}``; open-qa-mixcut uses
-    open-qa's). ``progress`` is called
+    evaluation's ``task_options`` would pass (e.g. ``{"closed-qa": {"num_options": 10}}``; ``<task>-mixcut``
+    uses ``<task>``'s). ``progress`` is called
     with 1 after each record.
     """
     weights = check_tasks(task)
@@ -182,7 +198,7 @@ class _Builder:
         task_options: Mapping[str, Mapping[str, Any]],
     ):
         unknown = sorted(set(task_options) - set(task_names()))
-        if unknown:  # open-qa-mixcut asks the open-qa question, with open-qa's options
+        if unknown:  # closed-qa-mixcut asks the closed-qa question, with closed-qa's options
             raise ConfigError(f"task_options: unknown prompt task(s) {', '.join(unknown)}; known: {task_names()}")
         self.dataset = dataset
         self.names = dataset.prompt_names
@@ -195,39 +211,49 @@ class _Builder:
         self.split_labels = np.array([r.label for r in self.split_records])
 
     def build(self, record: Record, task: str) -> InstructionRecord:
-        if task == MIXCUT_TASK:
-            return self._mixcut(record)
+        base, mixed = split_task(task)
+        if mixed:
+            return self._mixcut(record, base, task)
         prompt = self._prompt(task, record)
         extra = TASK_KINDS[prompt.kind].record_fields(prompt)
         image = self._source(record)
         return InstructionRecord(record.id, image, prompt.text, prompt.answer, task, record.label, extra)
 
+    def _options(self, task: str) -> dict[str, Any]:
+        return {"object": object_word(self.dataset.name), **self.task_options.get(task, {})}
+
     def _prompt(self, task: str, record: Record) -> Prompt:
         """Exactly evaluation's prompt (``TaskScorer.prompt``) for this image."""
-        options = {"object": object_word(self.dataset.name), **self.task_options.get(task, {})}
+        options = self._options(task)
         seed = item_seed(self.seed, record.id)
         try:
             return build_prompt(task, self.names, label=record.label, family=self.family, seed=seed, **options)
         except ValueError as err:
             raise ConfigError(f"task_options for {task}: {err}") from None
 
-    def _mixcut(self, record: Record) -> InstructionRecord:
-        question = self._prompt("open-qa", record).text
-        fields = {"id": record.id, "question": question, "answer": self.names[record.label], "task": MIXCUT_TASK}
+    def _mixcut(self, record: Record, base: str, task: str) -> InstructionRecord:
+        """``base``'s question about a MixUp/CutMix image of ``record`` and a partner the question can answer."""
+        prompt = self._prompt(base, record)
+        kind = TASK_KINDS[prompt.kind]
+        extra = kind.record_fields(prompt)
+        fields = {"id": record.id, "question": prompt.text, "answer": prompt.answer, "task": task}
         rng = np.random.default_rng((item_seed(self.seed, record.id), _MIX_STREAM))
         if rng.random() >= self.mixcut.prob:
-            return InstructionRecord(image=self._source(record), label=record.label, lam=1.0, **fields)
-        others = np.flatnonzero(self.split_labels != record.label)
+            return InstructionRecord(image=self._source(record), label=record.label, extra=extra, lam=1.0, **fields)
+        allowed = kind.partner_classes(prompt, record.label, len(self.names))
+        others = np.flatnonzero(np.isin(self.split_labels, allowed))
         if not len(others):
-            raise ConfigError(f"{MIXCUT_TASK}: the split has no class other than {self.names[record.label]!r}")
+            raise ConfigError(f"{task}: the split has no image of another class the question can answer")
         partner = self.split_records[int(others[rng.integers(len(others))])]
         mixed = mix_images(self.dataset.load_image(record), self.dataset.load_image(partner), rng, self.mixcut)
         image = self._write(mixed.image, "mixcut", record.id) if self.out_dir else mixed.image
+        spec = get_task(base, self.family)
+        options = check_options(base, self._options(base))
         return InstructionRecord(
             image=image,
             label=record.label,
-            extra={"mode": mixed.mode},
-            answer_b=self.names[partner.label],
+            extra={**extra, "mode": mixed.mode},
+            answer_b=kind.answer_for(spec, prompt, partner.label, self.names, options),
             label_b=partner.label,
             lam=mixed.lam,
             box=mixed.box,

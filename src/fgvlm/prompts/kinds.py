@@ -12,21 +12,52 @@ as a ``Matchers`` value, so this module imports nothing from evaluation.
 
 from __future__ import annotations
 
+import dataclasses
 import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from fgvlm.prompts.distractors import confusable_classes
-
-if TYPE_CHECKING:
-    from fgvlm.prompts.tasks import Prompt
 
 DISTRACTORS = ("random", "hard")
 ANSWER_BY = ("key", "name")
 OPTION_KEYS = ("letters", "numbers")
 VERIFY_CLASSES = ("no", "yes")
 """Class names of the verification task's metrics: label 0 = the answer should be no, 1 = yes."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Prompt:
+    """One rendered question: its text, the target answer, and what it showed.
+
+    For SFT, ``text`` is the user turn and ``answer`` the assistant turn; for evaluation, ``options``/``keys`` map a
+    multiple-choice reply back to a class and ``candidate``/``is_positive`` score a verification reply.
+    """
+
+    task: str
+    kind: str
+    text: str
+    answer: str | None
+    """Target answer text; None when no label was given."""
+    label: int | None = None
+    options: tuple[int, ...] = ()
+    """closed: class ids in the order shown."""
+    keys: tuple[str, ...] = ()
+    """closed: the option keys ("A", "B", ... or "1", "2", ...) in the same order."""
+    candidate: int | None = None
+    """verify: the class asked about."""
+    is_positive: bool | None = None
+    """verify: whether the candidate is the true class."""
+    family: str | None = None
+    """The model family whose wording was used (None: the default wording)."""
+
+    @property
+    def key_to_label(self) -> dict[str, int]:
+        return dict(zip(self.keys, self.options, strict=True))
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
 
 
 @dataclass(frozen=True)
@@ -74,8 +105,6 @@ class TaskKind:
         self, spec: dict, names: Sequence[str], label: int | None, rng: random.Random, opts: dict, fields: dict
     ) -> Prompt:
         """The question for an image of class ``label`` (None: unknown, at inference)."""
-        from fgvlm.prompts.tasks import Prompt
-
         text = spec["template"].format(object=opts["object"])
         return Prompt(text=text, answer=None if label is None else names[label], **fields)
 
@@ -130,8 +159,6 @@ class ClosedKind(TaskKind):
     def render(
         self, spec: dict, names: Sequence[str], label: int | None, rng: random.Random, opts: dict, fields: dict
     ) -> Prompt:
-        from fgvlm.prompts.tasks import Prompt
-
         shown = self._shown(names, label, rng, opts)
         keys = option_keys(len(shown), opts["option_keys"])
         lines = [spec["option_line"].format(key=key, name=names[c]) for key, c in zip(keys, shown, strict=True)]
@@ -210,8 +237,6 @@ class VerifyKind(TaskKind):
     def render(
         self, spec: dict, names: Sequence[str], label: int | None, rng: random.Random, opts: dict, fields: dict
     ) -> Prompt:
-        from fgvlm.prompts.tasks import Prompt
-
         task = fields["task"]
         if label is None:
             raise ValueError(f"{task}: a verification prompt needs the true label")

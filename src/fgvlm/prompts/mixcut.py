@@ -19,7 +19,10 @@ from contextlib import contextmanager
 import numpy as np
 from PIL import Image
 
+from fgvlm.config import ConfigError
+
 MODES = ("mixup", "cutmix", "both")
+LOSSES = ("lambda-nll", "dominant", "both-names")
 
 Box = tuple[int, int, int, int]
 """(x0, y0, x1, y1) in pixels of image ``a``, half-open (PIL's crop convention): the region taken from ``b``."""
@@ -27,7 +30,11 @@ Box = tuple[int, int, int, int]
 
 @dataclasses.dataclass(frozen=True)
 class MixCutOptions:
-    """How ``open-qa-mixcut`` mixes an image with one of another class."""
+    """MixUp/CutMix images (any instruction task with the ``-mixcut`` suffix, or ``images: mixcut`` in
+    ``fgvlm sft``): each image mixed with one of another class, and how the two answers are trained.
+
+    The one options class: ``fgvlm prompts build`` and ``fgvlm sft`` (its ``mixcut:`` section) both use it.
+    """
 
     alpha: float = 1.0
     """lambda ~ Beta(alpha, alpha); 1.0 = uniform (timm's CutMix default), smaller pushes lambda towards 0 or 1."""
@@ -37,16 +44,22 @@ class MixCutOptions:
     """Probability that an image is mixed at all; an unmixed image keeps lambda 1 and no partner."""
     switch_prob: float = 0.5
     """With mode 'both': probability of CutMix instead of MixUp (timm's ``switch_prob``)."""
+    loss: str = "lambda-nll"
+    """How fine-tuning trains the two answers: lambda-nll: lambda * NLL(answer_a) + (1 - lambda) * NLL(answer_b)
+    on the same mixed image (the soft-label analogue); dominant: the answer of the class with the larger share only;
+    both-names: one answer naming both ("a and b", the larger share first)."""
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
-            raise ValueError(f"mixcut mode must be one of {', '.join(MODES)}, got {self.mode!r}")
+            raise ConfigError(f"mixcut.mode must be one of {', '.join(MODES)}, got {self.mode!r}")
         if not self.alpha > 0:
-            raise ValueError(f"mixcut alpha must be > 0, got {self.alpha!r}")
+            raise ConfigError(f"mixcut.alpha must be > 0, got {self.alpha!r}")
         for name in ("prob", "switch_prob"):
             value = getattr(self, name)
             if not 0.0 <= value <= 1.0:
-                raise ValueError(f"mixcut {name} must be between 0 and 1, got {value!r}")
+                raise ConfigError(f"mixcut.{name} must be between 0 and 1, got {value!r}")
+        if self.loss not in LOSSES:
+            raise ConfigError(f"mixcut.loss must be one of {', '.join(LOSSES)}, got {self.loss!r}")
 
 
 @dataclasses.dataclass(frozen=True)

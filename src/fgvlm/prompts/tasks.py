@@ -8,52 +8,18 @@ Randomness (option order, random distractors, positive vs negative) comes only f
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import random
 from collections.abc import Sequence
 from typing import Any
 
-from fgvlm.prompts.kinds import TASK_KINDS, TaskKind, option_keys, with_article
+from fgvlm.prompts.kinds import TASK_KINDS, Prompt, TaskKind, option_keys, with_article
 from fgvlm.registry import prompt_tasks, unknown_name
 
 __all__ = ["KINDS", "Prompt", "build_prompt", "check_options", "get_task", "item_seed", "option_keys", "task_kind"]
 __all__ += ["object_word", "task_names", "with_article"]
 
 KINDS = tuple(TASK_KINDS)
-
-
-@dataclasses.dataclass(frozen=True)
-class Prompt:
-    """One rendered question: its text, the target answer, and what it showed.
-
-    For SFT, ``text`` is the user turn and ``answer`` the assistant turn; for evaluation, ``options``/``keys`` map a
-    multiple-choice reply back to a class and ``candidate``/``is_positive`` score a verification reply.
-    """
-
-    task: str
-    kind: str
-    text: str
-    answer: str | None
-    """Target answer text; None when no label was given."""
-    label: int | None = None
-    options: tuple[int, ...] = ()
-    """closed: class ids in the order shown."""
-    keys: tuple[str, ...] = ()
-    """closed: the option keys ("A", "B", ... or "1", "2", ...) in the same order."""
-    candidate: int | None = None
-    """verify: the class asked about."""
-    is_positive: bool | None = None
-    """verify: whether the candidate is the true class."""
-    family: str | None = None
-    """The model family whose wording was used (None: the default wording)."""
-
-    @property
-    def key_to_label(self) -> dict[str, int]:
-        return dict(zip(self.keys, self.options, strict=True))
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
 
 
 def task_names() -> list[str]:
@@ -78,9 +44,10 @@ def task_kind(task: str) -> TaskKind:
 
 
 def object_word(dataset: str) -> str:
-    """What ``{object}`` stands for with this dataset ("flower" for flowers102), from ``tasks.json``'s ``_objects``."""
-    objects = prompt_tasks()["_objects"]
-    return objects.get(dataset, objects["default"])
+    """What ``{object}`` stands for with this dataset ("flower" for flowers102): the dataset class's ``object_word``."""
+    from fgvlm.registry import dataset_class
+
+    return dataset_class(dataset).object_word
 
 
 def item_seed(seed: int, item_id: str) -> int:

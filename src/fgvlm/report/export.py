@@ -25,6 +25,7 @@ from typing import Any
 
 from fgvlm.report.cost import cost_block, export_fields
 from fgvlm.report.detail import class_names
+from fgvlm.report.protocols import protocol_fields
 from fgvlm.report.rundirs import ReportError, RunInfo, load_runs
 from fgvlm.report.tables import model_name
 
@@ -38,11 +39,20 @@ def sanitize(name: str) -> str:
 
 
 def task_name(run: RunInfo) -> str:
-    """e.g. ``fgvlm_synthflowers_test_open_qa_rank`` (dataset, split, task, mode) or ``..._cnn_train``."""
-    parts = [run.value("dataset"), _split(run), run.value("task"), run.value("mode") or run.kind]
+    """e.g. ``fgvlm_synthflowers_official_test_open_qa_rank`` (dataset, protocol, split, task, mode),
+    ``fgvlm_flowers102_coop_4shot_seed1_base_test_head`` or ``..._cnn_train``: the protocol travels in the name."""
+    parts = [run.value("dataset"), *protocol_parts(run), _split(run), run.value("task"), run.value("mode") or run.kind]
     if isinstance(parts[0], dict):
         parts[0] = parts[0].get("dataset")
     return "fgvlm_" + "_".join(re.sub(r"\W+", "_", str(p)).strip("_") for p in parts if p)
+
+
+def protocol_parts(run: RunInfo) -> list[str | None]:
+    """The protocol, then '<K>shot_seed<S>' for a k-shot training set and the class subset unless it is all."""
+    fields = protocol_fields(run)
+    shots = f"{fields['shots']}shot_seed{fields['shot_seed']}" if fields["shots"] is not None else None
+    classes = fields["classes"] if fields["classes"] not in (None, "all") else None
+    return [run.value("protocol") or "official", shots, classes]
 
 
 def _split(run: RunInfo) -> str | None:

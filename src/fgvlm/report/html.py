@@ -19,6 +19,7 @@ import yaml
 from fgvlm.report import figures
 from fgvlm.report.cost import cost_summary, hours_text, rate_text
 from fgvlm.report.detail import RunDetail, build_detail
+from fgvlm.report.protocols import group_rows, harmonic_means
 from fgvlm.report.rundirs import ReportError, RunInfo, load_runs
 from fgvlm.report.tables import ResultRow, collect_rows, write_results_table
 
@@ -73,7 +74,7 @@ def provenance(runs: list[RunInfo]) -> dict[str, Any]:
     for run in runs:
         described = run.meta.get("dataset")
         if isinstance(described, dict) and described.get("dataset"):
-            key = (described.get("dataset"), described.get("protocol"), str(described.get("root")))
+            key = tuple(str(described.get(k)) for k in ("dataset", "protocol", "root", "shots", "shot_seed", "classes"))
             datasets[key] = described
     machines = [
         f"{(r.meta.get('platform') or {}).get('machine')} ({(r.meta.get('platform') or {}).get('cpus')} CPUs)"
@@ -150,6 +151,8 @@ def build_report(
         "provenance": provenance(runs),
         "rows": rows,
         "cost_summary": cost_summary(rows),
+        "groups": group_rows(rows),
+        "harmonic": harmonic_means(rows),
         "bars": figures.accuracy_bars(rows),
         "curves": [{"run_id": r.run_id, "image": figures.training_curves(r.train_log)} for r in runs if r.train_log],
         "details": best_detail,

@@ -34,7 +34,8 @@ class ImageFinder:
         data = self.run.config.get("data")
         if not isinstance(data, dict):
             described = self.run.meta.get("dataset") or {}
-            data = {k: described[k] for k in ("dataset", "root", "protocol") if described.get(k) is not None}
+            keys = ("dataset", "root", "protocol", "split_file", "shots", "shot_seed", "classes")
+            data = {k: described[k] for k in keys if described.get(k) is not None}
         if not data.get("dataset") or not self.split:
             self.note = "images not shown: the run records no dataset or split"
             return

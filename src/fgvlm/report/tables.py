@@ -19,8 +19,14 @@
 - ``top5``, ``macro_f1``, ``unmatched_rate`` (answers matching no class / n), ``n`` (images);
 - ``wall_time_s``: ``done.json``'s wall time, else the metrics header's ``seconds``;
 - ``is_reference``: whether this row is the one the deltas compare against;
+- ``shots``, ``shot_seed``, ``classes``: the protocol's k-shot training set and class subset (empty: every image,
+  all classes); ``setup``: the run's derived description (``configuration`` may be a study's label instead);
 - ``images_per_second``, ``device_hours`` and ``device_type`` (``cuda``, ``cpu``): from the run's ``cost`` block
   (``fgvlm.report.cost``; empty for runs without one).
+
+Rows of different protocols are grouped under their own headings in ``results.md`` and a model with both a base
+and a new run gets its harmonic mean (``fgvlm.report.protocols``). A paired difference is computed only between runs
+that evaluated the same images and classes (``evaluated_data``).
 """
 
 from __future__ import annotations
@@ -32,6 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from fgvlm.report.cost import cost_summary, hours_text, rate_text, row_cost
+from fgvlm.report.protocols import protocol_fields
 from fgvlm.report.rundirs import ReportError, RunInfo, load_run, load_runs
 from fgvlm.report.stats import chance_level, correct_by_id, paired_bootstrap
 
@@ -64,6 +71,10 @@ class ResultRow:
     n: int | None = None
     wall_time_s: float | None = None
     is_reference: bool = False
+    shots: int | None = None
+    shot_seed: int | None = None
+    classes: str | None = None
+    setup: str = ""
     images_per_second: float | None = None
     device_hours: float | None = None
     device_type: str | None = None
@@ -161,6 +172,8 @@ def build_row(run: RunInfo) -> ResultRow:
         unmatched_rate=unmatched / n if isinstance(unmatched, int) and n else None,
         n=n,
         wall_time_s=_wall_time(run),
+        setup=describe_run(run),
+        **protocol_fields(run),
         **row_cost(run.metrics),
     )
 
@@ -181,6 +194,22 @@ def _data(run: RunInfo) -> Any:
         return {k: v for k, v in described.items() if k not in ignored}
     data = run.config.get("data")
     return {k: v for k, v in data.items() if k != "on_bad_image"} if isinstance(data, dict) else None
+
+
+SAMPLED_ONLY = ("shots", "shot_seed", "selected_ids")
+"""Protocol entries that choose train/val images only: the test split is never sampled."""
+
+
+def evaluated_data(run: RunInfo, split: str | None) -> Any:
+    """What decides which images and classes a run evaluated: ``_data`` without the k-shot draw when the split is
+    test (never sampled), so a zero-shot run and a 4-shot fine-tuned run on the same test split compare; protocol
+    entries at their defaults (all classes, no k-shot) are left out, as runs written before them lack them."""
+    data = _data(run)
+    if not isinstance(data, dict):
+        return data
+    dropped = SAMPLED_ONLY if split == "test" else ()
+    defaults = {"shots": None, "shot_seed": None, "classes": "all"}
+    return {k: v for k, v in data.items() if k not in dropped and not (k in defaults and defaults[k] == v)}
 
 
 def pick_reference(runs: list[RunInfo], reference: str | None = None) -> RunInfo | None:
@@ -221,7 +250,8 @@ def collect_rows(
     ref_row.is_reference = True
     ref_correct = correct_by_id(ref)
     for run, row in zip(runs, rows, strict=True):
-        same_images = (row.dataset, row.split) == (ref_row.dataset, ref_row.split) and _data(run) == _data(ref)
+        same_split = (row.dataset, row.split) == (ref_row.dataset, ref_row.split)
+        same_images = same_split and evaluated_data(run, row.split) == evaluated_data(ref, ref_row.split)
         if run is ref or run.metrics is None or not same_images:
             continue
         paired = paired_bootstrap(correct_by_id(run), ref_correct)
@@ -273,8 +303,7 @@ def markdown_table(rows: list[ResultRow]) -> str:
             hours_text(r.device_hours, r.device_type),
         ]
         lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
-    summary = cost_summary(rows)
-    return "\n".join(lines) + "\n" + (f"\n{summary}\n" if summary else "")
+    return "\n".join(lines) + "\n"
 
 
 def write_results_table(rows: list[ResultRow], out_dir: str | Path) -> tuple[Path, Path]:
@@ -288,5 +317,16 @@ def write_results_table(rows: list[ResultRow], out_dir: str | Path) -> tuple[Pat
         writer.writerow(names)
         for row in rows:
             writer.writerow([_format(getattr(row, name)) for name in names])
-    md_path.write_text(markdown_table(rows))
+    md_path.write_text(results_markdown(rows))
     return csv_path, md_path
+
+
+def results_markdown(rows: list[ResultRow]) -> str:
+    """``results.md``: the table (one section per protocol when rows differ in protocol), then the base-to-new
+    harmonic means when a model has both."""
+    from fgvlm.report.protocols import harmonic_means, markdown_groups, markdown_harmonic
+
+    text = markdown_groups(rows, markdown_table)
+    extra = markdown_harmonic(harmonic_means(rows))
+    cost = cost_summary(rows)  # the whole table's, below every section
+    return text + ("\n" + extra if extra else "") + (f"\n{cost}\n" if cost else "")

@@ -38,7 +38,6 @@ LMMS_ENGINE_TEMPLATE = (
     "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
 )
 """The reference framework's (lmms-engine's) Qwen conversation: a system turn and a newline after the image."""
-LMMS_ENGINE_FAMILIES = ("qwen3-vl", "qwen2.5-vl")
 
 
 class SFTDataError(ConfigError):
@@ -68,14 +67,19 @@ def nested_images(family: str) -> bool:
 
 
 def apply_prompt_format(processor: Any, family: str, prompt_format: str) -> None:
-    """Give the processor (and its tokenizer) the lmms-engine template, or keep the model's own."""
+    """Give the processor (and its tokenizer) the lmms-engine template, or keep the model's own; a format the
+    family's record does not list (``prompt_formats``) is refused."""
+    from fgvlm.models.families import all_families, get_family
+
+    if prompt_format not in get_family(family).prompt_formats:
+        having = [name for name, record in all_families().items() if prompt_format in record.prompt_formats]
+        raise SFTDataError(
+            f"prompt_format {prompt_format} is not available for {family} (lmms-engine is the reference framework's "
+            f"Qwen conversation; other families have other special tokens). Use prompt_format: chat-template "
+            f"(families with {prompt_format}: {', '.join(having) or 'none'})"
+        )
     if prompt_format == "chat-template":
         return
-    if family not in LMMS_ENGINE_FAMILIES:
-        raise SFTDataError(
-            f"prompt_format lmms-engine is the reference framework's Qwen conversation; {family} has other special "
-            f"tokens. Use prompt_format: chat-template (families with lmms-engine: {', '.join(LMMS_ENGINE_FAMILIES)})"
-        )
     processor.chat_template = LMMS_ENGINE_TEMPLATE
     tokenizer = getattr(processor, "tokenizer", None)
     if tokenizer is not None:

@@ -12,19 +12,18 @@ from typing import Any
 
 from fgvlm.config import ConfigError, DataConfig
 from fgvlm.models.base import POOLINGS, ModelConfig
+from fgvlm.prompts.mixcut import MixCutOptions
 
 METHODS = ("full", "lora")
-OBJECTIVES = ("generate", "classify")
 PROMPT_FORMATS = ("chat-template", "lmms-engine")
-MIX_LOSSES = ("lambda-nll", "dominant", "both-names")
-MIX_MODES = ("mixup", "cutmix", "both")
 PARTS = ("vision", "projector", "language")
 FREEZE_PRESETS = {"vision": ("vision",), "none": ()}
 """Named freeze settings; any comma-separated list of ``PARTS`` also works (e.g. ``vision,projector``)."""
 SCHEDULERS = ("cosine", "linear", "constant", "constant_with_warmup")
 REPORTERS = ("tensorboard", "none", "wandb", "mlflow")
 FINAL_WEIGHTS = ("last", "best")
-MIXCUT_TASK = "open-qa-mixcut"
+IMAGES = ("plain", "mixcut")
+RANK_SCORES = ("mean", "sum")
 
 
 @dataclasses.dataclass
@@ -119,34 +118,6 @@ class TrainOptions:
 
 
 @dataclasses.dataclass
-class MixcutOptions:
-    """Task ``open-qa-mixcut``: each image mixed with one of another class, and how the two names are trained."""
-
-    alpha: float = 1.0
-    """lambda ~ Beta(alpha, alpha)."""
-    mode: str = "both"
-    """mixup, cutmix, or both (each record picks one at random)."""
-    prob: float = 1.0
-    """Probability that an image is mixed at all (an unmixed one trains on its own name)."""
-    switch_prob: float = 0.5
-    """With mode both: probability of CutMix instead of MixUp."""
-    loss: str = "lambda-nll"
-    """lambda-nll: lambda * NLL(name_a) + (1 - lambda) * NLL(name_b) on the same mixed image (the soft-label
-    analogue); dominant: the name of the class with the larger share only; both-names: one answer naming both
-    ("a and b", the larger share first)."""
-
-    def __post_init__(self) -> None:
-        if self.alpha <= 0:
-            raise ConfigError(f"mixcut.alpha must be > 0, got {self.alpha}")
-        if self.mode not in MIX_MODES:
-            raise ConfigError(f"mixcut.mode must be one of {', '.join(MIX_MODES)}, got {self.mode!r}")
-        if not (0.0 <= self.prob <= 1.0 and 0.0 <= self.switch_prob <= 1.0):
-            raise ConfigError(f"mixcut.prob and switch_prob must be in [0, 1], got {self.prob}, {self.switch_prob}")
-        if self.loss not in MIX_LOSSES:
-            raise ConfigError(f"mixcut.loss must be one of {', '.join(MIX_LOSSES)}, got {self.loss!r}")
-
-
-@dataclasses.dataclass
 class ClassifyOptions:
     """``objective: classify``: a linear head on pooled hidden states, trained jointly with the model."""
 
@@ -168,6 +139,41 @@ class ClassifyOptions:
 
 
 @dataclasses.dataclass
+class RankOptions:
+    """``objective: rank``: listwise training on the class-name scores that rank evaluation uses.
+
+    Per image, loss = -log softmax(s / temperature)[y] over the candidate answers (every class name for open-qa, the
+    options for closed-qa, yes/no for closed-negative-qa), s = each candidate's log-likelihood as the answer, the
+    image+prompt prefix run once with its KV cache shared by all candidates packed in one row (as ``fgvlm eval
+    --mode rank`` scores them). With all 102 Flowers102 names a step of Qwen3-VL-4B at batch 1 is one ~360-token
+    prefix plus one ~500-token candidate row, forward and backward: it fits one 80 GB GPU without checkpointing.
+    """
+
+    negatives: int | str = "all"
+    """'all' (every other candidate) or K: K negatives per image (uniformly drawn, or the hardest with
+    hard_negatives) plus the true answer(s); fewer candidates make a step cheaper when there are hundreds."""
+    hard_negatives: bool = False
+    """With negatives K: the K wrong candidates the current model scores highest (one extra gradient-free pass over
+    all candidates per image) instead of K drawn at random."""
+    temperature: float = 1.0
+    """Softmax temperature over the scores (below 1 sharpens: the loss concentrates on the closest rivals)."""
+    score: str = "sum"
+    """sum (default): each candidate's summed log-probability, so softmax(s) over the candidates is the model's own
+    probability of answering each of them, renormalised over the candidates: the loss is -log P(true | one of the
+    candidates), the expected-reward limit of a class-match RL objective. mean: the per-token log-probability that
+    rank evaluation picks by default (length-normalised; its scores are ~n_tokens times closer together, so at the
+    same temperature it learns more slowly: measured in scripts/sft_evidence.py)."""
+
+    def __post_init__(self) -> None:
+        if self.negatives != "all" and not (isinstance(self.negatives, int) and self.negatives >= 1):
+            raise ConfigError(f"rank.negatives must be 'all' or an integer >= 1, got {self.negatives!r}")
+        if not self.temperature > 0:
+            raise ConfigError(f"rank.temperature must be > 0, got {self.temperature!r}")
+        if self.score not in RANK_SCORES:
+            raise ConfigError(f"rank.score must be one of {', '.join(RANK_SCORES)}, got {self.score!r}")
+
+
+@dataclasses.dataclass
 class SFTConfig:
     """Supervised fine-tuning of a VLM on instruction data built from a classification dataset (``fgvlm sft``)."""
 
@@ -176,13 +182,16 @@ class SFTConfig:
     data: DataConfig = dataclasses.field(default_factory=DataConfig)
     """Dataset, root and protocol (the reference study: flowers102, protocol swapped)."""
     task: str = "open-qa"
-    """Instruction task: open-qa, closed-qa, closed-negative-qa, or open-qa-mixcut (mixed images)."""
+    """Instruction task: open-qa, closed-qa, closed-negative-qa; any of them with the suffix -mixcut asks its
+    question about MixUp/CutMix images (open-qa-mixcut: the reference study's MixUp/CutMix SFT)."""
     mix: dict[str, float] | None = None
     """A mixture of tasks instead of one, e.g. {open-qa: 0.5, closed-qa: 0.3, closed-negative-qa: 0.2}: each image
     gets one task drawn with these weights (seeded per image)."""
     task_options: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
     """Options per prompt task, as ``fgvlm eval``'s task_options, e.g. {closed-qa: {num_options: 10}}
-    (open-qa-mixcut asks the open-qa question with open-qa's options)."""
+    (a -mixcut task asks its base task's question with the base task's options)."""
+    images: str = "plain"
+    """plain, or mixcut: every task of the run on MixUp/CutMix images (the same as adding -mixcut to each)."""
     method: str = "full"
     """full (every trainable part updated) or lora (PEFT adapters on the language model)."""
     lora: LoraOptions = dataclasses.field(default_factory=LoraOptions)
@@ -190,12 +199,16 @@ class SFTConfig:
     """Parts kept frozen: 'vision' (default: the vision tower), 'none' (everything trains: the reference
     framework's setup), or a comma-separated list of vision, projector, language."""
     train: TrainOptions = dataclasses.field(default_factory=TrainOptions)
-    mixcut: MixcutOptions = dataclasses.field(default_factory=MixcutOptions)
+    mixcut: MixCutOptions = dataclasses.field(default_factory=MixCutOptions)
+    """How mixed images are made and trained (tasks with -mixcut, or images: mixcut)."""
     packing: bool = False
     """Padding-free packing of the samples of a batch (Qwen families; others pad)."""
     objective: str = "generate"
-    """generate: teacher-forced answers (loss on the answer tokens); classify: linear head + cross-entropy."""
+    """What the model is trained on (``fgvlm.sft.objectives``): generate (teacher-forced answers, loss on the
+    answer tokens), classify (linear head on pooled features + cross-entropy), rank (listwise: the class-name
+    scores of rank evaluation, softmax cross-entropy over the candidates)."""
     classify: ClassifyOptions = dataclasses.field(default_factory=ClassifyOptions)
+    rank: RankOptions = dataclasses.field(default_factory=RankOptions)
     prompt_format: str = "chat-template"
     """chat-template: the model's own template; lmms-engine: the reference framework's (system turn, newline after
     the image). The format is saved with RUN/model, so evaluation uses the same one."""
@@ -220,9 +233,9 @@ class SFTConfig:
     def __post_init__(self) -> None:
         for key, value, allowed in (
             ("method", self.method, METHODS),
-            ("objective", self.objective, OBJECTIVES),
             ("prompt_format", self.prompt_format, PROMPT_FORMATS),
             ("report_to", self.report_to, REPORTERS),
+            ("images", self.images, IMAGES),
         ):
             if value not in allowed:
                 raise ConfigError(f"{key} must be one of {', '.join(allowed)}, got {value!r}")
@@ -230,8 +243,11 @@ class SFTConfig:
         from fgvlm.prompts.instructions import check_tasks
 
         check_tasks(self.tasks)
-        if self.objective == "classify" and MIXCUT_TASK in self.tasks:
-            raise ConfigError("objective classify trains on plain images; use task open-qa (not open-qa-mixcut)")
+        from fgvlm.sft.objectives import OBJECTIVES, objective_class
+
+        if self.objective not in OBJECTIVES:
+            raise ConfigError(f"objective must be one of {', '.join(OBJECTIVES)}, got {self.objective!r}")
+        objective_class(self.objective).check_config(self)
         if self.max_length < 16:
             raise ConfigError(f"max_length must be >= 16, got {self.max_length}")
         if self.limit is not None and self.limit < 1:
@@ -239,13 +255,29 @@ class SFTConfig:
 
     @property
     def tasks(self) -> dict[str, float]:
-        """Task -> weight of the instruction data (one task with weight 1 unless ``mix`` is set)."""
-        return dict(self.mix) if self.mix else {self.task: 1.0}
+        """Task -> weight of the instruction data (one task with weight 1 unless ``mix`` is set); with
+        ``images: mixcut`` every task is its -mixcut form."""
+        from fgvlm.prompts.instructions import with_mixed_images
+
+        tasks = dict(self.mix) if self.mix else {self.task: 1.0}
+        if self.images == "mixcut":
+            tasks = {with_mixed_images(name): weight for name, weight in tasks.items()}
+        return tasks
+
+    @property
+    def mixed_images(self) -> bool:
+        """Whether any training task uses MixUp/CutMix images (then ``mixcut.loss`` applies and is recorded)."""
+        from fgvlm.prompts.instructions import split_task
+
+        return any(split_task(name)[1] for name in self.tasks)
 
     @property
     def eval_task(self) -> str:
-        """The prompt task of validation and the final evaluation: the training task, open-qa for mixcut/mixes."""
-        return "open-qa" if self.mix or self.task == MIXCUT_TASK else self.task
+        """The prompt task of validation and the final evaluation: the training task on plain images; open-qa
+        for a mix."""
+        from fgvlm.prompts.instructions import split_task
+
+        return "open-qa" if self.mix else split_task(self.task)[0]
 
 
 def frozen_parts(freeze: str) -> tuple[str, ...]:

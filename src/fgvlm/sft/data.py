@@ -2,7 +2,7 @@
 exports with, so what is exported is what is trained).
 
 ``instruction_records`` maps an ``SFTConfig`` onto ``build_instructions``: the task or mixture, the per-task
-options, the MixUp/CutMix settings of ``open-qa-mixcut``, the model family's wording (so the questions are
+options, the MixUp/CutMix settings of MixUp/CutMix (``-mixcut`` tasks), the model family's wording (so the questions are
 byte-identical to the ones ``fgvlm eval`` asks that model) and the seed.
 """
 
@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from fgvlm.prompts.instructions import InstructionRecord, build_instructions
-from fgvlm.prompts.mixcut import MixCutOptions
 
 if TYPE_CHECKING:
     from fgvlm.data.base import Dataset
@@ -33,15 +32,13 @@ def instruction_records(
 
     ``out_dir``: where mixed (and drawn) images are written as PNG files; None keeps them in memory.
     """
-    mix = cfg.mixcut
-    options = MixCutOptions(alpha=mix.alpha, mode=mix.mode, prob=mix.prob, switch_prob=mix.switch_prob)
     return build_instructions(
         dataset,
         split,
         cfg.tasks,
         cfg.seed,
         out_dir,
-        mixcut=options,
+        mixcut=cfg.mixcut,
         family=family,
         task_options=cfg.task_options,
         limit=limit,

@@ -1,4 +1,4 @@
-"""Padding-free packing for Qwen3-VL and Qwen2.5-VL: several training samples in one row, exactly.
+"""Padding-free packing: several training samples in one row, exactly (families whose record has ``packing_positions``).
 
 A batch of B padded rows spends compute on pad tokens (and on the longest sample's length B times); a packed batch is
 one row of the samples laid end to end, ``T = sum(L_i)`` tokens, no pads. The model keeps the samples apart from
@@ -6,8 +6,8 @@ the positions alone, so packed per-sample losses equal unpacked ones (``tests/te
 
 - ``position_ids`` has shape ``(4, 1, T)``: row 0 holds the text positions restarting at 0 for every sample (the
   attention mask builder cuts the row into independent causal blocks where they restart), rows 1-3 the sample's own
-  M-RoPE positions (temporal, height, width) from the model's ``get_rope_index``. Both Qwen families read this
-  4-row layout (Qwen2.5-VL as well as Qwen3-VL: ``position_ids.shape[0] == 4`` splits off the text row).
+  M-RoPE positions (temporal, height, width). The family record's ``packing_positions`` function computes them
+  (Qwen3-VL and Qwen2.5-VL: ``fgvlm.models.families.qwen3_vl.packed_positions``).
 - ``attention_mask`` is None: a 2-D mask would switch the packed-block detection off.
 - The forward must get ``use_cache=False``. With the config's default ``use_cache=True`` a cache is built, the mask
   builder skips packed-sequence detection when a cache exists, and the samples silently attend to each other. The
@@ -21,20 +21,20 @@ the positions alone, so packed per-sample losses equal unpacked ones (``tests/te
 - Each sample's first label is set to -100: in a row, the previous sample's last position would otherwise predict
   it; unpacked, the first token is never a target, so this keeps the two identical.
 
-Other families pad (the collator asks :func:`supports_packing`).
+Other families pad (``run_sft`` asks :func:`supports_packing`).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from fgvlm.config import ConfigError
+from fgvlm.models.helpers import unwrap_model
 
 if TYPE_CHECKING:
     import torch
 
-PACKING_FAMILIES = ("qwen3-vl", "qwen2.5-vl")
-PACKING_MODEL_TYPES = ("qwen3_vl", "qwen2_5_vl")
 IGNORE_INDEX = -100
 LOSS_KEYS = ("token_weights", "loss_weights")
 """Batch entries for the loss, not for the model's forward."""
@@ -47,25 +47,30 @@ class PackingError(ConfigError):
 
 
 def supports_packing(family: str) -> bool:
-    """True for the families whose attention can be split by position ids alone (Qwen3-VL, Qwen2.5-VL)."""
-    return family in PACKING_FAMILIES
+    """True for the families whose attention can be split by position ids alone (record's ``packing_positions``)."""
+    from fgvlm.models.families import get_family
+
+    return get_family(family).packing_positions is not None
 
 
-def inner_model(model: Any) -> Any:
-    """The ``...VLModel`` that owns ``get_rope_index``, through a PEFT wrapper if there is one.
+def position_function(model: Any) -> Callable[..., torch.Tensor]:
+    """The ``packing_positions`` function of ``model``'s family (from its config; ``model`` may be PEFT-wrapped)."""
+    from fgvlm.models.families import UnknownFamilyError, all_families, family_for_config
+    from fgvlm.registry import import_object
 
-    ``peft_model.model`` is the ``...ForConditionalGeneration``, not its inner model, so unwrap with
-    ``get_base_model()`` first (see ../shared/notes/sft-facts.md, PEFT).
-    """
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    inner = getattr(base, "model", base)
-    model_type = getattr(getattr(base, "config", None), "model_type", None)
-    if model_type not in PACKING_MODEL_TYPES or not hasattr(inner, "get_rope_index"):
+    config = getattr(unwrap_model(model), "config", None)
+    model_type = getattr(config, "model_type", None)
+    try:
+        record = family_for_config(config) if config is not None else None
+    except UnknownFamilyError:
+        record = None
+    if record is None or record.packing_positions is None:
+        packing = [name for name, r in all_families().items() if r.packing_positions is not None]
         raise PackingError(
-            f"padding-free packing supports {', '.join(PACKING_FAMILIES)} only, not model type {model_type!r}; "
+            f"padding-free packing supports {', '.join(packing)} only, not model type {model_type!r}; "
             "set packing: false for this model"
         )
-    return inner
+    return import_object(record.packing_positions)
 
 
 def _row(sample: dict[str, Any], key: str, index: int) -> torch.Tensor:
@@ -88,16 +93,12 @@ def token_types(sample: dict[str, Any], config: Any, index: int) -> torch.Tensor
     return types if video is None else types + 2 * (ids == video).long()
 
 
-def sample_positions(inner: Any, sample: dict[str, Any], index: int = 0) -> torch.Tensor:
+def sample_positions(model: Any, sample: dict[str, Any], index: int = 0) -> torch.Tensor:
     """``(4, 1, L)`` positions of one unpadded sample: text positions ``0..L-1`` over its M-RoPE positions."""
-    import torch
-
     ids = _row(sample, "input_ids", index)
-    kwargs = {key: sample[key] for key in ("image_grid_thw", "video_grid_thw") if sample.get(key) is not None}
-    with torch.no_grad():
-        rope, _ = inner.get_rope_index(ids[None], token_types(sample, inner.config, index)[None], **kwargs)
-    text = torch.arange(ids.numel(), device=ids.device, dtype=rope.dtype)
-    return torch.cat([text.view(1, 1, -1), rope], dim=0)
+    grids = {key: sample[key] for key in ("image_grid_thw", "video_grid_thw") if sample.get(key) is not None}
+    config = unwrap_model(model).config
+    return position_function(model)(model, ids, token_types(sample, config, index), grids)
 
 
 def check_sample(sample: dict[str, Any], index: int) -> None:
@@ -128,7 +129,7 @@ def pack_samples(samples: list[dict[str, Any]], model: Any) -> dict[str, Any]:
 
     if not samples:
         raise PackingError("pack_samples got no samples")
-    inner = inner_model(model)
+    position_function(model)  # refuses a family that pads before any sample is read
     for index, sample in enumerate(samples):
         check_sample(sample, index)
     labels = []
@@ -139,7 +140,7 @@ def pack_samples(samples: list[dict[str, Any]], model: Any) -> dict[str, Any]:
     batch: dict[str, Any] = {
         "input_ids": torch.cat([_row(s, "input_ids", i) for i, s in enumerate(samples)])[None],
         "labels": torch.cat(labels)[None],
-        "position_ids": torch.cat([sample_positions(inner, s, i) for i, s in enumerate(samples)], dim=2),
+        "position_ids": torch.cat([sample_positions(model, s, i) for i, s in enumerate(samples)], dim=2),
         "attention_mask": None,
     }
     if all("loss_weight" in s for s in samples):

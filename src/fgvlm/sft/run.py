@@ -22,24 +22,8 @@ from pathlib import Path
 from typing import Any
 
 from fgvlm.runs import RunDir, finish_run, start_run
-from fgvlm.sft.config import MIXCUT_TASK, SFTConfig
-
-CHECKPOINTS = "checkpoints"
-MODEL_DIR = "model"
-TRAIN_LOG = "train_log.jsonl"
-
-
-class RecordList:
-    """A map-style dataset of instruction records (the collator turns them into tensors)."""
-
-    def __init__(self, records: list[Any]):
-        self.records = records
-
-    def __len__(self) -> int:
-        return len(self.records)
-
-    def __getitem__(self, index: int) -> Any:
-        return self.records[index]
+from fgvlm.sft.config import SFTConfig
+from fgvlm.sft.setup import CHECKPOINTS, TRAIN_LOG, Setup, load_setup
 
 
 def training_arguments(cfg: SFTConfig, run: RunDir, device: str) -> Any:
@@ -75,106 +59,6 @@ def training_arguments(cfg: SFTConfig, run: RunDir, device: str) -> Any:
     )
 
 
-@dataclasses.dataclass
-class Setup:
-    """What the training and the final steps share."""
-
-    cfg: SFTConfig
-    run: RunDir
-    model: Any
-    processor: Any
-    info: dict[str, Any]
-    family: str
-    dataset: Any
-    backend: Any
-    train_records: list
-    val_records: list
-    collator: Any
-    classify: Any = None
-
-
-def _load(cfg: SFTConfig, run: RunDir) -> Setup:
-    """Model, processor, data, collator and the validation backend on the model being trained."""
-    import torch
-
-    from fgvlm.data import create_dataset
-    from fgvlm.models.families import backend_class
-    from fgvlm.models.loading import load_model
-    from fgvlm.sft.collator import SFTCollator, apply_prompt_format
-    from fgvlm.sft.data import instruction_records
-    from fgvlm.sft.modeling import base_model, prepare_model
-
-    torch.manual_seed(cfg.train.seed)
-    if cfg.train.num_threads is not None:
-        torch.set_num_threads(cfg.train.num_threads)
-    dataset = create_dataset(cfg.data)
-    model, processor, info = load_model(cfg.model)
-    family = info["family"]
-    apply_prompt_format(processor, family, cfg.prompt_format)
-    collator = SFTCollator(
-        processor,
-        family,
-        encoder_decoder=family == "instructblip-t5",
-        mix_loss=cfg.mixcut.loss,
-        max_length=cfg.max_length,
-        model_name=cfg.model.name,
-    )
-    mixed = MIXCUT_TASK in cfg.tasks  # mixed images go to files, not memory (thousands of full-size images)
-    out_dir = run / "instructions" if mixed else None
-    train_records = instruction_records(cfg, dataset, cfg.train_split, family, cfg.limit, out_dir)
-    val_split = cfg.val_split if cfg.val_split in dataset.split_names else None
-    val_limit = min(x for x in (cfg.limit, cfg.train.eval_limit, 1 << 62) if x is not None)
-    val_records = dataset.split(val_split).records[:val_limit] if val_split else []
-    if cfg.objective == "generate":
-        check_lengths(collator, train_records)
-    model = prepare_model(model, cfg, family)
-    if cfg.packing and cfg.objective == "generate":
-        from fgvlm.sft.packing import supports_packing
-
-        if supports_packing(family):  # other families pad (their attention needs a padding mask)
-            collator.packing_model = model
-    backend = backend_class(family)(base_model(model), processor, info)
-    return Setup(cfg, run, model, processor, info, family, dataset, backend, train_records, val_records, collator)
-
-
-def check_lengths(collator: Any, records: list) -> None:
-    """Encode every training record once before training: a too-long sample is refused here, naming its id."""
-    from fgvlm.progress import track
-
-    for record in track(records, description="checking samples", transient=True):
-        collator.encode_record(record)
-
-
-def generate_validator(setup: Setup) -> Any:
-    """Validation accuracy by ``rank`` of the eval task on the validation subset, with the model being trained."""
-    from fgvlm.eval.scoring import TaskScorer
-    from fgvlm.prompts import object_word
-
-    cfg = setup.cfg
-    options = {"object": object_word(cfg.data.dataset), **cfg.task_options.get(cfg.eval_task, {})}
-    scorer = TaskScorer(cfg.eval_task, setup.dataset, setup.family, options, cfg.seed, "mean")
-    split = setup.dataset.split(cfg.val_split) if setup.val_records else None
-
-    def validate(_model: Any) -> dict[str, Any]:
-        if split is None:
-            return {}
-        model = setup.backend.model
-        was_training = model.training
-        model.eval()
-        try:
-            records = []
-            for start in range(0, len(setup.val_records), 8):
-                samples = [split[i] for i in range(start, min(start + 8, len(setup.val_records)))]
-                records += scorer.rank(setup.backend, samples)
-        finally:
-            model.train(was_training)
-        n = max(1, len(records))
-        top5 = sum(r["label"] in [c for c, _ in r["topk"]] for r in records) / n if scorer.reports_topk else None
-        return {"val_accuracy": sum(r["pred"] == r["label"] for r in records) / n, "val_top5": top5}
-
-    return validate
-
-
 def run_sft(cfg: SFTConfig, out: str | Path, *, resume: bool = True) -> dict[str, Any]:
     """Fine-tune ``cfg.model`` into run directory ``out``; returns the final evaluation's metrics.
 
@@ -182,21 +66,22 @@ def run_sft(cfg: SFTConfig, out: str | Path, *, resume: bool = True) -> dict[str
     one continues from its newest checkpoint, another config is refused naming the keys, ``resume=False`` moves an
     old directory aside and starts over.
     """
+    from fgvlm.sft.objectives import objective_class
+    from fgvlm.sft.outputs import finish
+
     check_launcher()
     started = time.time()
     cfg = dataclasses.replace(cfg, resume=resume)
     run = ordered_start(cfg, out, resume)
     if run.complete:
         return run.read_results()
-    setup = _load(cfg, run)
-    if cfg.objective == "classify":
-        from fgvlm.sft.outputs import setup_classify
-
-        setup_classify(setup)
-    trainer, best = train(setup, resume)
-    from fgvlm.sft.outputs import finish
-
-    metrics = finish(setup, trainer, best, started)
+    objective_type = objective_class(cfg.objective)
+    setup = load_setup(cfg, run, packing=cfg.packing and objective_type.packing)
+    objective = objective_type(setup)
+    objective.prepare()
+    objective.check_samples()
+    trainer, best = train(setup, objective, resume)
+    metrics = finish(setup, objective, trainer, best, started)
     if trainer.is_world_process_zero():
         finish_run(run, started)
     return metrics
@@ -269,36 +154,28 @@ def last_checkpoint(folder: Path) -> str | None:
     return str(max(steps)[1]) if steps else None
 
 
-def train(setup: Setup, resume: bool) -> tuple[Any, dict[str, Any] | None]:
-    """Run (or continue) the Trainer; returns it and the best validation step's record (or None)."""
+def train(setup: Setup, objective: Any, resume: bool) -> tuple[Any, dict[str, Any] | None]:
+    """Run (or continue) the Trainer on the objective; returns it and the best validation step's record (or None)."""
     from transformers.integrations import TensorBoardCallback
 
-    from fgvlm.progress import trainer_progress_callback
-    from fgvlm.sft.classify import classify_accuracy
-    from fgvlm.sft.trainer import SFTMonitor, SFTTrainer, truncate_log
+    from fgvlm.sft.setup import RecordList
+    from fgvlm.sft.trainer import SFTMonitor, SFTTrainer, truncate_log, use_training_progress
 
     cfg, run = setup.cfg, setup.run
-    classify = setup.classify
     device = str(setup.backend.device)
-    if classify is not None:
-        validate = lambda _m: classify_accuracy(classify.model, classify.collator, classify.val_records)  # noqa: E731
-    else:
-        validate = generate_validator(setup)
     trainer = SFTTrainer(
-        model=classify.model if classify is not None else setup.model,
+        model=objective.training_model,
         args=training_arguments(cfg, run, device),
         train_dataset=RecordList(setup.train_records),
-        data_collator=classify.collator if classify is not None else setup.collator,
-        encoder_decoder=setup.family == "instructblip-t5",
-        classify=classify is not None,
-        head_lr=classify.head_lr if classify is not None else None,
+        data_collator=objective.collator,
+        objective=objective,
     )
     checkpoint = last_checkpoint(run / CHECKPOINTS)
     if trainer.is_world_process_zero():  # before the monitor reads best/: a best step after the checkpoint is gone
         truncate_log(run / TRAIN_LOG, int(Path(checkpoint).name.rsplit("-", 1)[1]) if checkpoint else 0)
-    monitor = SFTMonitor(run.path, validate, cfg.train.eval_every)
+    monitor = SFTMonitor(run.path, objective.validate, cfg.train.eval_every)
     trainer.callback_handler.callbacks.insert(1, monitor)  # before TensorBoard: it sees the validation numbers
-    trainer.add_callback(trainer_progress_callback())  # a study runner's live view of the steps
+    use_training_progress(trainer)  # after the monitor: the bar shows the validation accuracy it adds to a log
     for callback in trainer.callback_handler.callbacks:
         if isinstance(callback, TensorBoardCallback):
             callback.logging_dir = str(run / "tb")

@@ -1,4 +1,5 @@
-"""``SFTTrainer``: ``transformers.Trainer`` with the loss on the answer positions only, and the run's monitor.
+"""``SFTTrainer``: ``transformers.Trainer`` with the objective's loss (answer positions only for generate), and the
+run's monitor.
 
 The language-model head runs only where a label is: decoder-only models get ``logits_to_keep`` as a boolean
 ``[B, L]`` mask of the positions whose next token is an answer token (transformers slices the hidden states before
@@ -25,6 +26,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from rich.progress import ProgressColumn
+from rich.text import Text
 from transformers import Trainer, TrainerCallback
 
 from fgvlm.runs import RunDir, TrainLogger
@@ -80,33 +83,23 @@ def answer_loss(model: Any, inputs: dict[str, Any], encoder_decoder: bool = Fals
 
 
 class SFTTrainer(Trainer):
-    """Trainer whose loss is ``answer_loss`` (generate objective) or the classify model's cross-entropy."""
+    """Trainer whose loss and optimizer groups are the objective's (``fgvlm.sft.objectives``); without an
+    objective, the generate objective's ``answer_loss`` (what the benchmarks time)."""
 
-    def __init__(
-        self,
-        *args: Any,
-        encoder_decoder: bool = False,
-        classify: bool = False,
-        head_lr: float | None = None,
-        **kwargs: Any,
-    ):
+    def __init__(self, *args: Any, objective: Any = None, **kwargs: Any):
         super().__init__(*args, **kwargs)
-        self.encoder_decoder = encoder_decoder
-        self.classify = classify
-        self.head_lr = head_lr
+        self.objective = objective
         # Our loss is a per-micro-batch mean; let the Trainer divide by the accumulation steps itself.
         self.model_accepts_loss_kwargs = False
 
     def create_optimizer(self, model: Any = None) -> Any:
-        """AdamW as the Trainer builds it; for classify the fresh head gets its own (larger) learning rate."""
-        if not self.classify or self.optimizer is not None:
-            return super().create_optimizer(model)
+        """AdamW as the Trainer builds it, or over the objective's parameter groups when it has its own."""
         model = model or self.model
-        head = [p for n, p in model.named_parameters() if p.requires_grad and n.startswith("head.")]
-        rest = [p for n, p in model.named_parameters() if p.requires_grad and not n.startswith("head.")]
-        groups = [{"params": rest, "lr": self.args.learning_rate}, {"params": head, "lr": self.head_lr}]
+        groups = None if self.objective is None else self.objective.optimizer_groups(model, self.args.learning_rate)
+        if groups is None or self.optimizer is not None:
+            return super().create_optimizer(model)
         self.optimizer = torch.optim.AdamW(
-            [g for g in groups if g["params"]],
+            groups,
             lr=self.args.learning_rate,
             weight_decay=self.args.weight_decay,
             betas=(self.args.adam_beta1, self.args.adam_beta2),
@@ -117,10 +110,7 @@ class SFTTrainer(Trainer):
     def compute_loss(
         self, model: Any, inputs: dict[str, Any], return_outputs: bool = False, num_items_in_batch: Any = None
     ) -> Any:
-        if self.classify:
-            outputs = model(**inputs)
-            return (outputs["loss"], outputs) if return_outputs else outputs["loss"]
-        loss = answer_loss(model, inputs, self.encoder_decoder)
+        loss = answer_loss(model, inputs) if self.objective is None else self.objective.loss(model, inputs)
         return (loss, None) if return_outputs else loss
 
     def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
@@ -211,6 +201,86 @@ class SFTMonitor(TrainerCallback):
         values["grad_norm"] = logs.get("grad_norm")
         TrainLogger(RunDir(self.run_dir), enabled=state.is_world_process_zero).log(state.global_step, **values)
         return control
+
+
+class StepRate(ProgressColumn):
+    """A rich column: optimizer steps per second (seconds per step when slower than one a second)."""
+
+    def render(self, task: Any) -> Text:
+        speed = task.speed
+        if not speed:
+            return Text("-- step/s", style="progress.data.speed")
+        return Text(f"{speed:.2f} step/s" if speed >= 1 else f"{1 / speed:.1f} s/step", style="progress.data.speed")
+
+
+class TrainingProgress(TrainerCallback):
+    """One progress bar for the optimizer steps (done/total, rate, elapsed, ETA) with the last loss, learning rate
+    and validation accuracy beside it, on the main process; it replaces the Trainer's tqdm bar and printed log
+    dicts (the numbers stay in ``train_log.jsonl`` and TensorBoard)."""
+
+    def __init__(self, description: str = "train", enabled: bool = True):
+        self.description = description
+        self.enabled = enabled
+        self.bar: Any = None
+        self.task: Any = None
+        self.fields = {"loss": "", "lr": "", "val": ""}
+
+    def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> Any:
+        from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+        from fgvlm.progress import ReportingProgress  # a study runner sees the steps too
+
+        if not (self.enabled and state.is_world_process_zero):
+            return control
+        self.bar = ReportingProgress(
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            StepRate(),
+            TimeElapsedColumn(),
+            TextColumn("ETA"),
+            TimeRemainingColumn(),
+            TextColumn("{task.fields[loss]} {task.fields[lr]} {task.fields[val]}"),
+        )
+        self.bar.start()
+        self.task = self.bar.add_task(
+            self.description, total=state.max_steps, completed=state.global_step, **self.fields
+        )
+        return control
+
+    def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> Any:
+        if self.bar is not None:
+            self.bar.update(self.task, completed=state.global_step)
+        return control
+
+    def on_log(self, args: Any, state: Any, control: Any, logs: dict | None = None, **kwargs: Any) -> Any:
+        if self.bar is None or not logs:
+            return control
+        if "loss" in logs:
+            self.fields["loss"] = f"loss {logs['loss']:.4f}"
+        if "learning_rate" in logs:
+            self.fields["lr"] = f"lr {logs['learning_rate']:.2e}"
+        if logs.get("val_accuracy") is not None:
+            self.fields["val"] = f"val acc {logs['val_accuracy']:.3f}"
+        self.bar.update(self.task, **self.fields)
+        return control
+
+    def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> Any:
+        if self.bar is not None:
+            self.bar.stop()
+            self.bar = None
+        return control
+
+
+def use_training_progress(trainer: Any, enabled: bool = True) -> TrainingProgress:
+    """Swap the Trainer's tqdm bar and printed log dicts for ``TrainingProgress``."""
+    from transformers.trainer_callback import PrinterCallback, ProgressCallback
+
+    trainer.remove_callback(ProgressCallback)
+    trainer.remove_callback(PrinterCallback)
+    progress = TrainingProgress(enabled=enabled)
+    trainer.add_callback(progress)
+    return progress
 
 
 def truncate_log(path: Path, step: int) -> None:

@@ -14,6 +14,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from fgvlm.report.protocols import protocol_label
 from fgvlm.report.rundirs import load_runs
 from fgvlm.report.tables import ResultRow, build_row, collect_rows, write_results_table
 from fgvlm.runs import read_json, write_json
@@ -23,9 +24,12 @@ COLUMNS = ("configuration", "accuracy (95% CI)", "vs reference", "published", "n
 
 
 def finished_runs(study: Study) -> list[Path]:
-    """Run directories of the study that finished (``done.json`` written last), in study order: a run that failed
-    after writing its metrics is not a result."""
-    return [run.out for run in study.runs.values() if (run.out / "done.json").is_file()]
+    """Run directories of the study that finished (``done.json`` written last) and have results, in study order: a
+    run that failed after writing its metrics is not a result, nor is a kind without results (audits, publishing)."""
+    from fgvlm.kinds import get_kind
+
+    finished = [run for run in study.runs.values() if (run.out / "done.json").is_file()]
+    return [run.out for run in finished if get_kind(run.spec.kind).results]
 
 
 def study_rows(study: Study) -> list[ResultRow]:
@@ -109,7 +113,8 @@ def format_row(row: ResultRow) -> list[str]:
     accuracy = pct(row.accuracy) + (f" ({pct(row.ci_low)}–{pct(row.ci_high)})" if row.ci_low is not None else "")
     change = "reference" if row.is_reference else pct(row.delta, signed=True)
     n = "" if row.n is None else f"{row.n:,}"
-    return [row.configuration, accuracy, change, pct(row.reference_value), n, row.protocol or "", pct(row.top5)] + [
+    protocol = protocol_label(row) if row.protocol else ""
+    return [row.configuration, accuracy, change, pct(row.reference_value), n, protocol, pct(row.top5)] + [
         pct(row.unmatched_rate)
     ]
 

@@ -20,7 +20,7 @@ import torch
 
 from fgvlm.config import ConfigError, resolve_config, to_dict
 from fgvlm.distributed import ProcessGroup
-from fgvlm.runs import RunDir, finish_run, limit_split, start_run
+from fgvlm.runs import RunDir, check_same_data, finish_run, limit_split, start_run
 from fgvlm.train.classifier import create_classifier, data_config, eval_resize, predict_probs, topk_metrics
 from fgvlm.train.cnn_config import CNNEvalConfig, CNNTrainConfig
 from fgvlm.train.distributed import replica_checksums
@@ -293,6 +293,8 @@ def _train(
     val_name = cfg.val_split if cfg.val_split in setup.dataset.split_names else None
     train_data = setup.split_data("train", train=True)
     val = (val_name, setup.split_data(val_name)) if val_name else None
+    if dist.is_main and from_checkpoint:  # continuing: the recorded data selection must be this one
+        check_same_data(run, setup.dataset.describe())
     if dist.is_main and not from_checkpoint:
         run.write_meta(
             command="cnn train",
@@ -349,7 +351,7 @@ def write_split_results(
     header = {
         "kind": kind,
         "dataset": dataset.name,
-        "protocol": dataset.protocol,
+        **dataset.protocol_header(),
         "split": split_name,
         "model": cfg.arch,
         "num_classes": dataset.num_classes,

@@ -2,10 +2,15 @@
 
 A family (``qwen3-vl``, ``idefics2``, ...) is the unit of variation between VLMs. Its ``FamilyRecord`` names the
 ``config.model_type`` values that identify it, its backend class, its tiny-model recipe (and the re-initialisation
-that recipe needs), its stop tokens, its chat template file, whether Qwen-style pixel bounds apply, whether the
-language model is an encoder-decoder, and what fine-tuning needs: a LoRA ``target_modules`` regex that adapts the
-language model only, and the parameter-name prefixes of the vision tower, the projector/connector and the language
-model (they partition the model's parameters).
+that recipe needs, and the rule that shrinks a real checkpoint's config into a like-model), its stop tokens, its chat
+template file, whether Qwen-style pixel bounds apply, whether the language model is an encoder-decoder (which picks
+the encoder-decoder loss and ranking paths), and what fine-tuning needs: the prompt formats it accepts, whether it
+packs samples padding-free (and the function that gives a packed sample its positions), a LoRA ``target_modules``
+regex that adapts the language model only, and the parameter-name prefixes of the vision tower, the
+projector/connector and the language model (they partition the model's parameters).
+
+Code outside this package asks the record (``get_family(name).encoder_decoder``); it never compares family names
+(``tests/test_layers.py`` checks).
 
 Each family is ONE file in this package holding its record (``FAMILY``), its backend class and its tiny recipe.
 Adding a family = that file + one entry in ``FAMILY_RECORDS`` (see the README, "Add a model family"). Entries are
@@ -69,6 +74,21 @@ class FamilyRecord:
     """Parameter-name prefixes of the language model (embeddings and head included)."""
     tiny_sizes: tuple[str, ...] = ("tiny",)
     """Sizes ``build_tiny_model`` offers for this family (``tiny``; ``small`` for benchmarks)."""
+    like_shrink: str | None = None
+    """``"module:function"``: ``function(config) -> config`` shrinking a real checkpoint's config for a like-model
+    (``fgvlm.models.tiny.like``); None: no ``tiny-like-*`` models of this family."""
+    prompt_formats: tuple[str, ...] = ("chat-template",)
+    """SFT ``prompt_format`` values this family accepts: ``chat-template`` (the model's own) and, for Qwen-style
+    special tokens, ``lmms-engine`` (the reference framework's conversation)."""
+    packing_positions: str | None = None
+    """``"module:function"``: ``function(model, input_ids, token_types, grids) -> (4, 1, L)`` position ids of one
+    unpadded sample, so samples can be packed padding-free in one row (``fgvlm.sft.packing``); None: the family
+    pads (its attention needs a padding mask)."""
+
+    tiny_lr: float | None = None
+    """Learning rate at which this family's tiny random model learns SynthFlowers when trained whole
+    (``scripts/sft_evidence.py``); None: the script's default (3e-3). A measured fact, not a recipe for real
+    checkpoints."""
 
     def part_of(self, parameter: str) -> str | None:
         """``"vision"``, ``"projector"`` or ``"language"`` for a parameter name; None if no prefix matches."""

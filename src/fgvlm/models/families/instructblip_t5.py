@@ -55,8 +55,7 @@ class InstructBlipT5Backend(InstructBlipBackend):
         return super()._forward(inputs, **kwargs)
 
     def _prefill(self, inputs: dict[str, Any]) -> Prefix:
-        with self._inference():
-            out = self._forward(inputs, use_cache=True)
+        out = self._forward(inputs, use_cache=True)
         extra = {"encoder": out.encoder_last_hidden_state, "mask": inputs["attention_mask"]}
         return Prefix(out.logits[0, -1], out.cache, 1, extra)
 

@@ -23,6 +23,9 @@ FAMILY = FamilyRecord(
     vision_modules=("model.visual.patch_embed", "model.visual.blocks"),
     projector_modules=("model.visual.merger",),
     language_modules=("model.language_model", "lm_head"),
+    like_shrink="fgvlm.models.tiny.like:shrink_qwen_vl",
+    prompt_formats=("chat-template", "lmms-engine"),
+    packing_positions="fgvlm.models.families.qwen3_vl:packed_positions",
 )
 
 

@@ -35,6 +35,9 @@ FAMILY = FamilyRecord(
     projector_modules=("model.visual.merger", "model.visual.deepstack_merger_list"),
     language_modules=("model.language_model", "lm_head"),
     tiny_sizes=("tiny", "small"),
+    like_shrink="fgvlm.models.tiny.like:shrink_qwen_vl",
+    prompt_formats=("chat-template", "lmms-engine"),
+    packing_positions="fgvlm.models.families.qwen3_vl:packed_positions",
 )
 
 
@@ -138,6 +141,25 @@ class Qwen3VLBackend(HFBackend):
         text = super()._continuation_positions(prefix, offsets)
         mrope = text + prefix.extra["rope_deltas"].to(text.device).reshape(-1)[0]
         return torch.stack([text, mrope, mrope, mrope])
+
+
+def packed_positions(
+    model: Any, input_ids: torch.Tensor, token_types: torch.Tensor, grids: dict[str, torch.Tensor]
+) -> torch.Tensor:
+    """``(4, 1, L)`` positions of one unpadded sample for padding-free packing (``fgvlm.sft.packing``).
+
+    Row 0 holds the text positions ``0..L-1`` (where they restart, the attention mask builder starts a new causal
+    block), rows 1-3 the sample's own M-RoPE positions from the model's ``get_rope_index``; both Qwen families read
+    this 4-row layout. ``token_types``: text 0, image 1, video 2 per token; ``grids``: ``image_grid_thw`` /
+    ``video_grid_thw`` when the sample has them. ``model`` may be PEFT-wrapped.
+    """
+    import torch
+
+    inner = unwrap_model(model).model  # the ...VLModel that owns get_rope_index
+    with torch.no_grad():
+        rope, _ = inner.get_rope_index(input_ids[None], token_types[None], **grids)
+    text = torch.arange(input_ids.numel(), device=input_ids.device, dtype=rope.dtype)
+    return torch.cat([text.view(1, 1, -1), rope], dim=0)
 
 
 def tiny_recipe(dims: Dims) -> tuple[PreTrainedConfig, ProcessorMixin]:

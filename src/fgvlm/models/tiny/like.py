@@ -90,8 +90,21 @@ def shrink_qwen_vl(config: Any, dims: Dims = LIKE_DIMS) -> Any:
     return config
 
 
-SHRINK = {"qwen3_vl": shrink_qwen_vl, "qwen2_5_vl": shrink_qwen_vl}
-"""``config.model_type`` -> the function that shrinks its config."""
+def shrink_rule(source: Path, config: Any) -> Any:
+    """The family record's ``like_shrink`` function for ``config``; a family without one is refused."""
+    from fgvlm.models.families import UnknownFamilyError, all_families, family_for_config
+    from fgvlm.registry import import_object
+
+    try:
+        record = family_for_config(config)
+    except UnknownFamilyError:
+        record = None
+    if record is None or record.like_shrink is None:
+        supported = [t for r in all_families().values() if r.like_shrink is not None for t in r.model_types]
+        raise LikeModelError(
+            f"{source}: no shrink rule for model_type {config.model_type!r}; supported: {', '.join(supported)}"
+        )
+    return import_object(record.like_shrink)
 
 
 def build_like_model(source: str | Path, out: str | Path, seed: int = 0) -> tuple[Path, dict[str, Any]]:
@@ -104,11 +117,7 @@ def build_like_model(source: str | Path, out: str | Path, seed: int = 0) -> tupl
 
     source = like_source(str(source))
     config = AutoConfig.from_pretrained(source)
-    if config.model_type not in SHRINK:
-        raise LikeModelError(
-            f"{source}: no shrink rule for model_type {config.model_type!r}; supported: {', '.join(SHRINK)}"
-        )
-    config = SHRINK[config.model_type](config)
+    config = shrink_rule(source, config)(config)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = AutoModelForImageTextToText.from_config(config, dtype=torch.float32)

@@ -1,22 +1,18 @@
-"""``objective: classify``: a linear head on pooled hidden states, trained jointly with the VLM (LoRA or full).
-
-One forward per image, no generation: the image + question are encoded exactly as ``backend.embed`` encodes them
-(the chat-templated prompt, left padding), the language model's hidden states of ``layer`` are pooled as
-``backend.embed`` pools them (mean over real tokens by default, image-mean, or last), and the head (the heads'
-``ClassificationHead``: Dropout + Linear) gives class logits trained by cross-entropy. So the saved model + head
-are used unchanged by ``fgvlm predict --model RUN/model --head RUN`` and ``fgvlm head eval --run RUN/head``.
-"""
+"""The pieces ``objective: classify`` trains: the collator (``embed``'s inputs + labels) and the VLM + head module."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
 from fgvlm.models.chat import render_prompt
 from fgvlm.sft.collator import check_chat_template, nested_images
-from fgvlm.sft.data import InstructionRecord
+from fgvlm.sft.objectives.base import VALIDATION_BATCH
+
+if TYPE_CHECKING:
+    from fgvlm.sft.data import InstructionRecord
 
 
 class ClassifyCollator:
@@ -40,17 +36,6 @@ class ClassifyCollator:
         return batch
 
 
-def pool_hidden(backend: Any, inputs: dict[str, Any], hidden: torch.Tensor, pooling: str) -> torch.Tensor:
-    """``backend.embed``'s pooling, differentiable: last position, mean over the attention mask, or image tokens."""
-    if pooling == "last":
-        return hidden[:, -1]
-    if pooling == "mean":
-        weights = inputs["attention_mask"].to(hidden.dtype)
-    else:
-        weights = (inputs["input_ids"] == backend.image_token_id).to(hidden.dtype)
-    return (hidden * weights.unsqueeze(-1)).sum(dim=1) / weights.sum(dim=1, keepdim=True).clamp(min=1)
-
-
 class ClassifyModel(nn.Module):
     """The VLM (possibly PEFT-wrapped; run through its backend) + a classification head on pooled features."""
 
@@ -64,9 +49,7 @@ class ClassifyModel(nn.Module):
 
     def features(self, **inputs: Any) -> torch.Tensor:
         """Pooled hidden states ``[B, D]`` as ``backend.embed`` computes them, with gradients."""
-        out = self.backend._forward(inputs, output_hidden_states=True, use_cache=False)
-        states = self.backend._hidden_states(out)
-        return pool_hidden(self.backend, inputs, states[self.layer], self.pooling)
+        return self.backend.pooled_features(inputs, self.pooling, self.layer)
 
     def forward(self, class_labels: torch.Tensor | None = None, **inputs: Any) -> dict[str, torch.Tensor]:
         logits = self.head(self.features(**inputs).float())
@@ -81,25 +64,22 @@ def feature_dim(backend: Any, collator: ClassifyCollator, record: InstructionRec
     batch = collator([record])
     batch.pop("class_labels")
     with torch.no_grad():
-        out = backend._forward(backend._to_model(batch), output_hidden_states=True, use_cache=False)
-    return int(backend._hidden_states(out)[layer].shape[-1])
+        return int(backend.pooled_features(backend.to_model(batch), "last", layer).shape[-1])
 
 
-def classify_accuracy(model: ClassifyModel, collator: ClassifyCollator, records: list, batch_size: int = 8) -> dict:
-    """Top-1 and top-5 accuracy of the head on ``records``, model in eval mode (restored afterwards)."""
+def classify_logits(
+    model: ClassifyModel, collator: ClassifyCollator, records: list
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The head's logits ``[N, C]`` and the labels ``[N]`` of ``records``, model in eval mode (restored after)."""
     was_training = model.training
     model.eval()
-    correct = top5 = 0
+    logits, labels = [], []
     try:
         with torch.no_grad():
-            for start in range(0, len(records), batch_size):
-                batch = collator(records[start : start + batch_size])
-                labels = batch.pop("class_labels")
-                logits = model(**model.backend._to_model(batch))["logits"].cpu()
-                correct += int((logits.argmax(dim=1) == labels).sum())
-                k = min(5, logits.shape[1])
-                top5 += int((logits.topk(k, dim=1).indices == labels[:, None]).any(dim=1).sum())
+            for start in range(0, len(records), VALIDATION_BATCH):
+                batch = collator(records[start : start + VALIDATION_BATCH])
+                labels.append(batch.pop("class_labels"))
+                logits.append(model(**model.backend.to_model(batch))["logits"].float().cpu())
     finally:
         model.train(was_training)
-    n = max(1, len(records))
-    return {"val_accuracy": correct / n, "val_top5": top5 / n}
+    return torch.cat(logits), torch.cat(labels)
