@@ -15,7 +15,7 @@ import pytest
 SRC = Path(__file__).resolve().parents[1] / "src" / "fgvlm"
 
 LAYERS: tuple[tuple[str, ...], ...] = (
-    ("config", "registry", "runs", "runfiles", "cost", "provenance", "text", "resources", "distributed"),
+    ("config", "registry", "runs", "runfiles", "cost", "provenance", "text", "resources", "distributed", "progress"),
     ("data",),
     ("prompts",),
     ("models",),

@@ -17,6 +17,7 @@ import yaml
 
 from fgvlm.cli import main
 from fgvlm.study.lock import RunLock, RunLockedError
+from fgvlm.study.resources import available_cores
 
 CNN = {
     "data": {"dataset": "synthflowers", "options": {"num_classes": 4, "image_size": 32}},
@@ -80,11 +81,14 @@ def test_mini_study_completes_skips_refuses_and_reruns_dependants(tmp_path, tiny
     assert "rank on 4 images" in (out / "zs" / "log.txt").read_text()  # the run's own output, kept
     assert "[zs] open-qa / rank on 4 images" in capsys.readouterr().out  # and shown, prefixed
     stamps = {run_id: finished(out, run_id) for run_id in rows}
+    drawn = (out / "report" / "report.html").stat().st_mtime_ns
 
     assert study("run", path, "--out", out) == 0  # everything complete: nothing starts
     printed = capsys.readouterr().out
     assert "ran 0, skipped 3 (complete), failed 0" in printed
+    assert "wall time " in printed.splitlines()[-1] and "sum to 0.0 s (0 runs)" in printed.splitlines()[-1]
     assert {run_id: finished(out, run_id) for run_id in rows} == stamps
+    assert (out / "report" / "report.html").stat().st_mtime_ns == drawn  # nothing changed: the page is kept
 
     assert study("run", path, "--out", out, "--set", "cnn.lr=0.2") == 2  # a changed --set is refused, by key
     assert "cnn: config changed: lr: 0.01 -> 0.2" in capsys.readouterr().err
@@ -95,21 +99,26 @@ def test_mini_study_completes_skips_refuses_and_reruns_dependants(tmp_path, tiny
     assert finished(out, "cnn") == stamps["cnn"] and finished(out, "zs-after") != stamps["zs-after"]
     assert len(list(out.glob("zs.old-*"))) == 1 and len(list(out.glob("zs-after.old-*"))) == 1
     assert json.loads((out / "zs" / "metrics.json").read_text())["n"] == 5
+    assert (out / "report" / "report.html").stat().st_mtime_ns != drawn  # new results: drawn again
 
 
-def start_runner(path, out, log):
+def start_runner(path, out, log, *args):
     return subprocess.Popen(
-        [sys.executable, "-m", "fgvlm", "study", "run", str(path), "--out", str(out)],
+        [sys.executable, "-m", "fgvlm", "study", "run", str(path), "--out", str(out), *args],
         stdout=log.open("ab"),
         stderr=subprocess.STDOUT,
         start_new_session=True,
     )
 
 
-def wait_for_lines(runner, predictions, count, log):
+def lines_in(path):
+    return path.read_bytes().count(b"\n") if path.is_file() else 0
+
+
+def wait_until(runner, ready, log, what):
     deadline = time.monotonic() + 240
-    while not (predictions.is_file() and predictions.read_bytes().count(b"\n") >= count):
-        assert runner.poll() is None and time.monotonic() < deadline, log.read_text()
+    while not ready():
+        assert runner.poll() is None and time.monotonic() < deadline, f"waiting for {what}:\n{log.read_text()}"
         time.sleep(0.01)
 
 
@@ -120,43 +129,92 @@ def wait_for_lock(path):
     os.close(fd)
 
 
-def test_sigint_and_sigkill_of_the_runner_then_rerun_resumes_byte_identical(tmp_path, tiny_eval, capsys):
+def results_without_paths(out):
+    with (out / "results.csv").open() as fh:
+        return [{k: v for k, v in row.items() if k not in ("path", "wall_time_s")} for row in csv.DictReader(fh)]
+
+
+def pause_when(runner, out, lines, log):
+    """Stop each run's process (SIGSTOP) once its predictions reach ``lines[run]``: both runs are then surely going
+    at once and mid-way, whatever the machine's load; returns their process ids (the progress files name them)."""
+    pids = {}
+    for run_id, count in lines.items():
+        file = out / run_id / "predictions.jsonl"
+        wait_until(runner, lambda file=file, count=count: lines_in(file) >= count, log, f"{run_id} going")
+        pids[run_id] = json.loads((out / run_id / "progress.json").read_text())["pid"]
+        os.killpg(pids[run_id], signal.SIGSTOP)
+    return pids
+
+
+def resume_processes(pids):
+    for pid in pids.values():
+        os.killpg(pid, signal.SIGCONT)
+
+
+@pytest.mark.slow
+def test_sigint_and_sigkill_while_two_runs_go_then_resume_equals_one_at_a_time(tmp_path, tiny_eval, capsys):
+    limit = 64
     path = write_study(
         tmp_path,
         [
-            {"id": "first", "kind": "eval", "set": tiny_eval(batch_size=1, limit=64)},  # the uninterrupted twin
-            {"id": "slow", "kind": "eval", "set": tiny_eval(batch_size=1, limit=64)},  # one line per image
+            {"id": "quick", "kind": "eval", "set": tiny_eval(limit=2)},  # finishes before the interruption
+            {"id": "a", "kind": "eval", "needs": ["quick"], "set": tiny_eval(batch_size=1, limit=limit)},  # a line
+            {"id": "b", "kind": "eval", "needs": ["quick"], "set": tiny_eval(batch_size=1, limit=limit, seed=1)},
         ],
     )
     out, log = tmp_path / "out", tmp_path / "runner.log"
-    predictions, lock = out / "slow" / "predictions.jsonl", out / ".locks" / "slow.lock"
+    predictions = {run_id: out / run_id / "predictions.jsonl" for run_id in ("a", "b")}
+    locks = {run_id: out / ".locks" / f"{run_id}.lock" for run_id in ("a", "b")}
 
-    runner = start_runner(path, out, log)  # Ctrl-C: the runner passes it on and stops
-    wait_for_lines(runner, predictions, 3, log)
-    with pytest.raises(RunLockedError, match=rf"'slow' is being written by pid {runner.pid} on "):
-        RunLock(lock).__enter__()
+    runner = start_runner(path, out, log, "--jobs", "2")  # Ctrl-C: the runner passes it on to both and stops
+    pids = pause_when(runner, out, {"a": 3, "b": 3}, log)
+    with pytest.raises(RunLockedError, match=rf"'b' is being written by pid {runner.pid} on "):
+        RunLock(locks["b"]).__enter__()
+    progress = json.loads((out / "a" / "progress.json").read_text())  # the live view's source
+    assert progress["stage"] == "eval" and progress["total"] == limit and progress["done"] >= 1
+    resume_processes(pids)
     os.kill(runner.pid, signal.SIGINT)
     assert runner.wait(timeout=120) == 130, log.read_text()
-    assert "stopped by SIGINT: the interrupted run is partial; the same command resumes it" in log.read_text()
-    wait_for_lock(lock)
-    after_sigint = predictions.read_bytes().count(b"\n")
-    assert 3 <= after_sigint < 64, "the run was not interrupted mid-way"
-    first_finished = finished(out, "first")
+    assert "stopped by SIGINT: the interrupted runs are partial; the same command resumes them" in log.read_text()
+    for lock in locks.values():
+        wait_for_lock(lock)
+    after_sigint = {run_id: lines_in(p) for run_id, p in predictions.items()}
+    assert all(3 <= count < limit for count in after_sigint.values()), after_sigint
+    quick_finished = finished(out, "quick")
+    threads = max(1, available_cores() // 2)
+    assert (
+        f"# resources: {threads} thread{'s' if threads > 1 else ''} per process ({available_cores()} cores / 2 "
+        in (out / "a" / "log.txt").read_text()
+    )
 
-    runner = start_runner(path, out, log)  # a crash: the runner's whole process group is killed
-    wait_for_lines(runner, predictions, after_sigint + 3, log)
+    runner = start_runner(path, out, log, "--jobs", "2")  # a crash: the runner's whole process group is killed
+    pids = pause_when(runner, out, {r: n + 2 for r, n in after_sigint.items()}, log)
     os.killpg(runner.pid, signal.SIGKILL)
     runner.wait()
-    wait_for_lock(lock)  # the run's process got SIGTERM from the kernel when its parent died
-    after_sigkill = predictions.read_bytes().count(b"\n")
-    assert after_sigint + 3 <= after_sigkill < 64, "the run was not interrupted mid-way"
+    resume_processes(pids)
+    for lock in locks.values():
+        wait_for_lock(lock)  # each run's process got SIGTERM from the kernel when its parent died
+    after_sigkill = {run_id: lines_in(p) for run_id, p in predictions.items()}
+    assert all(after_sigint[r] + 2 <= n < limit for r, n in after_sigkill.items()), after_sigkill
 
     assert study("run", path, "--out", out, "--dry-run") == 0
-    assert f"resume      slow                     partial: {after_sigkill} " in capsys.readouterr().out
-    assert study("run", path, "--out", out) == 0
-    assert finished(out, "first") == first_finished
-    assert predictions.read_bytes().count(b"\n") == 64
-    assert predictions.read_bytes() == (out / "first" / "predictions.jsonl").read_bytes()
+    planned = capsys.readouterr().out
+    assert f"resume      a                        partial: {after_sigkill['a']} " in planned
+    assert "skip        quick" in planned
+    assert study("run", path, "--out", out, "--jobs", "2") == 0
+    assert finished(out, "quick") == quick_finished  # nothing finished is redone
+    assert not (out / "a" / "progress.json").exists()
+
+    twin = tmp_path / "one-at-a-time"  # on half the cores: the same threads per run as with --jobs 2, same sums
+    cores = sorted(os.sched_getaffinity(0))
+    os.sched_setaffinity(0, cores[: max(1, len(cores) // 2)])
+    try:
+        assert study("run", path, "--out", twin, "--jobs", "1") == 0
+    finally:
+        os.sched_setaffinity(0, cores)
+    for run_id in ("quick", "a", "b"):
+        assert (out / run_id / "predictions.jsonl").read_bytes() == (twin / run_id / "predictions.jsonl").read_bytes()
+    assert results_without_paths(out) == results_without_paths(twin)
 
 
 FAKE_SBATCH = """#!/bin/bash

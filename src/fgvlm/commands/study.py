@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import typer
@@ -11,6 +12,12 @@ app = typer.Typer(help="Run a study (a YAML list of runs) here, or submit it to 
 OUT_HELP = "Study directory: one run directory per run id, results.csv, results.md."
 SET_HELP = "Override a run's config: RUN_ID.key=value, or *.key=value for every run that has the key."
 SWAP_HELP = "Replace every config value equal to OLD by NEW, e.g. qwen3-vl-4b=tiny-qwen3-vl."
+JOBS_HELP = "Run up to N runs at once (those whose needs are finished); each gets cores/N threads."
+GPUS_HELP = (
+    "Give each run its own K of the visible GPUs (CUDA_VISIBLE_DEVICES); a run with launch.nproc P gets max(K, P). "
+    "0: every run sees every GPU."
+)
+PROGRESS_HELP = "When the output is not a terminal: a progress line per running run every this many seconds."
 RERUN_HELP = "Run this run again: its directory is moved aside to ID.old-TIME (never deleted)."
 
 
@@ -27,12 +34,23 @@ def run(
     wait: bool = typer.Option(False, "--wait", help="Wait for a run another process is writing instead of failing."),
     overrides: list[str] = typer.Option([], "--set", help=SET_HELP),
     swaps: list[str] = typer.Option([], "--swap", help=SWAP_HELP),
+    jobs: int = typer.Option(1, "--jobs", "-j", min=1, help=JOBS_HELP),
+    gpus_per_run: int = typer.Option(0, "--gpus-per-run", min=0, help=GPUS_HELP),
+    progress_every: float = typer.Option(30.0, "--progress-every", min=0.1, help=PROGRESS_HELP),
 ) -> int:
-    """Run every pending run of a study in order; skip complete ones, resume partial ones, refuse changed ones.
+    """Run every pending run of a study, needs first; skip complete ones, resume partial ones, refuse changed ones.
+
+    With --jobs N up to N runs go at once (each with its share of the cores; with --gpus-per-run K, its own GPUs).
+    In a terminal one live line per running run shows its stage, progress, rate and ETA; in a log a progress line
+    per run is printed every --progress-every seconds and at each 10 %. Each run's full output is in RUN/log.txt.
 
     Examples:
 
       fgvlm study run configs/studies/demo.yaml --out runs/demo
+
+      fgvlm study run configs/studies/demo.yaml --out runs/demo --jobs 2
+
+      fgvlm study run configs/studies/flowers102-reference.yaml --out runs/ref --jobs 4 --gpus-per-run 2
 
       fgvlm study run configs/studies/flowers102-reference.yaml --out runs/ref --dry-run
 
@@ -43,8 +61,9 @@ def run(
     from fgvlm.study.launch import Interrupted
     from fgvlm.study.plan import plan_study
     from fgvlm.study.resolve import load_study
-    from fgvlm.study.runner import check_refusals, execute, study_lines
+    from fgvlm.study.runner import check_refusals, execute, study_lines, timing_line
 
+    began = time.perf_counter()
     loaded = load_study(study, out, overrides=overrides, swaps=swaps)
     steps = plan_study(loaded, rerun=rerun, only=only)
     typer.echo(f"study {loaded.spec.name}: {len(loaded.runs)} runs -> {loaded.out}")
@@ -53,16 +72,33 @@ def run(
     if dry_run:
         check_refusals(steps)
         return 0
+    display = _display(loaded, progress_every)
     try:
-        outcome = execute(loaded, steps, keep_going=keep_going, wait=wait, echo=lambda line: typer.echo(line))
+        outcome = execute(
+            loaded, steps, keep_going=keep_going, wait=wait, jobs=jobs, gpus_per_run=gpus_per_run, display=display
+        )
     except Interrupted as stop:
-        typer.echo(f"stopped by {stop}: the interrupted run is partial; the same command resumes it", err=True)
+        typer.echo(f"stopped by {stop}: the interrupted runs are partial; the same command resumes them", err=True)
         return 128 + stop.signum
     for line in study_lines(outcome):
         typer.echo(line)
     if only is None:
         _write_results(loaded)
+    typer.echo(timing_line(outcome, time.perf_counter() - began))
     return 0 if outcome.ok else 1
+
+
+def _display(loaded, interval: float):
+    """A live view in a terminal, progress lines every ``interval`` seconds otherwise."""
+    from rich.console import Console
+
+    from fgvlm.study.display import LineDisplay, LiveDisplay
+
+    console = Console()
+    if console.is_terminal:
+        labels = {run_id: run.spec.label for run_id, run in loaded.runs.items() if run.spec.label}
+        return LiveDisplay(console, labels=labels)
+    return LineDisplay(lambda line: typer.echo(line), interval=interval)
 
 
 def _write_results(loaded) -> None:

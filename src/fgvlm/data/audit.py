@@ -102,11 +102,13 @@ def hash_records(
     dataset: Dataset, items: list[tuple[str, Record]], method: str, workers: int = 4, progress: bool = True
 ) -> list[dict[str, Any]]:
     """Hash every (split, record) in order with a rich progress bar; bad files come back with ``error`` set."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+    from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeRemainingColumn
+
+    from fgvlm.progress import ReportingProgress
 
     columns = (TextColumn("hashing {task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
     results = []
-    with Progress(*columns, disable=not progress) as bar, ThreadPoolExecutor(max(1, workers)) as pool:
+    with ReportingProgress(*columns, disable=not progress) as bar, ThreadPoolExecutor(max(1, workers)) as pool:
         task = bar.add_task(dataset.name, total=len(items))
         for result in pool.map(lambda item: _hash_record(dataset, item[1], method), items):
             results.append(result)

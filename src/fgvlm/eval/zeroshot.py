@@ -97,10 +97,12 @@ def prepare_run(run: RunDir, cfg: EvalConfig, ids: list[str]) -> int:
 
 
 def _progress(total: int, completed: int, enabled: bool):
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+    from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeRemainingColumn
+
+    from fgvlm.progress import ReportingProgress
 
     speed = TextColumn("{task.fields[rate]}")
-    progress = Progress(
+    progress = ReportingProgress(
         TextColumn("eval"), BarColumn(), MofNCompleteColumn(), speed, TimeRemainingColumn(), disable=not enabled
     )
     task = progress.add_task("eval", total=total, completed=completed, rate="")

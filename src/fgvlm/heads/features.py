@@ -55,10 +55,12 @@ def split_ingredients(split: Split, options: dict[str, Any] | None = None) -> di
 
 
 def _progress(total: int, description: str, enabled: bool):
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+    from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeRemainingColumn
+
+    from fgvlm.progress import ReportingProgress
 
     columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[rate]}")]
-    progress = Progress(*columns, TimeRemainingColumn(), disable=not enabled, transient=False)
+    progress = ReportingProgress(*columns, TimeRemainingColumn(), disable=not enabled, transient=False)
     task = progress.add_task(description, total=total, rate="")
     return progress, task
 

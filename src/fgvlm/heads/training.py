@@ -192,8 +192,10 @@ def _train_loop(train, train_labels, num_classes, recipe, val, on_log, progress)
 
 def _step_progress(total: int, enabled: bool):
     """A rich bar over head steps showing the running loss (silent when disabled)."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
+
+    from fgvlm.progress import ReportingProgress
 
     columns = (TextColumn("head"), BarColumn(), MofNCompleteColumn(), TextColumn("loss {task.fields[loss]}"))
-    bar = Progress(*columns, TimeElapsedColumn(), disable=not enabled)
+    bar = ReportingProgress(*columns, TimeElapsedColumn(), disable=not enabled)
     return bar, bar.add_task("head", total=total, loss="-")

@@ -4,7 +4,9 @@ Layout (as their ``EvaluationTracker`` writes it): ``OUT/<model_name_sanitized>/
 ``results.{task}."acc,none"`` / ``"acc_stderr,none"`` (and ``top5_acc``, ``macro_f1``), ``configs``, ``versions``,
 ``n-shot``, ``higher_is_better``, ``n-samples`` and ``config``; and one ``samples_<task>_<date>.jsonl`` per task with
 ``doc_id``, ``doc``, ``target``, ``arguments`` (``gen_args_N.arg_M``), ``resps``, ``filtered_resps``, ``filter``,
-``metrics``, ``acc`` and the three hashes. Runs of one model share a results file (one task each).
+``metrics``, ``acc`` and the three hashes. Runs of one model share a results file (one task each). A run that
+recorded its cost (metrics.json's ``cost`` block) adds ``images_per_second,none`` and ``device_hours,none`` to its
+task's results (stderr "N/A", like top-5) and the whole block as ``configs.{task}.metadata.fgvlm_cost``.
 
 ``acc_stderr`` is the run's bootstrap standard error (``accuracy_stderr`` in metrics.json); runs written before it
 was recorded get the binomial standard error sqrt(p(1-p)/(n-1)), which lm-evaluation-harness itself uses for means.
@@ -21,6 +23,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from fgvlm.report.cost import cost_block, export_fields
 from fgvlm.report.detail import class_names
 from fgvlm.report.protocols import protocol_fields
 from fgvlm.report.rundirs import ReportError, RunInfo, load_runs
@@ -79,6 +82,7 @@ def task_results(run: RunInfo, task: str) -> dict[str, Any]:
         entry["top5_acc_stderr,none"] = "N/A"
     entry["macro_f1,none"] = metrics.get("macro_f1")
     entry["macro_f1_stderr,none"] = "N/A"
+    entry.update(export_fields(metrics))  # the run's throughput and device-hours, when it recorded them
     return entry
 
 
@@ -98,7 +102,12 @@ def task_config(run: RunInfo, task: str) -> dict[str, Any]:
         "doc_to_text": prompt.get("text") if not prompt.get("per_image") else prompt.get("template"),
         "num_fewshot": 0,
         "metric_list": metric_list,
-        "metadata": {"version": TASK_VERSION, "fgvlm_run": str(run.path), "fgvlm_kind": run.kind},
+        "metadata": {
+            "version": TASK_VERSION,
+            "fgvlm_run": str(run.path),
+            "fgvlm_kind": run.kind,
+            **({"fgvlm_cost": cost_block(run.metrics)} if cost_block(run.metrics) else {}),
+        },
         "fgvlm_config": run.config,
     }
 
@@ -165,6 +174,8 @@ def _add_task(results: dict[str, Any], run: RunInfo, folder: Path, date_id: str)
     results["versions"][task] = TASK_VERSION
     results["n-shot"][task] = 0
     results["higher_is_better"][task] = {"acc": True, "top5_acc": True, "macro_f1": True}
+    if cost_block(metrics):
+        results["higher_is_better"][task].update(images_per_second=True, device_hours=False)
     described = run.meta.get("dataset") if isinstance(run.meta.get("dataset"), dict) else {}
     splits = described.get("splits") if isinstance(described.get("splits"), dict) else {}
     results["n-samples"][task] = {"original": splits.get(_split(run), metrics.get("n")), "effective": metrics.get("n")}

@@ -17,6 +17,7 @@ from typing import Any
 import yaml
 
 from fgvlm.report import figures
+from fgvlm.report.cost import cost_summary, hours_text, rate_text
 from fgvlm.report.detail import RunDetail, build_detail
 from fgvlm.report.protocols import group_rows, harmonic_means
 from fgvlm.report.rundirs import ReportError, RunInfo, load_runs
@@ -55,6 +56,8 @@ def _environment() -> Any:
     )
     env.filters["pct"] = percent
     env.filters["spct"] = lambda v: percent(v, signed=True)
+    env.filters["rate"] = rate_text
+    env.globals["hours"] = hours_text
     return env
 
 
@@ -147,6 +150,7 @@ def build_report(
         "title": f"fgvlm report: {len(runs)} run{'s' if len(runs) != 1 else ''}",
         "provenance": provenance(runs),
         "rows": rows,
+        "cost_summary": cost_summary(rows),
         "groups": group_rows(rows),
         "harmonic": harmonic_means(rows),
         "bars": figures.accuracy_bars(rows),

@@ -20,7 +20,9 @@
 - ``wall_time_s``: ``done.json``'s wall time, else the metrics header's ``seconds``;
 - ``is_reference``: whether this row is the one the deltas compare against;
 - ``shots``, ``shot_seed``, ``classes``: the protocol's k-shot training set and class subset (empty: every image,
-  all classes); ``setup``: the run's derived description (``configuration`` may be a study's label instead).
+  all classes); ``setup``: the run's derived description (``configuration`` may be a study's label instead);
+- ``images_per_second``, ``device_hours`` and ``device_type`` (``cuda``, ``cpu``): from the run's ``cost`` block
+  (``fgvlm.report.cost``; empty for runs without one).
 
 Rows of different protocols are grouped under their own headings in ``results.md`` and a model with both a base
 and a new run gets its harmonic mean (``fgvlm.report.protocols``). A paired difference is computed only between runs
@@ -35,8 +37,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from fgvlm.report.cost import cost_summary, hours_text, rate_text, row_cost
 from fgvlm.report.protocols import protocol_fields
-from fgvlm.report.rundirs import ReportError, RunInfo, load_runs
+from fgvlm.report.rundirs import ReportError, RunInfo, load_run, load_runs
 from fgvlm.report.stats import chance_level, correct_by_id, paired_bootstrap
 
 
@@ -72,6 +75,9 @@ class ResultRow:
     shot_seed: int | None = None
     classes: str | None = None
     setup: str = ""
+    images_per_second: float | None = None
+    device_hours: float | None = None
+    device_type: str | None = None
 
 
 def _number(value: Any) -> float | None:
@@ -91,12 +97,28 @@ def model_name(run: RunInfo) -> str | None:
     return None
 
 
+def describe_model(name: str | None, depth: int = 0) -> str | None:
+    """A model as a reader knows it: its registry name, or, for a model another run wrote (``RUN/model``), what
+    made it, e.g. 'sft of tiny-qwen3-vl (objective classify)' rather than the folder's path."""
+    if name is None or depth > 3:
+        return name
+    maker = Path(name).parent
+    if not (maker / "config.yaml").is_file() or not (maker / "meta.json").is_file():
+        return name
+    made_by = load_run(maker)
+    objective = made_by.value("objective")
+    base = describe_model(model_name(made_by), depth + 1)
+    return f"{made_by.kind} of {base}" + (f" (objective {objective})" if objective else "")
+
+
 def describe_run(run: RunInfo) -> str:
     """What distinguishes this run, e.g. 'tiny-qwen3-vl · rank · open-qa' or 'test_resnet · pretrained none'."""
     metrics = run.metrics or {}
     cnn = run.kind.startswith("cnn")
-    parts = [None if cnn else model_name(run), run.value("arch")]
+    parts = [None if cnn else describe_model(model_name(run)), run.value("arch")]
     parts += [run.value("mode") if run.kind == "eval" else None, run.value("task")]
+    objective = run.value("objective")
+    parts += [None if objective is None else f"objective {objective}"]
     if run.kind.startswith("head"):
         layer = run.value("layer")
         parts += [metrics.get("pooling") or run.config.get("pooling"), None if layer is None else f"layer {layer}"]
@@ -152,6 +174,7 @@ def build_row(run: RunInfo) -> ResultRow:
         wall_time_s=_wall_time(run),
         setup=describe_run(run),
         **protocol_fields(run),
+        **row_cost(run.metrics),
     )
 
 
@@ -254,8 +277,8 @@ def _percent(value: float | None, signed: bool = False) -> str:
 def markdown_table(rows: list[ResultRow]) -> str:
     """The results as a Markdown table (percentages, one decimal)."""
     header = "| run | configuration | accuracy % (95 % CI) | chance % | Δ vs ref (95 % CI) | reference % | top-5 % "
-    header += "| macro-F1 | unmatched % | n | wall s |"
-    lines = [header, "|" + "---|" * 11]
+    header += "| macro-F1 | unmatched % | n | wall s | images/s | GPU/CPU hours |"
+    lines = [header, "|" + "---|" * 13]
     for r in rows:
         ci = f" ({_percent(r.ci_low)}–{_percent(r.ci_high)})" if r.ci_low is not None else ""
         if r.is_reference:
@@ -276,6 +299,8 @@ def markdown_table(rows: list[ResultRow]) -> str:
             _percent(r.unmatched_rate),
             str(r.n) if r.n is not None else "–",
             f"{r.wall_time_s:.0f}" if r.wall_time_s is not None else "–",
+            rate_text(r.images_per_second),
+            hours_text(r.device_hours, r.device_type),
         ]
         lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
     return "\n".join(lines) + "\n"
@@ -303,4 +328,5 @@ def results_markdown(rows: list[ResultRow]) -> str:
 
     text = markdown_groups(rows, markdown_table)
     extra = markdown_harmonic(harmonic_means(rows))
-    return text + ("\n" + extra if extra else "")
+    cost = cost_summary(rows)  # the whole table's, below every section
+    return text + ("\n" + extra if extra else "") + (f"\n{cost}\n" if cost else "")

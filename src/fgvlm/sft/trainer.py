@@ -230,18 +230,13 @@ class TrainingProgress(TrainerCallback):
         self.fields = {"loss": "", "lr": "", "val": ""}
 
     def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> Any:
-        from rich.progress import (
-            BarColumn,
-            MofNCompleteColumn,
-            Progress,
-            TextColumn,
-            TimeElapsedColumn,
-            TimeRemainingColumn,
-        )
+        from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+        from fgvlm.progress import ReportingProgress  # a study runner sees the steps too
 
         if not (self.enabled and state.is_world_process_zero):
             return control
-        self.bar = Progress(
+        self.bar = ReportingProgress(
             TextColumn("[bold]{task.description}"),
             BarColumn(),
             MofNCompleteColumn(),

@@ -24,10 +24,11 @@ class RunLockedError(ConfigError):
 
 
 class RunLock:
-    def __init__(self, path: Path, *, wait: bool = False, echo=print):
+    def __init__(self, path: Path, *, wait: bool = False, echo=print, cancelled=lambda: False):
         self.path = path
         self.wait = wait
         self.echo = echo
+        self.cancelled = cancelled  # polled while waiting: True ends the wait with RunLockedError
         self.fd: int | None = None
 
     def __enter__(self) -> RunLock:
@@ -44,12 +45,23 @@ class RunLock:
                     "wait for it, or pass --wait to queue behind it"
                 ) from None
             self.echo(f"waiting for {self.path.stem!r}: held by {holder}")
-            fcntl.flock(fd, fcntl.LOCK_EX)
+            self._wait_for(fd)
         self.fd = fd
         holder = {"pid": os.getpid(), "host": socket.gethostname(), "since": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
         os.ftruncate(fd, 0)
         os.pwrite(fd, json.dumps({**holder, "argv": sys.argv}).encode(), 0)
         return self
+
+    def _wait_for(self, fd: int) -> None:
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return
+            except BlockingIOError:
+                if self.cancelled():
+                    os.close(fd)
+                    raise RunLockedError(f"stopped waiting for {self.path.stem!r} ({self.path})") from None
+                time.sleep(0.5)
 
     def __exit__(self, *exc: object) -> None:
         if self.fd is not None:

@@ -1,20 +1,23 @@
 """The study's results table, in the reference study's form, and its HTML report.
 
 Rows come from the report's ``fgvlm.report.tables`` (one ``ResultRow`` per run that has results: accuracy with its
-95 % CI, the paired change vs the reference row, top-5, unmatched rate, n, protocol, wall time); the study adds what
-only it knows: each row's label (its ``configuration``) and the reference study's published number
-(``reference_value``). ``OUT/results.csv`` and ``OUT/results.md`` hold them in study order; ``OUT/report/`` holds
-``fgvlm report``'s page for the same runs.
+95 % CI, the paired change vs the reference row, top-5, unmatched rate, n, protocol, wall time, images/s and GPU- or
+CPU-hours, with the table's total cost below it); the study adds what only it knows: each row's label (its
+``configuration``) and the reference study's published number (``reference_value``). ``OUT/results.csv`` and
+``OUT/results.md`` hold them in study order; ``OUT/report/`` holds ``fgvlm report``'s page for the same runs.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 from pathlib import Path
+from typing import Any
 
 from fgvlm.report.protocols import protocol_label
 from fgvlm.report.rundirs import load_runs
 from fgvlm.report.tables import ResultRow, build_row, collect_rows, write_results_table
-from fgvlm.runs import run_done
+from fgvlm.runs import read_json, run_done, write_json
 from fgvlm.study.resolve import Study
 
 COLUMNS = ("configuration", "accuracy (95% CI)", "vs reference", "published", "n", "protocol", "top-5", "unmatched")
@@ -54,7 +57,11 @@ def write_study_results(study: Study) -> tuple[list[ResultRow], Path, Path]:
 
 
 def build_study_report(study: Study) -> Path | None:
-    """``OUT/report/report.html`` for the study's finished runs (None when no run has results yet)."""
+    """``OUT/report/report.html`` for the study's finished runs (None when no run has results yet).
+
+    The page is rebuilt only when what it shows may have changed (``report_inputs``): a study run again with every
+    run complete reuses it, instead of drawing every figure again.
+    """
     from fgvlm.report.html import build_report
 
     dirs = finished_runs(study)
@@ -64,7 +71,37 @@ def build_study_report(study: Study) -> Path | None:
     specs = [run.spec for run in study.runs.values()]
     published = {spec.id: spec.published / 100 for spec in specs if spec.published is not None}
     labels = {spec.id: spec.label for spec in specs if spec.label}
-    return build_report(dirs, study.out / "report", reference=reference, reference_values=published, labels=labels).html
+    folder = study.out / "report"
+    inputs = report_inputs(dirs, {"reference": reference, "published": published, "labels": labels})
+    if (folder / "report.html").is_file() and (folder / INPUTS).is_file() and read_json(folder / INPUTS) == inputs:
+        return folder / "report.html"
+    html = build_report(dirs, folder, reference=reference, reference_values=published, labels=labels).html
+    write_json(folder / INPUTS, inputs)
+    return html
+
+
+INPUTS = "inputs.json"
+"""Beside the study's report.html: what it was built from (see ``report_inputs``)."""
+RUN_INPUTS = ("config.yaml", "meta.json", "metrics.json", "done.json", "predictions.jsonl", "train_log.jsonl")
+
+
+def report_inputs(dirs: list[Path], study_facts: dict[str, Any]) -> dict[str, Any]:
+    """What a study's report shows depends on: each run's result files (size and modification time), the study's
+    labels, published numbers and reference, and the report code itself (a newer fgvlm draws the page anew)."""
+    import fgvlm.report
+
+    files = {}
+    for folder in dirs:
+        for name in RUN_INPUTS:
+            path = folder / name
+            if path.is_file():
+                stat = path.stat()
+                files[str(path)] = [stat.st_size, stat.st_mtime_ns]
+    code = hashlib.sha256()
+    for path in sorted(Path(fgvlm.report.__file__).parent.rglob("*")):
+        if path.suffix in (".py", ".jinja"):
+            code.update(path.name.encode() + path.read_bytes())
+    return {"files": files, "study": json.loads(json.dumps(study_facts)), "report_code": code.hexdigest()}
 
 
 def format_row(row: ResultRow) -> list[str]:
@@ -86,9 +123,17 @@ def print_table(rows: list[ResultRow], title: str) -> None:
     from rich.console import Console
     from rich.table import Table
 
+    from fgvlm.report.cost import cost_summary, hours_text, rate_text
+
     table = Table(title=title)
-    for column in (*COLUMNS, "wall s"):
+    for column in (*COLUMNS, "wall s", "images/s", "GPU/CPU hours"):
         table.add_column(column, justify="left" if column in ("configuration", "protocol") else "right")
     for row in rows:
-        table.add_row(*format_row(row), "" if row.wall_time_s is None else f"{row.wall_time_s:.0f}")
-    Console(width=160).print(table)
+        wall = "" if row.wall_time_s is None else f"{row.wall_time_s:.0f}"
+        table.add_row(
+            *format_row(row), wall, rate_text(row.images_per_second), hours_text(row.device_hours, row.device_type)
+        )
+    console = Console(width=180)
+    console.print(table)
+    if cost_summary(rows):
+        console.print(cost_summary(rows), markup=False, highlight=False)

@@ -55,7 +55,7 @@ def _decode_all(split: Split, shorter_side: int, workers: int, progress: bool) -
         results = pool.map(load, range(len(split)))
         if not progress:
             return list(results)
-        from rich.progress import track
+        from fgvlm.progress import track
 
         return list(track(results, total=len(split), description=f"caching {split.name} at {shorter_side}px"))
 

@@ -312,7 +312,9 @@ class TrainLoop:
         if not (self.settings.progress and self.dist.is_main):
             yield lambda loss, ips: None
             return
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+        from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeRemainingColumn
+
+        from fgvlm.progress import ReportingProgress
 
         columns = (
             TextColumn("epoch {task.fields[epoch]}"),
@@ -322,6 +324,6 @@ class TrainLoop:
             TimeRemainingColumn(),
         )
         total = min(self.settings.steps_per_epoch, self.settings.total_steps - self.step)
-        with Progress(*columns) as bar:
+        with ReportingProgress(*columns) as bar:
             task = bar.add_task("train", total=total, epoch=f"{epoch + 1}/{self.settings.epochs}", loss=0.0, ips=0.0)
             yield lambda loss, ips: bar.update(task, advance=1, loss=loss, ips=ips)

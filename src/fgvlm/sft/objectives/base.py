@@ -63,7 +63,7 @@ class Objective:
         """Encode every training record once before training when the collator can refuse one (too long)."""
         if not self.collator_checks_lengths:
             return
-        from rich.progress import track
+        from fgvlm.progress import track
 
         for record in track(self.setup.train_records, description="checking samples", transient=True):
             self.setup.collator.encode_record(record)
