@@ -22,7 +22,7 @@ torch = pytest.importorskip("torch")
 
 from models_fixtures import synth_flower_images  # noqa: E402
 
-from fgvlm.config import ConfigError, from_dict  # noqa: E402
+from fgvlm.config import ConfigError, from_dict, resolve_config  # noqa: E402
 from fgvlm.models.families import backend_class, family_names, get_family  # noqa: E402
 from fgvlm.sft.config import RLConfig, RLOptions  # noqa: E402
 from fgvlm.sft.objectives.rewards import REWARDS, Rollout, format_ok, lenient_reward, match_reward  # noqa: E402
@@ -253,6 +253,8 @@ def test_config_refusals_name_the_key():
     cfg = from_dict(RLConfig, {"rl": {"kl": 0.1}, "freeze": "vision,projector", "train": {"max_steps": 7}})
     assert cfg.objective == "rl" and cfg.method == "lora" and cfg.train.lr == 1e-5 and cfg.train.max_steps == 7
     assert RLOptions().answer_tokens == 32 and RLOptions(thinking="on").answer_tokens == 512
+    for text, value in (("on", "on"), ("off", "off"), ('"on"', "on")):  # YAML reads a bare on / off as a boolean
+        assert resolve_config(RLConfig, None, {}, [f"rl.thinking={text}"]).rl.thinking == value
 
 
 # -- the mechanism: a reward for one fixed answer makes it likelier ----------------------------------------------------

@@ -197,7 +197,7 @@ class RLOptions:
     max_new_tokens: int | None = None
     """Longest sampled answer in tokens; None = 32 with thinking off, 512 with thinking on. An answer cut off here
     gets reward 0 (or the policy learns to ramble until a lenient matcher finds a name)."""
-    thinking: str = "off"
+    thinking: str | bool = "off"
     """off: the question as evaluation asks it, the answer straight away (CLS-RL's no-thinking RL); on: the prompt
     asks for the reasoning in <think>...</think> then the answer; the reasoning is stripped before matching and a
     format reward (``format_reward``) is added when the reply has that shape (Visual-RFT)."""
