@@ -127,7 +127,9 @@ def test_results_csv_and_markdown_have_one_row_per_run(report_study, tmp_path):
     assert float(records[2]["accuracy"]) == pytest.approx(rows[2].accuracy, abs=1e-6)
     assert records[0]["is_reference"] == "True" and records[0]["delta"] == ""
     lines = md_path.read_text().splitlines()
-    assert len(lines) == 2 + len(RUN_IDS) and "reference" in lines[2]
+    table = [line for line in lines if line.startswith("|")]
+    assert len(table) == 2 + len(RUN_IDS) and "reference" in table[2]
+    assert lines[-1].startswith("Cost of this table:")  # every run here writes a cost block
 
 
 def test_chance_follows_the_number_of_options(report_study, tmp_path):
