@@ -129,9 +129,13 @@ def wait_for_lock(path):
     os.close(fd)
 
 
+TIMING_COLUMNS = ("path", "wall_time_s", "images_per_second", "device_hours")
+"""What differs between two runs of the same config: where they ran, and how long they took (the cost columns)."""
+
+
 def results_without_paths(out):
     with (out / "results.csv").open() as fh:
-        return [{k: v for k, v in row.items() if k not in ("path", "wall_time_s")} for row in csv.DictReader(fh)]
+        return [{k: v for k, v in row.items() if k not in TIMING_COLUMNS} for row in csv.DictReader(fh)]
 
 
 def pause_when(runner, out, lines, log):
