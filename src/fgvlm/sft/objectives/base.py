@@ -126,25 +126,33 @@ class Objective:
     ) -> dict[str, Any]:
         """The final evaluation of the reloaded ``RUN/model`` (``backend``): ``fgvlm eval`` in rank mode on the
         eval task and split; its run is kept in ``eval-<split>/``, predictions and confusion copied up."""
-        from fgvlm.eval.zeroshot import EvalConfig, evaluate
+        from fgvlm.eval.zeroshot import evaluate
 
         cfg, run = self.cfg, self.setup.run
-        eval_cfg = EvalConfig(
-            data=cfg.data,
-            model=model_cfg,
-            split=cfg.eval_split,
-            mode="rank",
-            task=cfg.eval_task,
-            task_options=cfg.task_options.get(cfg.eval_task, {}),
-            limit=cfg.eval_limit or cfg.limit,
-            seed=cfg.seed,
-        )
+        eval_cfg = self.eval_config(model_cfg, "rank")
         out = run / f"eval-{cfg.eval_split}"
         metrics = evaluate(eval_cfg, out, resume=False, backend=backend)
         if is_main:
             for name in ("predictions.jsonl", "confusion.json"):
                 shutil.copyfile(out / name, run / name)
         return metrics
+
+    def eval_config(self, model_cfg: ModelConfig, mode: str, **changes: Any) -> Any:
+        """``fgvlm eval``'s config for the final evaluation of ``model_cfg``: the eval task on the eval split."""
+        from fgvlm.eval.zeroshot import EvalConfig
+
+        cfg = self.cfg
+        return EvalConfig(
+            data=cfg.data,
+            model=model_cfg,
+            split=cfg.eval_split,
+            mode=mode,
+            task=cfg.eval_task,
+            task_options=cfg.task_options.get(cfg.eval_task, {}),
+            limit=cfg.eval_limit or cfg.limit,
+            seed=cfg.seed,
+            **changes,
+        )
 
     def results_fields(self) -> dict[str, Any]:
         """What ``metrics.json`` records of the objective (beside the evaluation's numbers)."""
@@ -154,3 +162,22 @@ class Objective:
     def meta_fields(self) -> dict[str, Any]:
         """What ``meta.json`` records of the objective."""
         return self.results_fields()
+
+
+class ModuleObjective(Objective):
+    """An objective whose training module computes its own loss: ``prepare`` sets ``self.model`` (an
+    ``nn.Module`` wrapping the VLM, so DDP wraps it whole) and ``self._collator``; the loss is the module's."""
+
+    model: Any = None
+    _collator: Any = None
+
+    @property
+    def training_model(self) -> torch.nn.Module:
+        return self.model
+
+    @property
+    def collator(self) -> Any:
+        return self._collator
+
+    def loss(self, model: Any, inputs: dict[str, Any]) -> torch.Tensor:
+        return model(**inputs)["loss"]

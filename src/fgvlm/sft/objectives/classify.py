@@ -15,16 +15,15 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from fgvlm.config import to_dict
-from fgvlm.sft.objectives.base import VALIDATION_BATCH, Objective
+from fgvlm.sft.objectives.base import VALIDATION_BATCH, ModuleObjective
 
 if TYPE_CHECKING:
-    import torch
     from torch import nn
 
     from fgvlm.models.base import ModelConfig
 
 
-class ClassifyObjective(Objective):
+class ClassifyObjective(ModuleObjective):
     name = "classify"
     mixed_images = False
 
@@ -46,17 +45,6 @@ class ClassifyObjective(Objective):
             limit = len(setup.val_records)
             self.val_records = instruction_records(cfg, setup.dataset, cfg.val_split, setup.family, limit)
         self.head_lr = cfg.classify.head_lr or max(cfg.train.lr, 1e-3)
-
-    @property
-    def training_model(self) -> nn.Module:
-        return self.model
-
-    @property
-    def collator(self) -> Any:
-        return self._collator
-
-    def loss(self, model: Any, inputs: dict[str, Any]) -> torch.Tensor:
-        return model(**inputs)["loss"]
 
     def optimizer_groups(self, model: Any, lr: float) -> list[dict[str, Any]]:
         """The fresh head gets ``head_lr`` (a new linear layer needs a larger step than the pretrained model)."""

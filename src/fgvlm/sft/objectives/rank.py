@@ -13,15 +13,13 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from fgvlm.config import ConfigError
-from fgvlm.sft.objectives.base import Objective
+from fgvlm.sft.objectives.base import ModuleObjective
 
 if TYPE_CHECKING:
-    import torch
-
     from fgvlm.sft.config import SFTConfig
 
 
-class RankObjective(Objective):
+class RankObjective(ModuleObjective):
     name = "rank"
 
     @classmethod
@@ -51,17 +49,6 @@ class RankObjective(Objective):
             scorers[task] = TaskScorer(task, setup.dataset, setup.family, options, cfg.seed, cfg.rank.score)
         self._collator = RankCollator(scorers, cfg.mixcut.loss)
         self.model = RankModel(setup.model, setup.backend, cfg.rank)
-
-    @property
-    def training_model(self) -> torch.nn.Module:
-        return self.model
-
-    @property
-    def collator(self) -> Any:
-        return self._collator
-
-    def loss(self, model: Any, inputs: dict[str, Any]) -> torch.Tensor:
-        return model(**inputs)["loss"]
 
     def results_fields(self) -> dict[str, Any]:
         from fgvlm.config import to_dict

@@ -22,11 +22,9 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from fgvlm.config import ConfigError
-from fgvlm.sft.objectives.base import VALIDATION_BATCH, Objective
+from fgvlm.sft.objectives.base import VALIDATION_BATCH, ModuleObjective
 
 if TYPE_CHECKING:
-    import torch
-
     from fgvlm.models.base import ModelConfig
     from fgvlm.sft.config import SFTConfig
 
@@ -44,7 +42,7 @@ STEP_METRICS = (
 )
 
 
-class RLObjective(Objective):
+class RLObjective(ModuleObjective):
     name = "rl"
     mixed_images = False
     log_keys: ClassVar[tuple[str, ...]] = (*STEP_METRICS, "val_gen_accuracy")
@@ -99,17 +97,6 @@ class RLObjective(Objective):
         log = setup.run / ROLLOUTS if is_main_process() else None
         self.model = RLModel(setup.model, setup.backend, cfg.rl, judge, cfg.train.seed, log)
 
-    @property
-    def training_model(self) -> torch.nn.Module:
-        return self.model
-
-    @property
-    def collator(self) -> Any:
-        return self._collator
-
-    def loss(self, model: Any, inputs: dict[str, Any]) -> torch.Tensor:
-        return model(**inputs)["loss"]
-
     def callbacks(self) -> list[Any]:
         from fgvlm.sft.objectives.rl_callback import RLCallback
 
@@ -141,21 +128,11 @@ class RLObjective(Objective):
         self, backend: Any, model_cfg: ModelConfig, best: dict[str, Any] | None, is_main: bool
     ) -> dict[str, Any]:
         """Rank mode (the shared default, in ``eval-<split>/``) and generate mode (``eval-<split>-generate/``)."""
-        from fgvlm.eval.zeroshot import EvalConfig, evaluate
+        from fgvlm.eval.zeroshot import evaluate
 
         metrics = super().evaluate(backend, model_cfg, best, is_main)
         cfg = self.cfg
-        eval_cfg = EvalConfig(
-            data=cfg.data,
-            model=model_cfg,
-            split=cfg.eval_split,
-            mode="generate",
-            task=cfg.eval_task,
-            task_options=cfg.task_options.get(cfg.eval_task, {}),
-            limit=cfg.eval_limit or cfg.limit,
-            seed=cfg.seed,
-            max_new_tokens=cfg.rl.answer_tokens,
-        )
+        eval_cfg = self.eval_config(model_cfg, "generate", max_new_tokens=cfg.rl.answer_tokens)
         generated = evaluate(
             eval_cfg, self.setup.run / f"eval-{cfg.eval_split}-generate", resume=False, backend=backend
         )
