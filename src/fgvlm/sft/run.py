@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from fgvlm.runs import RunDir, finish_run, start_run
+from fgvlm.runs import RunDir, finish_run
 from fgvlm.sft.config import SFTConfig
 from fgvlm.sft.setup import CHECKPOINTS, TRAIN_LOG, Setup, load_setup
 
@@ -72,9 +72,9 @@ def run_sft(cfg: SFTConfig, out: str | Path, *, resume: bool = True) -> dict[str
     check_launcher()
     started = time.time()
     cfg = dataclasses.replace(cfg, resume=resume)
-    run = ordered_start(cfg, out, resume)
-    if run.complete:
-        return run.read_results()
+    run, stored = ordered_start(cfg, out, resume)
+    if stored is not None:
+        return stored
     objective_type = objective_class(cfg.objective)
     setup = load_setup(cfg, run, packing=cfg.packing and objective_type.packing)
     objective = objective_type(setup)
@@ -117,24 +117,24 @@ def check_launcher() -> None:
         )
 
 
-def ordered_start(cfg: SFTConfig, out: str | Path, resume: bool) -> RunDir:
-    """``start_run`` on rank 0 first (it may move an old run aside: --no-resume), then on the other ranks.
+def ordered_start(cfg: SFTConfig, out: str | Path, resume: bool) -> tuple[RunDir, dict[str, Any] | None]:
+    """The run, and a complete run's stored metrics (else None): ``fgvlm.runs.ordered_start_run``, the one way every
+    kind opens a run (rank 0 decides skip, resume, refuse or start over, then tells the other ranks).
 
-    Under several processes this joins the process group the Trainer would (accelerate's ``PartialState``, with
-    the Trainer's default timeout) for one barrier; a single process just calls ``start_run``.
+    Under several processes this joins the process group the Trainer then uses (gloo on CPU, NCCL on GPUs, the
+    Trainer's 1,800 s timeout; accelerate takes over a group that exists); a single process opens the run alone.
     """
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
-        return start_run(out, cfg, resume=resume)
-    from datetime import timedelta
+    from fgvlm.distributed import ProcessGroup
+    from fgvlm.runs import ordered_start_run
 
-    import torch
-    from accelerate import PartialState
+    group = None
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        import torch
 
-    device = cfg.model.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    state = PartialState(cpu=not device.startswith("cuda"), timeout=timedelta(seconds=1800))
-    run = start_run(out, cfg, resume=resume) if state.is_main_process else None
-    state.wait_for_everyone()
-    return run if run is not None else start_run(out, cfg, resume=True)
+        device = cfg.model.device or ("cuda" if torch.cuda.is_available() else "cpu")
+        group = ProcessGroup.from_env("nccl" if device.startswith("cuda") else "gloo", timeout_s=1800)
+    opened = ordered_start_run(out, cfg, resume=resume, group=group)
+    return opened.run, opened.stored
 
 
 def last_checkpoint(folder: Path) -> str | None:
