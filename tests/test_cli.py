@@ -101,13 +101,19 @@ def test_one_meaning_per_flag_across_the_cli():
     assert {("eval",), ("head", "train"), ("cnn", "train"), ("data", "audit")} <= seen
 
 
-@pytest.mark.parametrize("command", [["eval"], ["head", "train"], ["sft"]])
+@pytest.mark.parametrize("command", [["eval"], ["head", "train"], ["sft"], ["rl"]])
 def test_a_real_dataset_needs_a_model(capsys, flowers_mini, tmp_path, command):
     """No silent fall-back to the random tiny model on real data: one line saying what to pass."""
     argv = [*command, "--dataset", "flowers102", "--root", str(flowers_mini), "--out", str(tmp_path / "run")]
     code, _, err = run_cli(capsys, *argv)
     assert code == 2 and "no model given for dataset 'flowers102'" in err and "--model" in err
     assert len(err.strip().splitlines()) == 1 and not (tmp_path / "run").exists()
+
+
+def test_fgvlm_rl_refuses_another_objective(capsys, tmp_path):
+    code, _, err = run_cli(capsys, "rl", "--set", "objective=generate", "--out", str(tmp_path / "run"))
+    assert code == 2 and "fgvlm rl trains objective rl; the config says objective 'generate'" in err
+    assert not (tmp_path / "run").exists()
 
 
 def test_the_offline_demo_dataset_may_use_the_default_model():

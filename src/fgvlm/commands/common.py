@@ -77,6 +77,34 @@ def require_model(cfg: Any, given: set[str], command: str) -> None:
     )
 
 
+def fine_tune(
+    config_class: type,
+    config: Path | None,
+    flags: dict[str, Any],
+    overrides: list[str],
+    out: Path,
+    resume: bool,
+    command: str,
+    objective: str | None = None,
+) -> tuple[Any, dict[str, Any] | None]:
+    """``fgvlm sft`` / ``fgvlm rl``: resolve the config (file < flags < ``--set``), refuse a real dataset without
+    a model (and, with ``objective``, a config of another objective), run ``run_sft``; (config, metrics, or None on
+    ranks other than 0)."""
+    from fgvlm.config import given_keys, resolve_config
+    from fgvlm.distributed import is_main_process
+    from fgvlm.sft.run import run_sft
+
+    try:
+        cfg = resolve_config(config_class, config, flags, overrides)
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
+    if objective is not None and cfg.objective != objective:
+        raise ConfigError(f"{command} trains objective {objective}; the config says objective {cfg.objective!r}")
+    require_model(cfg, given_keys(config, flags, overrides), command)
+    metrics = run_sft(cfg, out, resume=resume)
+    return cfg, metrics if is_main_process() and metrics else None
+
+
 def default_out(out: Path | None, run: Path, name: str) -> Path:
     """``--out`` when given, else ``RUN/name`` (evaluations of a trained run live inside it by default)."""
     return out if out is not None else run / name

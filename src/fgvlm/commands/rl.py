@@ -7,7 +7,15 @@ from pathlib import Path
 
 import typer
 
-from fgvlm.commands.common import config_option, limit_option, out_option, resume_option, set_option
+from fgvlm.commands.common import (
+    config_option,
+    fine_tune,
+    limit_option,
+    out_option,
+    resume_option,
+    set_option,
+    split_file_option,
+)
 from fgvlm.sft.config import RL_LOSSES, THINKING
 from fgvlm.sft.objectives.rewards import REWARDS
 
@@ -23,6 +31,7 @@ def command(
     dataset: str = typer.Option(None, "--dataset", "-d", help="Registry name (`fgvlm list datasets`)."),
     root: str = typer.Option(None, help="Folder holding the data (default: the dataset's own)."),
     protocol: str = typer.Option(None, help="Split protocol (flowers102: official, trainval, swapped)."),
+    split_file: str = split_file_option(),
     task: str = typer.Option(None, help="open-qa, closed-qa or closed-negative-qa [default: open-qa]."),
     method: Method = typer.Option(None, help="lora or full [default: lora]."),
     group_size: int = typer.Option(None, "--group-size", "-g", help="Answers sampled per image [default: 8]."),
@@ -55,17 +64,14 @@ def command(
 
       fgvlm rl --model RUN_SFT/model --dataset flowers102 --thinking on --reward lenient --loss dapo -o runs/rl-think
     """
-    from fgvlm.commands.common import require_model
-    from fgvlm.config import ConfigError, given_keys, resolve_config
-    from fgvlm.distributed import is_main_process
     from fgvlm.sft.config import RLConfig
-    from fgvlm.sft.run import run_sft
 
     flags = {
         "model.name": model,
         "data.dataset": dataset,
         "data.root": root,
         "data.protocol": protocol,
+        "data.split_file": split_file,
         "task": task,
         "method": method.value if method else None,
         "rl.group_size": group_size,
@@ -79,15 +85,8 @@ def command(
         "train.per_device_batch_size": batch_size,
         "limit": limit,
     }
-    try:
-        cfg = resolve_config(RLConfig, config, flags, overrides)
-    except ValueError as err:
-        raise ConfigError(str(err)) from None
-    if cfg.objective != "rl":
-        raise ConfigError(f"fgvlm rl trains objective rl; the config says objective {cfg.objective!r} (use fgvlm sft)")
-    require_model(cfg, given_keys(config, flags, overrides), "fgvlm rl")
-    metrics = run_sft(cfg, out, resume=resume)
-    if is_main_process() and metrics:
+    cfg, metrics = fine_tune(RLConfig, config, flags, overrides, out, resume, "fgvlm rl", objective="rl")
+    if metrics:
         typer.echo(
             f"rl ({cfg.method}, G={cfg.rl.group_size}, reward {cfg.rl.reward}) -> {out}/model; {metrics['split']} "
             f"accuracy {metrics['accuracy']:.4f} (rank), {metrics['generate_accuracy']:.4f} (generate) on "

@@ -9,6 +9,7 @@ import typer
 
 from fgvlm.commands.common import (
     config_option,
+    fine_tune,
     limit_option,
     out_option,
     protocol_option,
@@ -76,12 +77,8 @@ def command(
     Then: fgvlm eval --model RUN/model ...; fgvlm head train --model RUN/model ...; (classify) fgvlm predict
     --model RUN/model --head RUN img.jpg, fgvlm head eval --run RUN/head.
     """
-    from fgvlm.commands.common import require_model
-    from fgvlm.config import ConfigError, given_keys, resolve_config
-    from fgvlm.distributed import is_main_process
     from fgvlm.prompts.instructions import parse_mix
     from fgvlm.sft.config import SFTConfig
-    from fgvlm.sft.run import run_sft
 
     flags = {
         "model.name": model,
@@ -99,13 +96,8 @@ def command(
         "train.grad_accum": grad_accum,
         "limit": limit,
     }
-    try:
-        cfg = resolve_config(SFTConfig, config, flags, overrides)
-    except ValueError as err:
-        raise ConfigError(str(err)) from None
-    require_model(cfg, given_keys(config, flags, overrides), "fgvlm sft")
-    metrics = run_sft(cfg, out, resume=resume)
-    if is_main_process() and metrics:
+    cfg, metrics = fine_tune(SFTConfig, config, flags, overrides, out, resume, "fgvlm sft")
+    if metrics:
         top5 = metrics.get("top5_accuracy")
         typer.echo(
             f"sft {cfg.objective} ({cfg.method}) -> {out}/model; {metrics['split']} accuracy {metrics['accuracy']:.4f}"
