@@ -171,44 +171,33 @@ def to_device(batch: dict[str, Any], device: str, dtype: Any) -> dict[str, Any]:
     return moved
 
 
-def train_steps(model: Any, loader: Any, args: argparse.Namespace, counts: dict[str, int]) -> dict[str, float]:
-    """``args.warmup`` untimed then up to ``args.steps`` timed optimizer steps (stopping at ``args.max_seconds``)."""
+def timed_steps(model: Any, args: argparse.Namespace, step: Any) -> dict[str, float]:
+    """``args.warmup`` untimed then up to ``args.steps`` timed optimizer steps (stopping at ``args.max_seconds``):
+    ``step(i) -> (loss, counts)`` builds step ``i``'s loss; backward, clipping and a fused AdamW step follow. The
+    timed steps' ``counts`` (samples, tokens, ...) are summed into the returned totals with the seconds, the peak
+    memory and the last loss."""
     import torch
-
-    from fgvlm.models.flops import batch_counts
-    from fgvlm.sft.trainer import answer_loss
-
-    sys.path.insert(0, str(HERE))
-    from bench_sft import step_flops
 
     params = [p for p in model.parameters() if p.requires_grad]
     cuda = args.device.startswith("cuda")
     optimizer = torch.optim.AdamW(params, lr=1e-5, fused=cuda)
-    dtype = next(model.parameters()).dtype
-    iterator = iter(loader)
-    totals = {"steps": 0, "samples": 0, "tokens": 0, "flops": 0.0, "data_s": 0.0}
+    totals: dict[str, float] = {"steps": 0}
     start = None
-    for step in range(args.warmup + args.steps):
-        if step == args.warmup:
+    for index in range(args.warmup + args.steps):
+        if index == args.warmup:
             if cuda:
                 torch.cuda.synchronize()
                 torch.cuda.reset_peak_memory_stats()
             start = time.perf_counter()
-        waited = time.perf_counter()
-        batch = next(iterator)
-        waited = time.perf_counter() - waited
-        stats = batch_counts(batch)
-        loss = answer_loss(model, to_device(batch, args.device, dtype))
+        loss, counts = step(index)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         if start is not None:
             totals["steps"] += 1
-            totals["samples"] += args.batch_size
-            totals["tokens"] += stats["tokens"]
-            totals["flops"] += step_flops(stats, counts)
-            totals["data_s"] += waited
+            for key, value in counts.items():
+                totals[key] = totals.get(key, 0) + value
             if time.perf_counter() - start > args.max_seconds:
                 break
     if cuda:
@@ -217,6 +206,29 @@ def train_steps(model: Any, loader: Any, args: argparse.Namespace, counts: dict[
     totals["peak_gib"] = torch.cuda.max_memory_allocated() / 2**30 if cuda else float("nan")
     totals["loss"] = float(loss.detach())
     return totals
+
+
+def train_steps(model: Any, loader: Any, args: argparse.Namespace, counts: dict[str, int]) -> dict[str, float]:
+    """Generate-objective steps on the loader's batches: ``answer_loss``, with tokens, FLOPs and data wait."""
+    from fgvlm.models.flops import batch_counts
+    from fgvlm.sft.trainer import answer_loss
+
+    sys.path.insert(0, str(HERE))
+    from bench_sft import step_flops
+
+    dtype = next(model.parameters()).dtype
+    iterator = iter(loader)
+
+    def step(_index: int) -> tuple[Any, dict[str, float]]:
+        waited = time.perf_counter()
+        batch = next(iterator)
+        waited = time.perf_counter() - waited
+        stats = batch_counts(batch)
+        loss = answer_loss(model, to_device(batch, args.device, dtype))
+        numbers = {"samples": args.batch_size, "tokens": stats["tokens"], "data_s": waited}
+        return loss, {**numbers, "flops": step_flops(stats, counts)}
+
+    return timed_steps(model, args, step)
 
 
 def run_mode(mode: str, model: Any, processor: Any, args: argparse.Namespace, counts: dict[str, int]) -> dict:
@@ -242,7 +254,6 @@ def run_mode(mode: str, model: Any, processor: Any, args: argparse.Namespace, co
 def run_rank(model: Any, processor: Any, args: argparse.Namespace) -> dict[str, float]:
     """``objective: rank`` steps at batch 1: every Flowers102 name scored after the shared prefix cache, softmax
     cross-entropy, backward, AdamW (what ``fgvlm sft --objective rank`` trains per image)."""
-    import torch
 
     from fgvlm.models.families import backend_class
     from fgvlm.sft.config import RankOptions
@@ -251,39 +262,21 @@ def run_rank(model: Any, processor: Any, args: argparse.Namespace) -> dict[str, 
     names = class_names()
     backend = backend_class("qwen3-vl")(model, processor, {"family": "qwen3-vl"})
     rank = RankModel(model, backend, RankOptions(negatives=args.negatives))
-    params = [p for p in model.parameters() if p.requires_grad]
-    cuda = args.device.startswith("cuda")
-    optimizer = torch.optim.AdamW(params, lr=1e-5, fused=cuda)
     images = synthetic_images(args.warmup + args.steps, tuple(args.image_size))
-    totals = {"steps": 0, "samples": 0, "tokens": 0, "flops": 0.0, "data_s": 0.0}
-    start = None
-    for step, image in enumerate(images):
-        if step == args.warmup:
-            if cuda:
-                torch.cuda.synchronize()
-                torch.cuda.reset_peak_memory_stats()
-            start = time.perf_counter()
-        loss = rank.image_loss(image, QUESTION, names, [(step % len(names), 1.0)])
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        if start is not None:
-            totals["steps"] += 1
-            totals["samples"] += 1
-            if time.perf_counter() - start > args.max_seconds:
-                break
-    if cuda:
-        torch.cuda.synchronize()
-    totals["seconds"] = time.perf_counter() - start
-    totals["peak_gib"] = torch.cuda.max_memory_allocated() / 2**30 if cuda else float("nan")
-    totals["loss"] = float(loss.detach())
-    return totals
+
+    def step(index: int) -> tuple[Any, dict[str, float]]:
+        return rank.image_loss(images[index], QUESTION, names, [(index % len(names), 1.0)]), {"samples": 1}
+
+    return timed_steps(model, args, step)
+
+
+def memory_text(totals: dict[str, float]) -> str:
+    return f"{totals['peak_gib']:.1f} GiB" if totals["peak_gib"] == totals["peak_gib"] else "n/a (CPU)"
 
 
 def report_rank(totals: dict[str, float], negatives: int | str) -> str:
     seconds = totals["seconds"]
-    memory = f"{totals['peak_gib']:.1f} GiB" if totals["peak_gib"] == totals["peak_gib"] else "n/a (CPU)"
+    memory = memory_text(totals)
     return (
         f"mode rank (objective rank, {negatives} negatives, batch 1): {totals['steps']} steps in {seconds:.1f} s: "
         f"{seconds / max(1, totals['steps']):.3f} s/step, {totals['samples'] / seconds:.2f} images/s, peak memory "
@@ -295,7 +288,7 @@ def report(mode: str, totals: dict[str, float], peak_tflops: float | None) -> st
     seconds = totals["seconds"]
     flop_rate = totals["flops"] / seconds
     mfu = f"MFU {100 * flop_rate / (peak_tflops * 1e12):.1f} % of {peak_tflops:g} TFLOP/s" if peak_tflops else "MFU n/a"
-    memory = f"{totals['peak_gib']:.1f} GiB" if totals["peak_gib"] == totals["peak_gib"] else "n/a (CPU)"
+    memory = memory_text(totals)
     return (
         f"mode {mode}: {totals['steps']} steps in {seconds:.1f} s: {totals['samples'] / seconds:.2f} samples/s, "
         f"{totals['tokens'] / seconds:.0f} tokens/s, {flop_rate / 1e12:.1f} TFLOP/s counted, {mfu}, "
