@@ -8,6 +8,7 @@ import json
 
 import pytest
 from models_fixtures import synth_flower_images
+from sft_fixtures import run_killed_at_step
 
 torch = pytest.importorskip("torch")
 
@@ -213,7 +214,6 @@ def test_rank_objective_run_writes_the_contract_files_and_resumes_exactly(use_ti
     from safetensors.torch import load_file
 
     from fgvlm.sft.run import run_sft
-    from fgvlm.sft.trainer import SFTMonitor
 
     whole = run_sft(rank_cfg(), tmp_path / "whole")
     for name in ("config.yaml", "meta.json", "train_log.jsonl", "metrics.json", "predictions.jsonl", "done.json"):
@@ -223,17 +223,7 @@ def test_rank_objective_run_writes_the_contract_files_and_resumes_exactly(use_ti
     log = [json.loads(line) for line in (tmp_path / "whole" / "train_log.jsonl").read_text().splitlines()]
     assert [r["step"] for r in log] == [1, 2, 3, 4] and all(r["train_loss"] > 0 for r in log)
 
-    original = SFTMonitor.on_step_end
-
-    def crash_at_step_3(self, args, state, control, **kwargs):
-        if state.global_step == 3:
-            raise RuntimeError("simulated kill")
-        return original(self, args, state, control, **kwargs)
-
-    monkeypatch.setattr(SFTMonitor, "on_step_end", crash_at_step_3)
-    with pytest.raises(RuntimeError, match="simulated kill"):
-        run_sft(rank_cfg(), tmp_path / "resumed")
-    monkeypatch.setattr(SFTMonitor, "on_step_end", original)
+    run_killed_at_step(monkeypatch, 3, lambda: run_sft(rank_cfg(), tmp_path / "resumed"))
     run_sft(rank_cfg(), tmp_path / "resumed")
     a = load_file(str(tmp_path / "whole" / "model" / "model.safetensors"))
     b = load_file(str(tmp_path / "resumed" / "model" / "model.safetensors"))

@@ -21,6 +21,7 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from models_fixtures import synth_flower_images  # noqa: E402
+from sft_fixtures import run_killed_at_step  # noqa: E402
 
 from fgvlm.config import ConfigError, from_dict, resolve_config  # noqa: E402
 from fgvlm.models.families import backend_class, family_names, get_family  # noqa: E402
@@ -324,7 +325,6 @@ def test_rl_run_writes_the_contract_files_and_resumes_exactly(use_tiny_cache, vo
     from safetensors.torch import load_file
 
     from fgvlm.sft.run import run_sft
-    from fgvlm.sft.trainer import SFTMonitor
 
     whole = run_sft(from_dict(RLConfig, rl_args()), tmp_path / "whole")
     run = tmp_path / "whole"
@@ -342,17 +342,7 @@ def test_rl_run_writes_the_contract_files_and_resumes_exactly(use_tiny_cache, vo
     assert sorted({r["step"] for r in rollouts}) == [1, 2, 4] and len(rollouts) == 3 * 4  # 1 image x G = 4 a step
     assert all(r["reward"] == vowel_reward(Rollout(r["text"], "", 0, None, None, True)) for r in rollouts)
 
-    original = SFTMonitor.on_step_end
-
-    def crash_at_step_3(self, args, state, control, **kwargs):
-        if state.global_step == 3:
-            raise RuntimeError("simulated kill")
-        return original(self, args, state, control, **kwargs)
-
-    monkeypatch.setattr(SFTMonitor, "on_step_end", crash_at_step_3)
-    with pytest.raises(RuntimeError, match="simulated kill"):
-        run_sft(from_dict(RLConfig, rl_args()), tmp_path / "resumed")
-    monkeypatch.setattr(SFTMonitor, "on_step_end", original)
+    run_killed_at_step(monkeypatch, 3, lambda: run_sft(from_dict(RLConfig, rl_args()), tmp_path / "resumed"))
     run_sft(from_dict(RLConfig, rl_args()), tmp_path / "resumed")
     a = load_file(str(run / "model" / "model.safetensors"))
     b = load_file(str(tmp_path / "resumed" / "model" / "model.safetensors"))

@@ -8,6 +8,7 @@ import json
 import pytest
 import torch
 from safetensors.torch import load_file
+from sft_fixtures import run_killed_at_step
 
 from fgvlm.config import ConfigError, from_dict
 from fgvlm.sft.config import SFTConfig
@@ -81,22 +82,10 @@ def test_fgvlm_eval_loads_the_saved_model(finished_run, use_tiny_cache, tmp_path
 
 
 def test_resume_after_interruption_gives_the_same_weights(finished_run, use_tiny_cache, tmp_path, monkeypatch):
-    from fgvlm.sft.trainer import SFTMonitor
-
     out_a, _ = finished_run
-    original = SFTMonitor.on_step_end
-
-    def crash_at_step_3(self, args, state, control, **kwargs):
-        if state.global_step == 3:
-            raise RuntimeError("simulated kill")
-        return original(self, args, state, control, **kwargs)
-
     out_b = tmp_path / "resumed"
-    monkeypatch.setattr(SFTMonitor, "on_step_end", crash_at_step_3)
-    with pytest.raises(RuntimeError, match="simulated kill"):
-        run_sft(tiny_cfg(), out_b)
+    run_killed_at_step(monkeypatch, 3, lambda: run_sft(tiny_cfg(), out_b))
     assert (out_b / "checkpoints" / "checkpoint-2").is_dir() and not (out_b / "done.json").exists()
-    monkeypatch.setattr(SFTMonitor, "on_step_end", original)
     run_sft(tiny_cfg(), out_b)
     a, b = weights(out_a), weights(out_b)
     assert max((a[k] - b[k]).abs().max().item() for k in a) <= 1e-6
@@ -141,21 +130,9 @@ def test_classify_objective_writes_a_head_that_predict_and_head_eval_use(use_tin
 def test_resume_drops_a_best_step_newer_than_the_checkpoint(use_tiny_cache, tmp_path, monkeypatch):
     """best/ of a step after the resumed checkpoint is removed before the monitor reads it: with final: best the
     resumed run keeps its own best (no stale record pointing at removed weights)."""
-    from fgvlm.sft.trainer import SFTMonitor
-
-    original = SFTMonitor.on_step_end
-
-    def crash_at_step_3(self, args, state, control, **kwargs):
-        if state.global_step == 3:
-            raise RuntimeError("simulated kill")
-        return original(self, args, state, control, **kwargs)
-
     out = tmp_path / "run"
     cfg = tiny_cfg(train={"final": "best"})
-    monkeypatch.setattr(SFTMonitor, "on_step_end", crash_at_step_3)
-    with pytest.raises(RuntimeError, match="simulated kill"):
-        run_sft(cfg, out)
-    monkeypatch.setattr(SFTMonitor, "on_step_end", original)
+    run_killed_at_step(monkeypatch, 3, lambda: run_sft(cfg, out))
     assert (out / "checkpoints" / "checkpoint-2").is_dir() and not (out / "checkpoints" / "checkpoint-3").exists()
     # a best step the interrupted run reached after its last checkpoint, unbeatable if it were kept
     (out / "best").mkdir(exist_ok=True)
