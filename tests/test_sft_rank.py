@@ -170,6 +170,11 @@ def test_k_negatives_keep_the_targets_and_hard_ones_are_the_top_scored(tiny_mode
         scores = hard.scores(image, QUESTION, NAMES)
     wrong = sorted((i for i in range(len(NAMES)) if i != 1), key=lambda i: -float(scores[i]))
     assert hard.kept(image, QUESTION, NAMES, targets) == sorted([1, *wrong[:2]])
+    with torch.no_grad():  # a subset scored from the whole rendered list equals the subset rendered alone
+        subset = hard.scores(image, QUESTION, NAMES, keep=[4, 1, 2])
+        alone = hard.scores(image, QUESTION, [NAMES[4], NAMES[1], NAMES[2]])
+    torch.testing.assert_close(subset, alone, atol=1e-12, rtol=0)
+    torch.testing.assert_close(subset, scores[[4, 1, 2]], atol=1e-12, rtol=0)
 
 
 def test_config_refusals_name_the_key():

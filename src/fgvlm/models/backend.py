@@ -323,7 +323,12 @@ class HFBackend(VLMBackend):
         return RankScores(sum=summed, mean=mean, prior_subtracted=summed - prior, num_tokens=num_tokens)
 
     def candidate_logprobs(
-        self, image: Image.Image, prompt: str, candidates: list[str], candidate_batch: int = 128
+        self,
+        image: Image.Image,
+        prompt: str,
+        candidates: list[str],
+        candidate_batch: int = 128,
+        keep: list[int] | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Summed log-probability ``[C]`` (float32) and token count ``[C]`` (long) of every candidate as the answer to
         ``prompt`` about ``image``, on the model's device, with gradients when autograd is on.
@@ -334,13 +339,16 @@ class HFBackend(VLMBackend):
         candidates per forward) or by groups of equal length. Nothing is detached and no mode is switched: called
         in a training step, the model runs in its current mode (dropout on in train mode) and ``sum.backward()``
         reaches the weights. ``sum / count`` is the per-token mean; the same ``prompt`` and ``candidates`` render
-        the same tokens as ``rank`` and ``SFTCollator``.
+        the same tokens as ``rank`` and ``SFTCollator``. ``keep``: score only these candidates (in this order); the
+        whole list is rendered once and kept, so a subset drawn anew every training step is not tokenised again.
         """
         import torch
 
         if not candidates:
             raise ValueError(f"{self.family}: candidate_logprobs needs at least one candidate")
         prompt_text, _, cont_ids = self._render_candidates(prompt, tuple(candidates), with_image=True)
+        if keep is not None:
+            cont_ids = [cont_ids[index] for index in keep]
         prefix = self._prefill(self.encode([image], [prompt_text]))
         summed = self._score_from_prefix(prefix, cont_ids, candidate_batch)[0]
         return summed, torch.tensor([len(ids) for ids in cont_ids], device=summed.device)

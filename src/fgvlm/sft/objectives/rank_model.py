@@ -88,9 +88,10 @@ class RankModel(nn.Module):
         losses = [self.image_loss(*item) for item in zip(images, prompts, candidates, targets, strict=True)]
         return {"loss": torch.stack(losses).mean()}
 
-    def scores(self, image: Image.Image, prompt: str, texts: list[str]) -> torch.Tensor:
-        """``[C]`` scores of ``texts`` as the answer (mean or summed token log-probability), with gradients."""
-        summed, counts = self.backend.candidate_logprobs(image, prompt, texts)
+    def scores(self, image: Image.Image, prompt: str, texts: list[str], keep: list[int] | None = None) -> torch.Tensor:
+        """Scores of ``texts`` (only those at ``keep``, if given) as the answer (mean or summed token
+        log-probability), with gradients."""
+        summed, counts = self.backend.candidate_logprobs(image, prompt, texts, keep=keep)
         return summed / counts.to(summed.dtype) if self.options.score == "mean" else summed
 
     def kept(self, image: Image.Image, prompt: str, texts: list[str], targets: list[tuple[int, float]]) -> list[int]:
@@ -113,5 +114,5 @@ class RankModel(nn.Module):
         """``-sum_y w_y * log softmax(s / T)[y]`` for one image."""
         keep = self.kept(image, prompt, texts, targets)
         position = {index: row for row, index in enumerate(keep)}
-        logprobs = torch.log_softmax(self.scores(image, prompt, [texts[i] for i in keep]) / self.options.temperature, 0)
+        logprobs = torch.log_softmax(self.scores(image, prompt, texts, keep) / self.options.temperature, 0)
         return -sum(weight * logprobs[position[index]] for index, weight in targets)
