@@ -446,7 +446,7 @@ class HFBackend(VLMBackend):
             for group in by_length.values()
             for start in range(0, len(group), per_forward)
         ]
-        dtype = at_least_float32(torch.zeros(0, dtype=self.dtype)).dtype
+        dtype = torch.float64 if self.dtype == torch.float64 else torch.float32  # as at_least_float32 computes
         scores = torch.zeros(prefix.rows, len(cont_ids), device=self.device, dtype=dtype)
         for chunk in chunks:
             # rows image-major: row b * len(chunk) + j is image b's candidate chunk[j], as batch_repeat_interleave lays
