@@ -72,8 +72,9 @@ def run_sft(cfg: SFTConfig, out: str | Path, *, resume: bool = True) -> dict[str
     check_launcher()
     started = time.time()
     cfg = dataclasses.replace(cfg, resume=resume)
-    run, stored = ordered_start(cfg, out, resume)
+    run, stored, group = ordered_start(cfg, out, resume)
     if stored is not None:
+        group.close()
         return stored
     objective_type = objective_class(cfg.objective)
     setup = load_setup(cfg, run, packing=cfg.packing and objective_type.packing)
@@ -84,6 +85,8 @@ def run_sft(cfg: SFTConfig, out: str | Path, *, resume: bool = True) -> dict[str
     metrics = finish(setup, objective, trainer, best, started)
     if trainer.is_world_process_zero():
         finish_run(run, started)
+    group.barrier()
+    group.close()  # a gloo group left open keeps threads that can abort the process at exit
     return metrics
 
 
@@ -117,9 +120,10 @@ def check_launcher() -> None:
         )
 
 
-def ordered_start(cfg: SFTConfig, out: str | Path, resume: bool) -> tuple[RunDir, dict[str, Any] | None]:
-    """The run, and a complete run's stored metrics (else None): ``fgvlm.runs.ordered_start_run``, the one way every
-    kind opens a run (rank 0 decides skip, resume, refuse or start over, then tells the other ranks).
+def ordered_start(cfg: SFTConfig, out: str | Path, resume: bool) -> tuple[RunDir, dict[str, Any] | None, Any]:
+    """The run, a complete run's stored metrics (else None) and the process group (closed by the caller at the end):
+    ``fgvlm.runs.ordered_start_run``, the one way every kind opens a run (rank 0 decides skip, resume, refuse or
+    start over, then tells the other ranks).
 
     Under several processes this joins the process group the Trainer then uses (gloo on CPU, NCCL on GPUs, the
     Trainer's 1,800 s timeout; accelerate takes over a group that exists); a single process opens the run alone.
@@ -127,14 +131,14 @@ def ordered_start(cfg: SFTConfig, out: str | Path, resume: bool) -> tuple[RunDir
     from fgvlm.distributed import ProcessGroup
     from fgvlm.runs import ordered_start_run
 
-    group = None
+    group = ProcessGroup()
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         import torch
 
         device = cfg.model.device or ("cuda" if torch.cuda.is_available() else "cpu")
         group = ProcessGroup.from_env("nccl" if device.startswith("cuda") else "gloo", timeout_s=1800)
     opened = ordered_start_run(out, cfg, resume=resume, group=group)
-    return opened.run, opened.stored
+    return opened.run, opened.stored, group
 
 
 def last_checkpoint(folder: Path) -> str | None:
