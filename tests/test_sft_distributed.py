@@ -94,6 +94,8 @@ def fsdp_on_cpu() -> None:
 def train(model_dir: str, out: str, grad_accum: int) -> None:
     """A plain ``transformers.Trainer`` run; rank 0 writes ``losses.json`` (the one result set)."""
     import torch
+    import torch._dynamo  # noqa: F401  before any group exists (fgvlm.distributed.ProcessGroup.from_env says why)
+    import torch.distributed as dist
     from transformers import AutoModelForImageTextToText, AutoProcessor, Trainer, TrainingArguments
 
     torch.set_num_threads(1)
@@ -127,6 +129,9 @@ def train(model_dir: str, out: str, grad_accum: int) -> None:
         # FSDP2 turns every parameter into a DTensor sharded over the ranks
         result["sharded"] = any(type(p).__name__ == "DTensor" for p in trainer.model.parameters())
         (Path(out) / "losses.json").write_text(json.dumps(result))
+    if dist.is_initialized():  # the group accelerate opened: left open, its gloo threads can abort the exit
+        dist.barrier()
+        dist.destroy_process_group()
 
 
 def launch(command: list[str], out: Path) -> dict:
