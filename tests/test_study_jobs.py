@@ -27,28 +27,46 @@ EVAL = {"data": {"dataset": "synthflowers"}, "model": {"name": "tiny-qwen3-vl"}}
 
 CHILD = """
 import json, os, sys, time
-run_id, seconds, code = sys.argv[1], float(sys.argv[2]), int(sys.argv[3])
-started = time.time()
-print(run_id, "threads", os.environ["OMP_NUM_THREADS"], "devices", os.environ.get("CUDA_VISIBLE_DEVICES"), flush=True)
-time.sleep(seconds)
-with open(sys.argv[4], "a") as fh:
-    fh.write(json.dumps({"id": run_id, "start": started, "end": time.time(),
-                         "devices": os.environ.get("CUDA_VISIBLE_DEVICES")}) + "\\n")
-raise SystemExit(code)
+spec = json.loads(sys.argv[1])
+events = spec["events"]
+
+def marked(suffix):
+    return {name[: -len(suffix)] for name in os.listdir(events) if name.endswith(suffix)}
+
+open(os.path.join(events, spec["id"] + ".started"), "w").close()  # marked first: of two starting together, the
+ended = marked(".ended")  # later to look sees the other one running
+running = marked(".started") - ended - {spec["id"]}
+record = {"id": spec["id"], "ended_before": sorted(ended), "running_with": sorted(running),
+          "devices": os.environ.get("CUDA_VISIBLE_DEVICES")}
+print(spec["id"], "threads", os.environ["OMP_NUM_THREADS"], "devices", record["devices"], flush=True)
+deadline = time.monotonic() + 60  # an event that never comes fails the run (exit 9) instead of hanging the test
+while not all(os.path.exists(os.path.join(events, name)) for name in spec["wait_for"]):
+    if time.monotonic() > deadline:
+        raise SystemExit(9)
+    time.sleep(0.01)
+with open(spec["log"], "a") as fh:
+    fh.write(json.dumps(record) + "\\n")
+open(os.path.join(events, spec["id"] + ".ended"), "w").close()
+raise SystemExit(spec["code"])
 """
 
 
-def fake_runs(monkeypatch, tmp_path, seconds=None, codes=None):
-    """Each run's process sleeps ``seconds[id]`` (default 1) and exits with ``codes[id]`` (default 0), appending
-    its start and end time and its CUDA_VISIBLE_DEVICES to ``tmp_path/spans.jsonl``."""
-    spans = tmp_path / "spans.jsonl"
+def fake_runs(monkeypatch, tmp_path, wait_for=None, codes=None):
+    """Each run's process marks ``<id>.started`` in an events folder, waits until the marker files
+    ``wait_for[id]`` exist (``"b.started"``, ``"bad.ended"``), then marks ``<id>.ended`` and exits with
+    ``codes[id]`` (default 0). What the runs did together is read from these events, not from clocks: each run
+    records the runs that had ended before it started, the runs it found running, and its CUDA_VISIBLE_DEVICES.
+    Two runs that wait for each other's start can only finish if they run side by side."""
+    events, log = tmp_path / "events", tmp_path / "runs.jsonl"
+    events.mkdir()
 
     def fake_argv(spec, config_path, out):
-        delay, code = (seconds or {}).get(spec.id, 1.0), (codes or {}).get(spec.id, 0)
-        return [sys.executable, "-c", CHILD, spec.id, str(delay), str(code), str(spans)]
+        child = {"id": spec.id, "events": str(events), "log": str(log), "code": (codes or {}).get(spec.id, 0)}
+        child["wait_for"] = (wait_for or {}).get(spec.id, [])
+        return [sys.executable, "-c", CHILD, json.dumps(child)]
 
     monkeypatch.setattr(runner, "launch_argv", fake_argv)
-    return lambda: {span["id"]: span for span in map(json.loads, spans.read_text().splitlines())}
+    return lambda: {record["id"]: record for record in map(json.loads, log.read_text().splitlines())}
 
 
 def make_study(tmp_path, runs):
@@ -57,12 +75,8 @@ def make_study(tmp_path, runs):
     return load_study(path, tmp_path / "out")
 
 
-def overlap(first, second):
-    return first["start"] < second["end"] and second["start"] < first["end"]
-
-
 def test_independent_runs_go_together_and_a_dependant_waits_for_its_need(tmp_path, monkeypatch):
-    spans = fake_runs(monkeypatch, tmp_path, seconds={"a": 1.5, "b": 1.5, "c": 0.2})
+    runs_of = fake_runs(monkeypatch, tmp_path, wait_for={"a": ["b.started"], "b": ["a.started"]})
     runs = [
         {"id": "a", "kind": "eval", "set": EVAL},
         {"id": "b", "kind": "eval", "set": EVAL},
@@ -72,9 +86,8 @@ def test_independent_runs_go_together_and_a_dependant_waits_for_its_need(tmp_pat
     lines = []
     outcome = execute(study, plan_study(study), jobs=2, echo=lines.append)
     assert sorted(outcome.done) == ["a", "b", "c"] and outcome.ok
-    got = spans()
-    assert overlap(got["a"], got["b"])  # independent rows never wait for each other
-    assert got["c"]["start"] >= got["a"]["end"]  # a dependant starts once its need is finished
+    got = runs_of()  # a and b each waited for the other's start: they finished, so they ran side by side
+    assert "a" in got["c"]["ended_before"]  # a dependant starts once its need is finished
     assert set(outcome.seconds) == {"a", "b", "c"}  # each run's own time is recorded (the overlap is the speed-up)
     threads = max(1, available_cores() // 2)
     assert f"[a] a threads {threads} devices None" in lines  # the child saw its share of the cores
@@ -86,7 +99,7 @@ def test_independent_runs_go_together_and_a_dependant_waits_for_its_need(tmp_pat
 
 
 def test_gpus_per_run_hands_out_disjoint_devices(tmp_path, monkeypatch):
-    spans = fake_runs(monkeypatch, tmp_path, seconds={"wide": 1.2, "x": 1.2, "y": 0.3})
+    runs_of = fake_runs(monkeypatch, tmp_path, wait_for={"wide": ["x.started"], "x": ["wide.started"]})
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3,5,7")
     runs = [
         {"id": "wide", "kind": "eval", "set": EVAL, "launch": {"nproc": 2}},  # two processes: two GPUs
@@ -96,13 +109,12 @@ def test_gpus_per_run_hands_out_disjoint_devices(tmp_path, monkeypatch):
     study = make_study(tmp_path, runs)
     outcome = execute(study, plan_study(study), jobs=3, gpus_per_run=1, echo=lambda line: None)
     assert sorted(outcome.done) == ["wide", "x", "y"]
-    got = spans()
+    got = runs_of()  # wide and x waited for each other's start: side by side
     assert got["wide"]["devices"] == "3,5" and got["x"]["devices"] == "7"
-    assert got["y"]["start"] >= min(got["wide"]["end"], got["x"]["end"])  # waited for a free GPU
-    for first in got.values():
-        for second in got.values():
-            if first is not second and overlap(first, second):
-                assert not set(first["devices"].split(",")) & set(second["devices"].split(","))
+    assert {"wide", "x"} & set(got["y"]["ended_before"])  # y waited for a free GPU
+    for run in got.values():  # two runs overlap when one starts while the other runs: never on the same GPU
+        for other in run["running_with"]:
+            assert not set(run["devices"].split(",")) & set(got[other]["devices"].split(",")), (run, got[other])
 
     too_wide = make_study(tmp_path, [{"id": "big", "kind": "eval", "set": EVAL, "launch": {"nproc": 4}}])
     with pytest.raises(ConfigError, match=r"run 'big' needs 4 GPUs .* only 3 are visible: 3,5,7"):
@@ -124,7 +136,7 @@ def test_resources_share_cores_and_devices_by_hand():
 
 
 def test_first_failure_stops_new_launches_but_running_ones_finish(tmp_path, monkeypatch):
-    fake_runs(monkeypatch, tmp_path, seconds={"bad": 0.1, "long": 2.0}, codes={"bad": 3})
+    fake_runs(monkeypatch, tmp_path, wait_for={"long": ["bad.ended"]}, codes={"bad": 3})  # long outlives bad
     runs = [
         {"id": "bad", "kind": "eval", "set": EVAL},
         {"id": "long", "kind": "eval", "set": EVAL},
