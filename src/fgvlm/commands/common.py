@@ -6,12 +6,17 @@
 
 from __future__ import annotations
 
+from enum import Enum
 from pathlib import Path
 from typing import Any
 
 import typer
 
 from fgvlm.config import ConfigError
+from fgvlm.sft.config import METHODS
+
+Method = Enum("Method", {name: name for name in METHODS}, type=str)
+"""``--method`` of the fine-tuning commands: the methods of ``fgvlm.sft.config.METHODS``."""
 
 RESUME_HELP = (
     "Resume (default): skip a complete run with the same config, continue a partial one, refuse another config. "

@@ -8,10 +8,12 @@ from pathlib import Path
 import typer
 
 from fgvlm.commands.common import (
+    Method,
     config_option,
     fine_tune,
     limit_option,
     out_option,
+    protocol_option,
     resume_option,
     set_option,
     split_file_option,
@@ -19,7 +21,6 @@ from fgvlm.commands.common import (
 from fgvlm.sft.config import RL_LOSSES, THINKING
 from fgvlm.sft.objectives.rewards import REWARDS
 
-Method = Enum("Method", {"lora": "lora", "full": "full"}, type=str)
 Thinking = Enum("Thinking", {name: name for name in THINKING}, type=str)
 Loss = Enum("Loss", {name: name for name in RL_LOSSES}, type=str)
 Reward = Enum("Reward", {name: name for name in REWARDS}, type=str)
@@ -30,7 +31,7 @@ def command(
     model: str = typer.Option(None, "--model", "-m", help="An SFT run's RUN/model, a registry name or a hub id."),
     dataset: str = typer.Option(None, "--dataset", "-d", help="Registry name (`fgvlm list datasets`)."),
     root: str = typer.Option(None, help="Folder holding the data (default: the dataset's own)."),
-    protocol: str = typer.Option(None, help="Split protocol (flowers102: official, trainval, swapped)."),
+    protocol: str = protocol_option(),
     split_file: str = split_file_option(),
     task: str = typer.Option(None, help="open-qa, closed-qa or closed-negative-qa [default: open-qa]."),
     method: Method = typer.Option(None, help="lora or full [default: lora]."),

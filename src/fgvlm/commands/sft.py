@@ -8,6 +8,7 @@ from pathlib import Path
 import typer
 
 from fgvlm.commands.common import (
+    Method,
     config_option,
     fine_tune,
     limit_option,
@@ -18,12 +19,6 @@ from fgvlm.commands.common import (
     split_file_option,
 )
 from fgvlm.sft.objectives import objective_names
-
-
-class Method(str, Enum):
-    lora = "lora"
-    full = "full"
-
 
 Objective = Enum("Objective", {name: name for name in objective_names()}, type=str)
 """The objectives of ``fgvlm.sft.objectives.OBJECTIVES`` (the table is the one list)."""
