@@ -379,6 +379,16 @@ with open(f"threads-{os.environ['RANK']}.json", "w") as fh:  # one file per rank
 """
 
 
+def torchrun_two(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
+    """``torchrun`` with two processes on CPU (1 thread each, offline) in ``cwd``; it must succeed."""
+    torchrun = Path(sys.executable).with_name("torchrun")
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    command = [str(torchrun), "--standalone", "--nproc_per_node", "2", *args]
+    proc = subprocess.run(command, capture_output=True, text=True, timeout=240, env=env, cwd=cwd)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc
+
+
 @pytest.mark.slow
 @pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="reads thread names from /proc (Linux)")
 def test_closing_the_group_stops_its_gloo_threads(tmp_path):
@@ -386,17 +396,7 @@ def test_closing_the_group_stops_its_gloo_threads(tmp_path):
     where one now and then aborted a torchrun child ("terminate called without an active exception")."""
     script = tmp_path / "probe.py"
     script.write_text(CLOSE_PROBE)
-    torchrun = Path(sys.executable).with_name("torchrun")
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run(
-        [str(torchrun), "--standalone", "--nproc_per_node", "2", str(script)],
-        capture_output=True,
-        text=True,
-        timeout=240,
-        env=env,
-        cwd=tmp_path,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    torchrun_two([str(script)], tmp_path)
     assert [json.loads((tmp_path / f"threads-{rank}.json").read_text()) for rank in (0, 1)] == [[], []]
 
 
@@ -408,30 +408,7 @@ def test_torchrun_two_processes(tmp_path):
         "arch: test_resnet\nimage_size: 32\nepochs: 2\nbatch_size: 8\nlr: 0.05\nnum_workers: 0\nprogress: false\n"
     )
     out = tmp_path / "run"
-    torchrun = Path(sys.executable).with_name("torchrun")
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
-    proc = subprocess.run(
-        [
-            str(torchrun),
-            "--standalone",
-            "--nproc_per_node",
-            "2",
-            "-m",
-            "fgvlm",
-            "cnn",
-            "train",
-            "--config",
-            str(config),
-            "--out",
-            str(out),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=240,
-        env=env,
-        cwd=tmp_path,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    proc = torchrun_two(["-m", "fgvlm", "cnn", "train", "--config", str(config), "--out", str(out)], tmp_path)
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["world_size"] == 2 and metrics["replicas_in_sync"]
     assert len(metrics["replica_checksums"]) == 2 and metrics["replica_checksums"][0] == metrics["replica_checksums"][1]
