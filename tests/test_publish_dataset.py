@@ -115,3 +115,28 @@ def test_limit_and_refusals(instructions, tmp_path, capsys, flowers_mini):
     (other / "mixcut.build.json").unlink()
     assert publish(other, "--dataset", "--repo-id", "o/n", "--dry-run", "-o", tmp_path / "c2") == 2
     assert "mixcut.jsonl without a build record (.build.json)" in capsys.readouterr().err
+
+
+def test_any_task_on_mixed_images_is_a_mixcut_set(tmp_path, flowers_mini):
+    """Not only open-qa-mixcut: closed-qa-mixcut keeps its MixUp/CutMix settings in the build record (and so in the
+    command that rebuilds it), its card shows closed-qa's template and its mixing; a run trained with
+    ``images: mixcut`` or a -mixcut task names MixUp/CutMix in its model card's recipe."""
+    from huggingface_hub import DatasetCard
+
+    from fgvlm.publish.card import recipe_lines
+    from fgvlm.publish.finetuned import RECIPE
+
+    folder = tmp_path / "instructions"
+    build("--dataset", "flowers102", "--root", flowers_mini, "--task", "closed-qa-mixcut", "--alpha", "0.3",
+          "--limit", "3", "--out", folder / "closed-mix.jsonl")  # fmt: skip
+    record = json.loads((folder / "closed-mix.build.json").read_text())
+    assert record["mixcut"]["alpha"] == 0.3 and "--alpha 0.3 --mixcut-mode both" in record["command"]
+    assert publish(folder, "--dataset", "--repo-id", "my-org/mix", "--dry-run", "-o", tmp_path / "pub") == 0
+    text = DatasetCard.load(tmp_path / "pub" / "upload" / "README.md").text
+    assert "### closed-qa-mixcut" in text and "{options}\n{instruction}" in text  # closed-qa's template
+    assert "alpha 0.3, mode both" in text and "No record of this data is mixed" not in text
+    mixcut = {"alpha": 1.0}
+    mixed = [{"task": "closed-qa-mixcut"}, {"task": "open-qa", "images": "mixcut"}, {"mix": {"closed-qa-mixcut": 1}}]
+    for config in ({**how, "mixcut": mixcut} for how in mixed):
+        assert "MixUp/CutMix: `{'alpha': 1.0}`" in recipe_lines(config, RECIPE), config
+    assert not any("MixUp" in line for line in recipe_lines({"task": "closed-qa", "mixcut": mixcut}, RECIPE))

@@ -40,9 +40,9 @@ class BuildSettings:
 
     @property
     def mixes(self) -> bool:
-        from fgvlm.prompts.instructions import MIXCUT_TASK
+        from fgvlm.prompts.instructions import split_task
 
-        return MIXCUT_TASK in self.tasks
+        return any(split_task(task)[1] for task in self.tasks)
 
     def command(self, out: Path) -> str:
         """The ``fgvlm prompts build`` command line that builds the same file again."""

@@ -264,9 +264,9 @@ def versions_lines(run: RunInfo) -> list[str]:
     return [f"- {name} {versions[name]}" for name in ("python", *VERSIONS) if versions.get(name)]
 
 
-def recipe_lines(config: dict[str, Any], rows: tuple[tuple[str, str, tuple[str, Any] | None], ...]) -> list[str]:
+def recipe_lines(config: dict[str, Any], rows: tuple[tuple[str, str, Any], ...]) -> list[str]:
     """``label: value`` for each (dotted key, label, condition) row whose key is set in ``config`` and whose
-    condition ``(dotted key, value)`` holds (None: always)."""
+    condition holds: None (always), ``(dotted key, value)`` or a function of the config."""
 
     def get(key: str) -> Any:
         node: Any = config
@@ -277,7 +277,8 @@ def recipe_lines(config: dict[str, Any], rows: tuple[tuple[str, str, tuple[str, 
     lines = []
     for key, label, condition in rows:
         value = get(key)
-        if value is None or value == {} or (condition is not None and get(condition[0]) != condition[1]):
+        holds = condition(config) if callable(condition) else condition is None or get(condition[0]) == condition[1]
+        if value is None or value == {} or not holds:
             continue
         lines.append(f"{label}: `{value}`")
     return lines

@@ -13,7 +13,7 @@ SIZES = ((1_000, "n<1K"), (10_000, "1K<n<10K"), (100_000, "10K<n<100K"), (1_000_
 COLUMNS = (
     ("id", "the source image's id (mixcut: image a's)"),
     ("image", "the image the question is about (mixcut: the mixed image), embedded"),
-    ("task", "open-qa, closed-qa, closed-negative-qa or open-qa-mixcut"),
+    ("task", "open-qa, closed-qa or closed-negative-qa, each also on MixUp/CutMix images as <task>-mixcut"),
     ("question", "the user turn, exactly as fgvlm evaluation asks it"),
     ("answer", "the assistant turn evaluation scores (closed-qa: the option key; closed-negative-qa: yes/no)"),
     ("label", "the class of the image (mixcut: of image a), a ClassLabel with the class names"),
@@ -99,7 +99,7 @@ def _template(task: str, family: str | None) -> str:
 
 def _wording(layout: dict[tuple[str, str], dict[str, Any]]) -> list[str]:
     """Per task: the template (in the family's wording when the build used one) and one example from the data."""
-    from fgvlm.prompts.instructions import MIXCUT_TASK
+    from fgvlm.prompts.instructions import split_task
 
     seen: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {}
     for part in layout.values():
@@ -107,7 +107,7 @@ def _wording(layout: dict[tuple[str, str], dict[str, Any]]) -> list[str]:
             seen.setdefault(entry["meta"].get("task"), (entry, part["record"]))
     lines = []
     for task, (entry, record) in sorted(seen.items()):
-        asked = "open-qa" if task == MIXCUT_TASK else task
+        asked = split_task(task)[0]  # a -mixcut task asks its plain task's question
         options = (record.get("task_options") or {}).get(asked)
         lines += [f"### {task}", "", "Template" + (f" (options {json.dumps(options)})" if options else "") + ":", ""]
         lines += ["```text", _template(asked, record.get("family")), "```", "", "Example:", "", "```text"]
@@ -116,13 +116,15 @@ def _wording(layout: dict[tuple[str, str], dict[str, Any]]) -> list[str]:
 
 
 def _mixcut(layout: dict[tuple[str, str], dict[str, Any]]) -> list[str]:
+    from fgvlm.prompts.instructions import split_task
+
     mixed = [(part, part["record"]) for part in layout.values() if part["record"].get("mixcut")]
     if not mixed:
-        return ["No record of this data is mixed (no open-qa-mixcut task)."]
+        return ["No record of this data is mixed (no -mixcut task)."]
     lines = []
     for part, record in mixed:
         settings = ", ".join(f"{key} {value}" for key, value in record["mixcut"].items())
-        metas = [e["meta"] for e in part["entries"] if e["meta"].get("task") == "open-qa-mixcut"]
+        metas = [e["meta"] for e in part["entries"] if split_task(e["meta"].get("task") or "")[1]]
         modes = Counter(m.get("mode", "unmixed") for m in metas)
         lams = [m["lam"] for m in metas if isinstance(m.get("lam"), (int, float)) and m.get("mode")]
         lam = f"; mean lambda {statistics.fmean(lams):.3f}" if lams else ""

@@ -17,6 +17,16 @@ from fgvlm.publish.staging import link_or_copy, link_tree
 MODEL_DIR = "model"
 HEAD_FILES = ("head.safetensors", "head.json")
 UNSAFE_WEIGHTS = ("*.bin", "*.pt", "*.pth", "*.pkl", "*.ckpt")
+
+
+def mixes_images(config: dict) -> bool:
+    """Whether a run's config trained on MixUp/CutMix images: ``images: mixcut`` or any ``<task>-mixcut`` task."""
+    from fgvlm.prompts.instructions import split_task
+
+    tasks = list(config.get("mix") or {}) or [config.get("task") or ""]
+    return config.get("images") == "mixcut" or any(split_task(task)[1] for task in tasks)
+
+
 RECIPE = (
     ("method", "Fine-tuning", None),
     ("objective", "Objective", None),
@@ -35,7 +45,7 @@ RECIPE = (
     ("train.final", "Final weights", None),
     ("prompt_format", "Prompt format", None),
     ("packing", "Packing", None),
-    ("mixcut", "MixUp/CutMix", ("task", "open-qa-mixcut")),
+    ("mixcut", "MixUp/CutMix", mixes_images),
     ("classify", "Classification head", ("objective", "classify")),
     ("data.protocol", "Split protocol", None),
     ("limit", "Images per split (limit)", None),
