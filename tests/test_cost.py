@@ -148,6 +148,34 @@ def test_backend_counts_tokens_patches_and_flops(tiny_qwen, flowers_mini):
     )
 
 
+@pytest.mark.parametrize("packed", [True, False])
+def test_rank_counts_what_runs_for_every_image_of_a_batch(tiny_qwen, flowers_mini, packed):
+    """Ranking 2 images in one call counts each image's continuations: packed, one row of trie nodes per image
+    ("rose", "rose mallow" and "red ginger" share leading tokens); grouped, every (image, candidate) row; plus each
+    image's last prompt position. The text-only prior is computed first, so the counted call ranks images only."""
+    from fgvlm.data import create_dataset
+    from fgvlm.models.trie import candidate_trie
+
+    split = create_dataset(dataset="flowers102", root=str(flowers_mini)).split("test")
+    images, names = [split[0].image, split[1].image], ["rose", "rose mallow", "red ginger", "lotus"]
+    tiny_qwen.packed_rank = packed
+    try:
+        tiny_qwen.rank(images[:1], "Name the flower.", names)  # the prior, kept
+        before = tiny_qwen.usage.copy()
+        tiny_qwen.rank(images, "Name the flower.", names)
+        done = tiny_qwen.usage.since(before)
+        _, _, cont_ids = tiny_qwen._render_candidates("Name the flower.", tuple(names), with_image=True)
+    finally:
+        del tiny_qwen.packed_rank
+    text = tiny_qwen.render_prompt("Name the flower.")
+    encoded = tiny_qwen.processor(images=images, text=[text] * 2, padding=True, return_tensors="pt")
+    rest = tuple(tuple(ids) for ids in cont_ids if len(ids) > 1)
+    per_image = candidate_trie(rest).size if packed else sum(len(ids) - 1 for ids in rest)
+    assert not packed or per_image < sum(len(ids) - 1 for ids in rest)  # the trie shares tokens here
+    assert done.prompt_tokens == int(encoded["attention_mask"].sum()) + 2 * per_image
+    assert done.head_positions == 2 * per_image + 2 and done.vision_patches == encoded["pixel_values"].shape[0]
+
+
 # -- the blocks real runs write -----------------------------------------------------------------------------------
 def cost_of(run: Path, name: str = "metrics.json") -> dict:
     block = json.loads((run / name).read_text())["cost"]

@@ -380,9 +380,7 @@ class HFBackend(VLMBackend):
         first = torch.log_softmax(at_least_float32(prefix.last_logits), dim=-1)
         scores = first[:, torch.tensor([ids[0] for ids in cont_ids], device=first.device)]
         rest = [index for index, ids in enumerate(cont_ids) if len(ids) > 1]  # one-token candidates are done
-        continued = sum(len(cont_ids[index]) - 1 for index in rest)
-        self.usage.prompt_tokens += continued
-        self.usage.head_positions += continued + 1  # + the prefix's last position
+        self.usage.head_positions += prefix.rows  # each prefix row's last position (the continuations count theirs)
         score = self._score_packed if self.uses_packed_rank else self._score_grouped
         for start in range(0, len(rest), candidate_batch):
             chunk = torch.tensor(rest[start : start + candidate_batch], device=scores.device)
@@ -407,6 +405,8 @@ class HFBackend(VLMBackend):
 
         trie = candidate_trie(tuple(tuple(ids) for ids in cont_ids))
         device, rows = self.device, prefix.rows
+        self.usage.prompt_tokens += rows * trie.size  # what runs: one row of trie nodes per image, each scored
+        self.usage.head_positions += rows * trie.size
         tree = torch.zeros(trie.size, trie.size, dtype=torch.bool, device=device)
         tree[torch.tensor(trie.mask_rows, device=device), torch.tensor(trie.mask_cols, device=device)] = True
         seen = prefix.mask.to(device=device, dtype=torch.bool)[:, None, :].expand(rows, trie.size, prefix.length)
@@ -452,6 +452,8 @@ class HFBackend(VLMBackend):
             # rows image-major: row b * len(chunk) + j is image b's candidate chunk[j], as batch_repeat_interleave lays
             # out the cache
             tokens = torch.tensor([cont_ids[i] for i in chunk], device=self.device).repeat(prefix.rows, 1)
+            self.usage.prompt_tokens += tokens[:, :-1].numel()  # every (image, candidate) row runs and is scored
+            self.usage.head_positions += tokens[:, :-1].numel()
             cache = copy_cache(prefix.cache)  # each group extends its own copy of the prefix
             cache.batch_repeat_interleave(len(chunk))
             logprobs = torch.log_softmax(at_least_float32(self._continue(prefix, cache, tokens[:, :-1])), dim=-1)
