@@ -3,7 +3,6 @@ the sampling), its step numbers in each log, and ``rollouts.jsonl`` cut back to 
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -17,10 +16,10 @@ class RLCallback(TrainerCallback):
 
     def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> Any:
         """A resumed run logs the steps after its checkpoint again: drop their old rollout lines."""
-        if state.is_world_process_zero and self.rollouts.is_file():
-            lines = self.rollouts.read_text().splitlines()
-            kept = [line for line in lines if line.strip() and json.loads(line)["step"] <= state.global_step]
-            self.rollouts.write_text("".join(line + "\n" for line in kept))
+        if state.is_world_process_zero:
+            from fgvlm.runfiles import truncate_jsonl
+
+            truncate_jsonl(self.rollouts, state.global_step)  # atomic, as train_log.jsonl (a missing file stays so)
         return control
 
     def on_step_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> Any:
