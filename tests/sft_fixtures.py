@@ -1,4 +1,5 @@
-"""Shared helpers of the fine-tuning tests: an interrupted run (the Trainer killed mid-run, then resumed)."""
+"""Shared helpers of the fine-tuning tests: an interrupted run (the Trainer killed mid-run, then resumed) and the
+steps a run executes (a resumed run must start after its checkpoint, not train again from step 1)."""
 
 from __future__ import annotations
 
@@ -24,3 +25,23 @@ def run_killed_at_step(monkeypatch: pytest.MonkeyPatch, step: int, run: Callable
     with pytest.raises(RuntimeError, match="simulated kill"):
         run()
     monkeypatch.setattr(SFTMonitor, "on_step_end", original)
+
+
+def steps_run(monkeypatch: pytest.MonkeyPatch, run: Callable[[], Any]) -> list[int]:
+    """Call ``run`` (a ``run_sft``) and return the optimizer steps it executed. Seeded training is deterministic,
+    so a rerun that ignored its checkpoint would end with the same weights: what a resume test must also see is
+    that only the steps after the checkpoint ran."""
+    from fgvlm.sft.trainer import SFTMonitor
+
+    original, steps = SFTMonitor.on_step_end, []
+
+    def record(self, args, state, control, **kwargs):
+        steps.append(state.global_step)
+        return original(self, args, state, control, **kwargs)
+
+    monkeypatch.setattr(SFTMonitor, "on_step_end", record)
+    try:
+        run()
+    finally:
+        monkeypatch.setattr(SFTMonitor, "on_step_end", original)
+    return steps

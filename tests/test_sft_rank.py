@@ -8,7 +8,7 @@ import json
 
 import pytest
 from models_fixtures import synth_flower_images
-from sft_fixtures import run_killed_at_step
+from sft_fixtures import run_killed_at_step, steps_run
 
 torch = pytest.importorskip("torch")
 
@@ -229,7 +229,7 @@ def test_rank_objective_run_writes_the_contract_files_and_resumes_exactly(use_ti
     assert [r["step"] for r in log] == [1, 2, 3, 4] and all(r["train_loss"] > 0 for r in log)
 
     run_killed_at_step(monkeypatch, 3, lambda: run_sft(rank_cfg(), tmp_path / "resumed"))
-    run_sft(rank_cfg(), tmp_path / "resumed")
+    assert steps_run(monkeypatch, lambda: run_sft(rank_cfg(), tmp_path / "resumed")) == [3, 4]  # from checkpoint-2
     a = load_file(str(tmp_path / "whole" / "model" / "model.safetensors"))
     b = load_file(str(tmp_path / "resumed" / "model" / "model.safetensors"))
     assert max((a[k] - b[k]).abs().max().item() for k in a) <= 1e-6

@@ -21,7 +21,7 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from models_fixtures import synth_flower_images  # noqa: E402
-from sft_fixtures import run_killed_at_step  # noqa: E402
+from sft_fixtures import run_killed_at_step, steps_run  # noqa: E402
 
 from fgvlm.config import ConfigError, from_dict, resolve_config  # noqa: E402
 from fgvlm.models.families import backend_class, family_names, get_family  # noqa: E402
@@ -343,7 +343,8 @@ def test_rl_run_writes_the_contract_files_and_resumes_exactly(use_tiny_cache, vo
     assert all(r["reward"] == vowel_reward(Rollout(r["text"], "", 0, None, None, True)) for r in rollouts)
 
     run_killed_at_step(monkeypatch, 3, lambda: run_sft(from_dict(RLConfig, rl_args()), tmp_path / "resumed"))
-    run_sft(from_dict(RLConfig, rl_args()), tmp_path / "resumed")
+    resumed = steps_run(monkeypatch, lambda: run_sft(from_dict(RLConfig, rl_args()), tmp_path / "resumed"))
+    assert resumed == [3, 4]  # from checkpoint-2
     a = load_file(str(run / "model" / "model.safetensors"))
     b = load_file(str(tmp_path / "resumed" / "model" / "model.safetensors"))
     assert max((a[k] - b[k]).abs().max().item() for k in a) <= 1e-6

@@ -8,7 +8,7 @@ import json
 import pytest
 import torch
 from safetensors.torch import load_file
-from sft_fixtures import run_killed_at_step
+from sft_fixtures import run_killed_at_step, steps_run
 
 from fgvlm.config import ConfigError, from_dict
 from fgvlm.sft.config import SFTConfig
@@ -86,7 +86,7 @@ def test_resume_after_interruption_gives_the_same_weights(finished_run, use_tiny
     out_b = tmp_path / "resumed"
     run_killed_at_step(monkeypatch, 3, lambda: run_sft(tiny_cfg(), out_b))
     assert (out_b / "checkpoints" / "checkpoint-2").is_dir() and not (out_b / "done.json").exists()
-    run_sft(tiny_cfg(), out_b)
+    assert steps_run(monkeypatch, lambda: run_sft(tiny_cfg(), out_b)) == [3, 4]  # from checkpoint-2, not step 1
     a, b = weights(out_a), weights(out_b)
     assert max((a[k] - b[k]).abs().max().item() for k in a) <= 1e-6
     log_a = (out_a / "train_log.jsonl").read_text().splitlines()
