@@ -343,3 +343,21 @@ def test_adapter_is_refused_when_it_would_not_rebuild_the_model(sft_published, u
     assert publish(stale, "--repo-id", "my-org/x", "--adapter", "--dry-run", "-o", tmp_path / "b") == 2
     assert "base + adapter does not rebuild" in capsys.readouterr().err
     assert not (tmp_path / "b" / "done.json").exists() and not (tmp_path / "b" / "upload").exists()
+
+
+def test_cnn_base_model_and_license_flags_win_over_the_runs_hub_weights(cnn_run, tmp_path):
+    """The rule every kind follows (``RunSource.base_and_license``): ``--base-model`` and ``--license`` win; without
+    them a run started from Hub weights names those weights."""
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(cnn_run, run)
+    meta = json.loads((run / "meta.json").read_text())
+    meta["model"] = {**(meta.get("model") or {}), "hub_id": "timm/resnet50.a1_in1k"}
+    (run / "meta.json").write_text(json.dumps(meta))
+    argv = [run, "--repo-id", "my-org/cnn", "--dry-run", "--license", "mit"]
+    assert publish(*argv, "-o", tmp_path / "own") == 0
+    assert card_metadata(tmp_path / "own" / "upload" / "README.md")["base_model"] == "timm/resnet50.a1_in1k"
+    assert publish(*argv, "--base-model", "my-org/resnet50-ft", "--license", "apache-2.0", "-o", tmp_path / "flag") == 0
+    meta = card_metadata(tmp_path / "flag" / "upload" / "README.md")
+    assert meta["base_model"] == "my-org/resnet50-ft" and meta["license"] == "apache-2.0"

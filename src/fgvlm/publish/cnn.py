@@ -84,13 +84,7 @@ class CNNModel(RunSource):
         config, metrics = self.config, self.run.metrics or {}
         source = self.run.meta.get("model") if isinstance(self.run.meta.get("model"), dict) else {}
         hub_weights = source.get("hub_id")
-        base, license_ = (hub_weights, self.cfg.license) if hub_weights else (self.cfg.base_model, self.cfg.license)
-        if license_ is None:
-            from fgvlm.publish.card import inherited_license
-
-            license_ = inherited_license(base)
-        if license_ is None:
-            self.notes.append("license: unknown (no base model card to inherit from); pass --license ID")
+        base, license_ = self.base_and_license(hub_weights)  # --base-model and --license win, as for every kind
         mixing = " with MixUp/CutMix" if config.get("mixup") or config.get("cutmix") else ""
         start = f"from `{base}`" if base else "from scratch" if not config.get("pretrained") else "from local weights"
         summary = (

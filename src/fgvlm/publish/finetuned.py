@@ -110,18 +110,20 @@ class FineTunedModel(RunSource):
         )
 
     def question(self) -> str:
-        """The open-qa question evaluation asks, in the words this model was trained and scored with."""
+        """The open-qa question evaluation asks, in the words this model was trained and scored with (the family the
+        run recorded, else the one its saved config names)."""
         import json
 
+        from fgvlm.heads.predict import zero_shot_prompt
         from fgvlm.models.families import UnknownFamilyError, family_for_config
-        from fgvlm.prompts import build_prompt, object_word
 
-        try:
-            family = family_for_config(json.loads((self.path / MODEL_DIR / "config.json").read_text())).name
-        except UnknownFamilyError:
-            family = None
-        dataset = str((self.config.get("data") or {}).get("dataset", "default"))
-        return build_prompt("open-qa", ["-"], family=family, object=object_word(dataset)).text
+        family = self.run.meta.get("family")
+        if family is None:
+            try:
+                family = family_for_config(json.loads((self.path / MODEL_DIR / "config.json").read_text())).name
+            except UnknownFamilyError:
+                family = None
+        return zero_shot_prompt(str(self.config["data"]["dataset"]), family)
 
     def usage(self, has_head: bool) -> str:
         repo, metrics = self.cfg.repo_id, self.run.metrics or {}
