@@ -1,12 +1,15 @@
 """What a run's work cost: the ``cost`` block of ``metrics.json`` (wall time, images, tokens, memory, devices, FLOPs).
 
 Every run directory carries a ``CostMeter`` (``RunDir.cost``), started when the run is opened. The kind adds what
-only it knows -- images processed, tokens (``prompt`` and ``generated`` for a VLM answering, ``trained`` for
-fine-tuning), counted FLOPs with the rule that counted them -- and ``fgvlm.runs.write_results`` writes the block.
+only it knows -- images processed, tokens (``prompt`` and ``generated`` for a VLM answering; the schema keeps
+``trained`` for fine-tuning, which today records the training images it saw and its final evaluation's tokens and
+FLOPs, not the training steps' own), counted FLOPs with the rule that counted them -- and
+``fgvlm.runs.write_results`` writes the block.
 Peak memory and devices are read from the process at the end: peak RSS (``resource.getrusage``), and per CUDA device
-this process used, ``torch.cuda.max_memory_allocated``. Under several processes every rank calls ``gather`` (a
-collective call) before rank 0 writes: counts are summed, the RSS peak is the largest process's, and the devices and
-CUDA peaks of every process are listed. Wall time is this invocation's (a resumed run's earlier invocations are not
+this process used, ``torch.cuda.max_memory_allocated``. Under several processes the kinds that call ``gather``
+(a collective call on every rank before rank 0 writes: evaluation, heads, CNNs; not yet fine-tuning) merge them:
+counts are summed, the RSS peak is the largest process's, and the devices and CUDA peaks of every process are
+listed. Wall time is this invocation's (a resumed run's earlier invocations are not
 known here). The schema is ``COST_KEYS``; readers must tolerate a missing block (runs written before it existed).
 
 Counted FLOPs follow a stated rule: a VLM's forward and training FLOPs by the ``2N`` / ``6N`` rule

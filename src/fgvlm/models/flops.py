@@ -1,7 +1,8 @@
 """Counted FLOPs of a VLM: its parameters split by part, and the 2N (forward) / 6N (training) rule over tokens.
 
-One counting for runs and benchmarks (``benchmarks/bench_sft.py``, ``gpu_sft.py`` and the ``cost`` block of every
-run's ``metrics.json``). A VLM is split into the language model ``N_lm`` (without the token embedding, a lookup,
+One counting for runs and benchmarks: the forward rule in the ``cost`` block of every run's ``metrics.json``, the
+training rule in ``benchmarks/bench_sft.py`` and ``gpu_sft.py`` (a fine-tuning run's block does not count its
+training steps yet). A VLM is split into the language model ``N_lm`` (without the token embedding, a lookup,
 and without the LM head), the LM head ``N_head`` (counted even when tied to the embedding: its matmul runs), and
 the vision tower with its projector ``N_vision`` (the family record's parameter prefixes). A forward costs
 ``2·N`` FLOPs per token through a part, a training step ``6·N`` (forward + backward); attention-score FLOPs are
